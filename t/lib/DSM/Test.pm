@@ -58,6 +58,9 @@ sets C<ASAN_OPTIONS=detect_odr_violation=0> and C<UBSAN_OPTIONS=print_stacktrace
 
 =item DSM_NODE - node binary (default C<node>).
 
+=item DSM_TEST_TIMEOUT - watchdog: a test file is stopped (and its nginx and mock) after this many
+seconds (default 600; 0 disables).
+
 =back
 
 =head1 CONSTRUCTOR
@@ -190,7 +193,22 @@ sub new {
     }, $class;
     $self->_detect_binary;
     push @INSTANCES, $self;
+    _install_handlers();
     return $self;
+}
+
+my $handlers_installed;
+sub _install_handlers {
+    return if $handlers_installed++;
+    for my $sig (qw(INT TERM PIPE HUP)) {
+        $SIG{$sig} = sub { $SIG{$sig} = 'DEFAULT'; _cleanup_all(); kill $sig, $$; POSIX::_exit(1) };
+    }
+    # watchdog: every test file ends within DSM_TEST_TIMEOUT seconds (default 600)
+    my $limit = $ENV{DSM_TEST_TIMEOUT} // 600;
+    if ($limit > 0) {
+        $SIG{ALRM} = sub { Test::More::diag("DSM::Test: test timed out after ${limit}s"); _cleanup_all(); POSIX::_exit(124) };
+        alarm $limit;
+    }
 }
 
 sub prefix  { $_[0]{prefix} }
@@ -262,6 +280,12 @@ sub _run_capture {
     if (!defined $code) { kill 'KILL', $pid; waitpid($pid, 0); $code = $?; $out .= "\n[killed after timeout]\n" }
     unlink $in_file if defined $in_file;
     return { code => ($code & 127) ? 128 + ($code & 127) : $code >> 8, out => $out };
+}
+
+# child side: get SIGTERM when the test process dies (Linux x86_64 prctl PR_SET_PDEATHSIG),
+# so a killed test leaves no nginx or mock behind
+sub _pdeathsig {
+    eval { syscall(157, 1, 15) } if $^O eq 'linux' && (POSIX::uname())[4] eq 'x86_64';
 }
 
 sub _port_free_hold {
@@ -368,6 +392,7 @@ sub start {
         open STDOUT, '>>', "$p/logs/stderr.log";
         open STDERR, '>>', "$p/logs/stderr.log";
         setpgrp(0, 0);
+        _pdeathsig();
         exec $self->{nginx}, '-p', "$p/", '-c', 'conf/nginx.conf' or POSIX::_exit(127);
     }
     $self->{master} = $pid;
@@ -569,6 +594,7 @@ sub mock_start {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>&', $w or POSIX::_exit(127);
         open STDERR, '>>', "$self->{prefix}/logs/mock.err" or POSIX::_exit(127);
+        _pdeathsig();
         exec $self->{node}, $script, '--port', ($o{port} // 0), @{ $o{args} || [] } or POSIX::_exit(127);
     }
     close $w;
