@@ -302,6 +302,20 @@ EOF
     $r = $t->chat(stream => 1, mock => 'delay_ms=200', close_after => 0.3);
     ok($r->{closed_early}, 'client close_after');
     is_deeply([ $t->errors ], [], 'no errors in logs');
+
+    # error detection: a worker killed on purpose is reported, then allowed
+    my ($victim) = $t->worker_pids;
+    kill 'KILL', $victim;
+    my $replaced = 0;
+    for (1 .. 100) {   # bounded: 5 s
+        my @now = $t->worker_pids;
+        if (@now == 2 && !grep { $_ == $victim } @now) { $replaced = 1; last }
+        select(undef, undef, undef, 0.05);
+    }
+    ok($replaced, 'killed worker replaced');
+    ok((grep { /exited on signal 9/ } $t->errors), 'errors() reports "exited on signal"');
+    $t->allow(qr/exited on signal 9/);
+    is_deeply([ $t->errors ], [], 'allowed pattern filtered');
     $t->stop;
     ok(!$t->master_pid, 'stopped');
     like($t->read_log('error.log'), qr/\[notice\].*exit/, 'error.log written in the prefix');
