@@ -1,0 +1,144 @@
+
+/*
+ * ngx_http_deepseek_metrics_module: request-free resumable scanner of
+ * DeepSeek (OpenAI-compatible and Anthropic-format) response bodies.
+ *
+ * The scanner keeps a bounded, fixed-size state (no pointers into the
+ * input, no allocations) and may be fed the body split at any byte.
+ * It uses nginx types and macros only, no nginx functions, so it links
+ * alone (unit driver, fuzzer).
+ */
+
+
+#ifndef _NGX_HTTP_DEEPSEEK_METRICS_PARSE_H_INCLUDED_
+#define _NGX_HTTP_DEEPSEEK_METRICS_PARSE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+/* modes: bit 0 = SSE framing, bit 1 = Anthropic Messages format */
+#define NGX_HTTP_DSM_PARSE_JSON                 0
+#define NGX_HTTP_DSM_PARSE_SSE                  1
+#define NGX_HTTP_DSM_PARSE_ANTHROPIC_JSON       2
+#define NGX_HTTP_DSM_PARSE_ANTHROPIC_SSE        3
+/* a request body: JSON, stops (NGX_DONE) once the top-level "model" is read */
+#define NGX_HTTP_DSM_PARSE_REQUEST              4
+
+#define NGX_HTTP_DSM_PARSE_MODE_SSE             1
+#define NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC       2
+#define NGX_HTTP_DSM_PARSE_MODE_REQUEST         4
+
+/* finish_reason (OpenAI) or mapped stop_reason (Anthropic) */
+#define NGX_HTTP_DSM_FINISH_NONE                0
+#define NGX_HTTP_DSM_FINISH_STOP                1
+#define NGX_HTTP_DSM_FINISH_LENGTH              2
+#define NGX_HTTP_DSM_FINISH_TOOL_CALLS          3
+#define NGX_HTTP_DSM_FINISH_CONTENT_FILTER      4
+#define NGX_HTTP_DSM_FINISH_INSUFFICIENT        5
+#define NGX_HTTP_DSM_FINISH_OTHER               6
+
+/* usage_fields bits: raw fields present in the last non-null usage */
+#define NGX_HTTP_DSM_USAGE_PROMPT               0x0001
+#define NGX_HTTP_DSM_USAGE_COMPLETION           0x0002
+#define NGX_HTTP_DSM_USAGE_TOTAL                0x0004
+#define NGX_HTTP_DSM_USAGE_HIT                  0x0008
+#define NGX_HTTP_DSM_USAGE_MISS                 0x0010
+#define NGX_HTTP_DSM_USAGE_REASONING            0x0020
+#define NGX_HTTP_DSM_USAGE_CACHED               0x0040
+/* Anthropic */
+#define NGX_HTTP_DSM_USAGE_INPUT                0x0080
+#define NGX_HTTP_DSM_USAGE_OUTPUT               0x0100
+#define NGX_HTTP_DSM_USAGE_CACHE_READ           0x0200
+#define NGX_HTTP_DSM_USAGE_CACHE_CREATION       0x0400
+
+#define NGX_HTTP_DSM_USAGE_NFIELDS              11
+
+/* ngx_http_deepseek_metrics_parse_outcome() */
+#define NGX_HTTP_DSM_OUTCOME_COMPLETE           0
+#define NGX_HTTP_DSM_OUTCOME_TRUNCATED          1
+#define NGX_HTTP_DSM_OUTCOME_QUEUE_TIMEOUT      2
+#define NGX_HTTP_DSM_OUTCOME_CONTENT_FILTER     3
+#define NGX_HTTP_DSM_OUTCOME_INSUFFICIENT       4
+#define NGX_HTTP_DSM_OUTCOME_EMPTY_RESPONSE     5
+#define NGX_HTTP_DSM_OUTCOME_INVALID_JSON       6
+/* a top-level "error" member was seen (e.g. {"error":{...}}) */
+#define NGX_HTTP_DSM_OUTCOME_ERROR_BODY         7
+
+/* container levels whose kind is tracked; deeper levels are "other" */
+#define NGX_HTTP_DSM_PARSE_KINDS                16
+/* nesting limit: deeper brackets are counted but not matched (too_deep) */
+#define NGX_HTTP_DSM_PARSE_MAX_DEPTH            64
+
+#define NGX_HTTP_DSM_PARSE_KEYBUF               32
+
+
+typedef struct {
+    /* private scanner state: bounded, fixed size, no pointers into input */
+    ngx_uint_t   state;        /* SSE framing state */
+    ngx_uint_t   jstate;       /* JSON state */
+    ngx_uint_t   depth;        /* current JSON nesting depth */
+    uint64_t     arrays;       /* bit (d - 1): level d is an array */
+    ngx_uint_t   key;          /* action for the pending value */
+    ngx_uint_t   idx;          /* literal / pattern match index */
+    ngx_uint_t   lit;          /* literal or pattern being matched */
+    ngx_uint_t   esc;          /* string: next byte is escaped */
+    ngx_uint_t   klen;         /* bytes in kbuf (KEYBUF + 1: overflow) */
+    ngx_uint_t   slot;         /* usage slot of the number being read */
+    uint64_t     num;
+    ngx_uint_t   num_bad;
+    ngx_uint_t   umask;        /* usage fields of the usage being read */
+    uint64_t     u[NGX_HTTP_DSM_USAGE_NFIELDS];
+    u_char       kind[NGX_HTTP_DSM_PARSE_KINDS];
+    u_char       kbuf[NGX_HTTP_DSM_PARSE_KEYBUF];
+    unsigned     in_doc:1;     /* SSE: a JSON doc of this event is open */
+    unsigned     doc_done:1;   /* SSE: this event's JSON doc is complete */
+    unsigned     ping:1;       /* Anthropic SSE: "event: ping" event */
+    unsigned     model_set:1;  /* model complete */
+
+    ngx_uint_t   mode;         /* NGX_HTTP_DSM_PARSE_JSON, _SSE, ... */
+
+    /* results, valid at any time */
+    u_char       model[64];    /* first "model" value, raw JSON string
+                                  bytes (escapes not decoded), at most 63 */
+    size_t       model_len;
+    uint64_t     prompt_tokens, completion_tokens, total_tokens;
+    uint64_t     cache_hit_tokens, cache_miss_tokens, reasoning_tokens;
+    ngx_uint_t   usage_fields; /* NGX_HTTP_DSM_USAGE_* of the last usage */
+    ngx_uint_t   usage_seen;   /* number of non-null usage objects read */
+    ngx_uint_t   finish_reason;/* NGX_HTTP_DSM_FINISH_*, last non-null */
+    ngx_uint_t   events;       /* SSE: data events started (not comments,
+                                  not Anthropic pings); JSON: 1 once the
+                                  doc starts */
+    unsigned     first_data:1; /* first data event / first non-blank byte */
+    unsigned     first_token:1;/* first non-empty content,
+                                  reasoning_content or tool_calls */
+    unsigned     first_answer:1;/* first non-empty content or tool_calls */
+    unsigned     has_content:1;/* any of the above anywhere */
+    unsigned     done:1;       /* SSE: [DONE] / message_stop;
+                                  JSON: top-level doc closed */
+    unsigned     invalid:1;    /* not valid JSON/SSE where required */
+    unsigned     too_deep:1;   /* nesting beyond MAX_DEPTH */
+    unsigned     error:1;      /* top-level "error" member seen */
+} ngx_http_deepseek_metrics_parse_t;
+
+
+void ngx_http_deepseek_metrics_parse_init(
+    ngx_http_deepseek_metrics_parse_t *p, ngx_uint_t mode);
+
+/*
+ * Feeds bytes [pos, last).  Returns NGX_OK normally, NGX_DONE once complete
+ * (further calls return NGX_DONE at once), NGX_ERROR once invalid (further
+ * calls return NGX_ERROR at once).  Never reads outside [pos, last),
+ * never allocates, never copies the body.
+ */
+ngx_int_t ngx_http_deepseek_metrics_parse(
+    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
+
+/* classifies the body once it has ended: NGX_HTTP_DSM_OUTCOME_* */
+ngx_uint_t ngx_http_deepseek_metrics_parse_outcome(
+    ngx_http_deepseek_metrics_parse_t *p);
+
+
+#endif /* _NGX_HTTP_DEEPSEEK_METRICS_PARSE_H_INCLUDED_ */
