@@ -1,0 +1,321 @@
+
+/*
+ * ngx_http_deepseek_metrics_module: internal declarations shared by the
+ * module's source files.
+ */
+
+
+#ifndef _NGX_HTTP_DEEPSEEK_METRICS_H_INCLUDED_
+#define _NGX_HTTP_DEEPSEEK_METRICS_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_deepseek_metrics_parse.h"
+
+
+#define NGX_HTTP_DSM_VERSION          "0.1.0"
+
+#define NGX_HTTP_DSM_MAGIC            0x6473656b6d657472ULL
+#define NGX_HTTP_DSM_LAYOUT_VERSION   1
+
+#define NGX_HTTP_DSM_MAX_BUCKETS      32
+#define NGX_HTTP_DSM_MAX_VALUE        255    /* bytes of one label value */
+#define NGX_HTTP_DSM_MAX_LABELS       8      /* deepseek_metrics_label */
+#define NGX_HTTP_DSM_MAX_KEY                                                 \
+    (4 + (3 + NGX_HTTP_DSM_MAX_LABELS) * (1 + NGX_HTTP_DSM_MAX_VALUE))
+#define NGX_HTTP_DSM_KEY_ESTIMATE     128    /* slab bytes per series key */
+#define NGX_HTTP_DSM_MAX_ENDPOINTS    32     /* in-flight endpoint table */
+#define NGX_HTTP_DSM_STATUS_OVERFLOW  0xffff
+
+
+/* histogram families, in exposition order */
+enum {
+    NGX_HTTP_DSM_H_LATENCY = 0,
+    NGX_HTTP_DSM_H_TTFT,
+    NGX_HTTP_DSM_H_ANSWER,
+    NGX_HTTP_DSM_H_QUEUE,
+    NGX_HTTP_DSM_H_TPOT,
+    NGX_HTTP_DSM_NHIST
+};
+
+
+/* in-band failures under a 200 */
+enum {
+    NGX_HTTP_DSM_INBAND_TRUNCATED = 0,
+    NGX_HTTP_DSM_INBAND_QUEUE_TIMEOUT,
+    NGX_HTTP_DSM_INBAND_CONTENT_FILTER,
+    NGX_HTTP_DSM_INBAND_INSUFFICIENT,
+    NGX_HTTP_DSM_INBAND_EMPTY,
+    NGX_HTTP_DSM_INBAND_CLIENT_CLOSED,      /* a 200 cut by the client */
+    NGX_HTTP_DSM_NINBAND
+};
+
+
+/* why token usage could not be read */
+enum {
+    NGX_HTTP_DSM_MISSING_COMPRESSED = 0,
+    NGX_HTTP_DSM_MISSING_TRUNCATED,
+    NGX_HTTP_DSM_MISSING_CLIENT_ABORT,
+    NGX_HTTP_DSM_MISSING_INVALID_JSON,
+    NGX_HTTP_DSM_MISSING_ABSENT,
+    NGX_HTTP_DSM_NMISSING
+};
+
+
+/* plain counters of a series, before its histograms */
+enum {
+    NGX_HTTP_DSM_C_HIT = 0,
+    NGX_HTTP_DSM_C_MISS,
+    NGX_HTTP_DSM_C_OUTPUT,
+    NGX_HTTP_DSM_C_REASONING,
+    NGX_HTTP_DSM_C_COST,                     /* 1e-12 currency units */
+    NGX_HTTP_DSM_C_INBAND,
+    NGX_HTTP_DSM_C_MISSING = NGX_HTTP_DSM_C_INBAND + NGX_HTTP_DSM_NINBAND,
+    NGX_HTTP_DSM_NCOUNTERS = NGX_HTTP_DSM_C_MISSING + NGX_HTTP_DSM_NMISSING
+};
+
+
+/* built-in endpoints; their indexes are fixed in every zone */
+enum {
+    NGX_HTTP_DSM_EP_CHAT = 0,
+    NGX_HTTP_DSM_EP_COMPLETIONS,
+    NGX_HTTP_DSM_EP_MODELS,
+    NGX_HTTP_DSM_EP_BALANCE,
+    NGX_HTTP_DSM_EP_MESSAGES,
+    NGX_HTTP_DSM_EP_RESPONSES,
+    NGX_HTTP_DSM_EP_OTHER,
+    NGX_HTTP_DSM_NEP_BUILTIN
+};
+
+
+/*
+ * A series is one label set: endpoint, model, status, currency and the
+ * user labels.  Records are fixed-size and preallocated; the key and the
+ * rendered label text live in one slab allocation made when the series is
+ * created and are immutable afterwards.  Counters are updated with atomics
+ * only.
+ */
+
+typedef struct {
+    uint32_t                      next;      /* chain: series index, 0 ends */
+    uint32_t                      hash;
+    uint16_t                      status;    /* or STATUS_OVERFLOW */
+    uint16_t                      key_len;
+    uint16_t                      text_len;  /* labels without status */
+    uint16_t                      currency_len;
+    u_char                       *key;
+    u_char                       *text;      /* escaped, valid UTF-8 */
+    u_char                       *currency;  /* escaped */
+    ngx_atomic_t                  v[1];
+} ngx_http_dsm_series_t;
+
+
+typedef struct {
+    ngx_pid_t                     pid;
+    ngx_atomic_t                  in_flight[NGX_HTTP_DSM_MAX_ENDPOINTS + 1];
+} ngx_http_dsm_slot_t;
+
+
+typedef struct {
+    uint32_t                      hash;
+    uint16_t                      len;
+    uint16_t                      text_len;
+    u_char                       *name;      /* raw, then escaped text */
+    u_char                       *text;
+} ngx_http_dsm_endpoint_t;
+
+
+/* the layout: everything that decides where counters are in memory */
+
+typedef struct {
+    ngx_uint_t                    max_series;
+    ngx_uint_t                    nhash;         /* power of two */
+    size_t                        series_size;
+    ngx_uint_t                    nbuckets[NGX_HTTP_DSM_NHIST]; /* 0: off */
+    ngx_uint_t                    offset[NGX_HTTP_DSM_NHIST];
+    uint64_t                      bounds[NGX_HTTP_DSM_NHIST]
+                                        [NGX_HTTP_DSM_MAX_BUCKETS]; /* us */
+} ngx_http_dsm_layout_t;
+
+
+typedef struct {
+    uint64_t                      magic;
+    uint64_t                      version;
+    ngx_http_dsm_layout_t         layout;
+
+    ngx_atomic_t                  nseries;       /* ordinary, in use */
+    ngx_uint_t                    full_logged;
+    ngx_atomic_t                  dropped;
+    ngx_atomic_t                  reloads;
+    ngx_atomic_t                  last_reload;
+    time_t                        start_time;
+
+    ngx_uint_t                    nslots;
+    ngx_http_dsm_slot_t          *slots;         /* + 1 shared fallback */
+
+    ngx_atomic_t                  nendpoints;
+    ngx_http_dsm_endpoint_t       endpoints[NGX_HTTP_DSM_MAX_ENDPOINTS];
+
+    uint32_t                     *hash;
+    u_char                       *series;        /* [0] is the overflow */
+} ngx_http_dsm_sh_t;
+
+
+typedef struct {
+    ngx_str_t                     name;
+    ngx_http_dsm_sh_t            *sh;
+    ngx_slab_pool_t              *shpool;
+    ngx_shm_zone_t               *shm_zone;
+    ngx_http_dsm_layout_t         layout;
+    ngx_http_dsm_slot_t          *slot;          /* this worker's */
+    ngx_uint_t                    nslots;
+    ngx_uint_t                    max_series_set;
+} ngx_http_dsm_zone_t;
+
+
+/* prices: per 1M tokens, in 1e-12 currency units per token */
+
+typedef struct {
+    ngx_str_t                     model;
+    ngx_str_t                     currency;
+    uint64_t                      peak[3];       /* hit, miss, output */
+    uint64_t                      offpeak[3];
+} ngx_http_dsm_price_t;
+
+
+typedef struct {
+    ngx_int_t                     utc_offset;    /* seconds */
+    ngx_uint_t                    days;          /* bit 0: Sunday */
+    ngx_uint_t                    nranges;
+    ngx_uint_t                    ranges[8][2];  /* seconds of the day */
+    ngx_array_t                  *holidays;      /* of ngx_int_t, day numbers */
+    unsigned                      set:1;
+} ngx_http_dsm_schedule_t;
+
+
+typedef struct {
+    ngx_array_t                   zones;         /* ngx_http_dsm_zone_t * */
+    ngx_array_t                  *models;        /* ngx_str_t, allowlist */
+    ngx_array_t                  *prices;        /* ngx_http_dsm_price_t */
+    ngx_http_dsm_schedule_t       schedule;
+    ngx_uint_t                    hist_default;
+} ngx_http_dsm_main_conf_t;
+
+
+typedef struct {
+    ngx_str_t                     name;
+    ngx_http_complex_value_t      value;
+} ngx_http_dsm_label_t;
+
+
+typedef struct {
+    ngx_http_dsm_zone_t          *zone;          /* NULL: off */
+    ngx_http_complex_value_t     *endpoint;
+    ngx_array_t                  *labels;        /* ngx_http_dsm_label_t */
+    uint32_t                      labels_id;     /* hash of label names */
+    ngx_array_t                  *export_zones;  /* ngx_http_dsm_zone_t * */
+    ngx_flag_t                    export;
+    ngx_flag_t                    request_body;  /* read model from it */
+    ngx_uint_t                    unbuffered;    /* SSE without buffering */
+} ngx_http_dsm_loc_conf_t;
+
+
+/* a series key being looked up, built on the stack by the log handler */
+
+typedef struct {
+    u_char                        buf[NGX_HTTP_DSM_MAX_KEY];
+    size_t                        len;
+    uint32_t                      hash;
+    ngx_uint_t                    status;
+    ngx_uint_t                    nvalues;
+    ngx_str_t                     names[2 + NGX_HTTP_DSM_MAX_LABELS];
+    ngx_str_t                     values[2 + NGX_HTTP_DSM_MAX_LABELS];
+    u_char                       *currency;
+    size_t                        currency_len;
+} ngx_http_dsm_key_t;
+
+
+/* per request; kept in a pool cleanup so internal redirects keep it */
+
+typedef struct {
+    ngx_http_dsm_zone_t          *zone;
+    ngx_http_dsm_loc_conf_t      *dlcf;
+    ngx_http_dsm_slot_t          *slot;
+    ngx_http_dsm_price_t         *price;
+    ngx_uint_t                    endpoint;      /* index in the zone */
+    ngx_str_t                     endpoint_value;
+    ngx_uint_t                    builtin;       /* built-in endpoint kind */
+
+    ngx_http_deepseek_metrics_parse_t  parse;
+
+    ngx_msec_t                    start;         /* ms since the epoch */
+    ngx_msec_t                    first_data;    /* 0: not seen */
+    ngx_msec_t                    first_token;
+    ngx_msec_t                    first_answer;
+    ngx_msec_t                    last_byte;
+
+    uint64_t                      cost;          /* 1e-12 units */
+    ngx_str_t                     model;         /* label value */
+    ngx_str_t                     currency;
+
+    unsigned                      in_flight:1;
+    unsigned                      counted:1;
+    unsigned                      parsing:1;     /* body filter active */
+    unsigned                      stream:1;      /* SSE */
+    unsigned                      parse_done:1;  /* done or invalid */
+    unsigned                      compressed:1;
+    unsigned                      body_seen:1;
+    unsigned                      last_buf:1;
+    unsigned                      usage:1;       /* usage read */
+} ngx_http_dsm_ctx_t;
+
+
+extern ngx_module_t  ngx_http_deepseek_metrics_module;
+extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
+
+
+/* zone */
+ngx_http_dsm_zone_t *ngx_http_dsm_zone_lookup(ngx_conf_t *cf,
+    ngx_str_t *name);
+char *ngx_http_dsm_zone_add(ngx_conf_t *cf, ngx_http_dsm_zone_t *zone,
+    size_t size, ngx_http_dsm_layout_t *layout, ngx_uint_t max_series);
+ngx_int_t ngx_http_dsm_zone_init_process(ngx_cycle_t *cycle);
+void ngx_http_dsm_zone_exit_process(ngx_cycle_t *cycle);
+size_t ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout);
+ngx_http_dsm_series_t *ngx_http_dsm_series(ngx_http_dsm_sh_t *sh,
+    ngx_uint_t i);
+ngx_http_dsm_series_t *ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone,
+    ngx_http_dsm_key_t *k);
+ngx_uint_t ngx_http_dsm_endpoint_get(ngx_http_dsm_zone_t *zone,
+    ngx_str_t *name);
+ngx_uint_t ngx_http_dsm_slots_reap(ngx_http_dsm_zone_t *zone);
+size_t ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len);
+
+/* request handlers */
+ngx_int_t ngx_http_dsm_preaccess_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_dsm_log_handler(ngx_http_request_t *r);
+ngx_http_dsm_ctx_t *ngx_http_dsm_get_ctx(ngx_http_request_t *r);
+ngx_http_dsm_ctx_t *ngx_http_dsm_create_ctx(ngx_http_request_t *r,
+    ngx_http_dsm_loc_conf_t *dlcf);
+ngx_int_t ngx_http_dsm_filter_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_dsm_add_variables(ngx_conf_t *cf);
+
+/* prices */
+char *ngx_http_dsm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_dsm_peak_hours(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_dsm_holidays(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_http_dsm_price_t *ngx_http_dsm_price_find(ngx_http_dsm_main_conf_t *mcf,
+    ngx_str_t *model);
+uint64_t ngx_http_dsm_cost(ngx_http_dsm_main_conf_t *mcf,
+    ngx_http_dsm_price_t *price, time_t start, uint64_t hit, uint64_t miss,
+    uint64_t output);
+
+/* export */
+char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+
+#endif /* _NGX_HTTP_DEEPSEEK_METRICS_H_INCLUDED_ */

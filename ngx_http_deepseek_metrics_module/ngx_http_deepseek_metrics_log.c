@@ -1,0 +1,560 @@
+
+/*
+ * The hot path: the per-request context, the in-flight gauge (preaccess
+ * phase and pool cleanup) and counting a finished request (log phase).
+ */
+
+
+#include "ngx_http_deepseek_metrics.h"
+
+
+static void ngx_http_dsm_cleanup(void *data);
+static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
+static void ngx_http_dsm_model(ngx_http_request_t *r,
+    ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_main_conf_t *dmcf);
+static ngx_int_t ngx_http_dsm_key(ngx_http_request_t *r,
+    ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_key_t *k);
+static void ngx_http_dsm_count_body(ngx_http_request_t *r,
+    ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s);
+
+
+static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
+static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
+static ngx_str_t  ngx_http_dsm_label_endpoint = ngx_string("endpoint");
+static ngx_str_t  ngx_http_dsm_label_model = ngx_string("model");
+
+
+ngx_http_dsm_ctx_t *
+ngx_http_dsm_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+    ngx_http_dsm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
+    if (ctx) {
+        return ctx;
+    }
+
+    /* an internal redirect clears r->ctx; the cleanup keeps ours */
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_dsm_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_deepseek_metrics_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+ngx_http_dsm_ctx_t *
+ngx_http_dsm_create_ctx(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf)
+{
+    ngx_str_t            value;
+    ngx_pool_cleanup_t  *cln;
+    ngx_http_dsm_ctx_t  *ctx;
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_dsm_ctx_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    ctx = cln->data;
+    ngx_memzero(ctx, sizeof(ngx_http_dsm_ctx_t));
+
+    cln->handler = ngx_http_dsm_cleanup;
+
+    ctx->zone = dlcf->zone;
+    ctx->dlcf = dlcf;
+    ctx->start = (ngx_msec_t) r->start_sec * 1000 + r->start_msec;
+
+    ctx->builtin = ngx_http_dsm_classify(&r->uri);
+    ctx->endpoint = ctx->builtin;
+    ctx->endpoint_value = ngx_http_dsm_builtin_endpoints[ctx->builtin];
+
+    if (dlcf->endpoint) {
+        if (ngx_http_complex_value(r, dlcf->endpoint, &value) == NGX_OK
+            && value.len)
+        {
+            if (value.len > NGX_HTTP_DSM_MAX_VALUE) {
+                value.len = NGX_HTTP_DSM_MAX_VALUE;
+            }
+
+            ctx->endpoint_value = value;
+            ctx->endpoint = ngx_http_dsm_endpoint_get(ctx->zone, &value);
+        }
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_deepseek_metrics_module);
+
+    return ctx;
+}
+
+
+static void
+ngx_http_dsm_cleanup(void *data)
+{
+    ngx_http_dsm_ctx_t  *ctx = data;
+
+    if (ctx->in_flight) {
+        ctx->in_flight = 0;
+        (void) ngx_atomic_fetch_add(&ctx->slot->in_flight[ctx->endpoint], -1);
+    }
+}
+
+
+ngx_int_t
+ngx_http_dsm_preaccess_handler(ngx_http_request_t *r)
+{
+    ngx_http_dsm_ctx_t       *ctx;
+    ngx_http_dsm_loc_conf_t  *dlcf;
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_deepseek_metrics_module);
+
+    if (dlcf->zone == NULL || dlcf->zone->slot == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_dsm_get_ctx(r)) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_dsm_create_ctx(r, dlcf);
+    if (ctx == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx->slot = dlcf->zone->slot;
+    ctx->in_flight = 1;
+
+    (void) ngx_atomic_fetch_add(&ctx->slot->in_flight[ctx->endpoint], 1);
+
+    return NGX_DECLINED;
+}
+
+
+/* the endpoint by path suffix; a closed set whatever the client sends */
+
+static ngx_uint_t
+ngx_http_dsm_classify(ngx_str_t *uri)
+{
+    u_char  *p;
+    size_t   len;
+
+    p = uri->data;
+    len = uri->len;
+
+    if (len > 1 && p[len - 1] == '/') {
+        len--;
+    }
+
+#define ngx_http_dsm_ends(s)                                                 \
+    (len >= sizeof(s) - 1                                                    \
+     && ngx_strncmp(p + len - (sizeof(s) - 1), s, sizeof(s) - 1) == 0)
+
+    switch (p[len - 1]) {
+
+    case 's':
+        if (ngx_http_dsm_ends("/chat/completions")) {
+            return NGX_HTTP_DSM_EP_CHAT;
+        }
+
+        if (ngx_http_dsm_ends("/completions")) {
+            return NGX_HTTP_DSM_EP_COMPLETIONS;
+        }
+
+        if (ngx_http_dsm_ends("/models")) {
+            return NGX_HTTP_DSM_EP_MODELS;
+        }
+
+        if (ngx_http_dsm_ends("/messages")) {
+            return NGX_HTTP_DSM_EP_MESSAGES;
+        }
+
+        if (ngx_http_dsm_ends("/responses")) {
+            return NGX_HTTP_DSM_EP_RESPONSES;
+        }
+
+        break;
+
+    case 'e':
+        if (ngx_http_dsm_ends("/user/balance")) {
+            return NGX_HTTP_DSM_EP_BALANCE;
+        }
+
+        break;
+    }
+
+#undef ngx_http_dsm_ends
+
+    return NGX_HTTP_DSM_EP_OTHER;
+}
+
+
+static ngx_inline void
+ngx_http_dsm_observe(ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s,
+    ngx_uint_t h, uint64_t us)
+{
+    ngx_uint_t     i, n;
+    ngx_atomic_t  *v;
+
+    n = l->nbuckets[h];
+
+    if (n == 0) {
+        return;
+    }
+
+    for (i = 0; i < n && us > l->bounds[h][i]; i++) { /* void */ }
+
+    v = &s->v[l->offset[h]];
+
+    (void) ngx_atomic_fetch_add(&v[i], 1);
+    (void) ngx_atomic_fetch_add(&v[n + 1], us);
+}
+
+
+ngx_int_t
+ngx_http_dsm_log_handler(ngx_http_request_t *r)
+{
+    ngx_msec_t                 now;
+    ngx_time_t                *tp;
+    ngx_http_dsm_key_t         k;
+    ngx_http_dsm_ctx_t        *ctx;
+    ngx_http_dsm_zone_t       *zone;
+    ngx_http_dsm_series_t     *s;
+    ngx_http_dsm_loc_conf_t   *dlcf;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    if (r != r->main) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_dsm_get_ctx(r);
+
+    if (ctx == NULL) {
+        dlcf = ngx_http_get_module_loc_conf(r,
+                                            ngx_http_deepseek_metrics_module);
+        if (dlcf->zone == NULL || dlcf->zone->sh == NULL) {
+            return NGX_OK;
+        }
+
+        ctx = ngx_http_dsm_create_ctx(r, dlcf);
+        if (ctx == NULL) {
+            return NGX_OK;
+        }
+    }
+
+    if (ctx->counted) {
+        return NGX_OK;
+    }
+
+    ctx->counted = 1;
+    zone = ctx->zone;
+
+    tp = ngx_timeofday();
+    now = (ngx_msec_t) tp->sec * 1000 + tp->msec;
+
+    if (ctx->last_byte == 0) {
+        ctx->last_byte = now;
+    }
+
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
+
+    ngx_http_dsm_model(r, ctx, dmcf);
+
+    k.status = r->err_status ? r->err_status : r->headers_out.status;
+
+    if (k.status >= NGX_HTTP_DSM_STATUS_OVERFLOW) {
+        k.status = 0;
+    }
+
+    if (ngx_http_dsm_key(r, ctx, &k) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    s = ngx_http_dsm_series_get(zone, &k);
+
+    ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
+                         now > ctx->start ? (now - ctx->start) * 1000 : 0);
+
+    if (ctx->parsing || ctx->compressed) {
+        ngx_http_dsm_count_body(r, ctx, &zone->layout, s);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the model label: from the response, else the request body; allowlisted */
+
+static void
+ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
+    ngx_http_dsm_main_conf_t *dmcf)
+{
+    u_char                             *model;
+    size_t                              len;
+    ngx_str_t                          *m;
+    ngx_uint_t                          i;
+    ngx_chain_t                        *cl;
+    ngx_http_dsm_price_t               *price;
+    ngx_http_deepseek_metrics_parse_t  *p;
+
+    model = ctx->parse.model;
+    len = ctx->parse.model_len;
+
+    if (len == 0 && ctx->dlcf->request_body
+        && r->request_body && r->request_body->bufs)
+    {
+        /* the scan stops as soon as the top-level "model" is read */
+
+        p = ngx_palloc(r->pool, sizeof(ngx_http_deepseek_metrics_parse_t));
+        if (p == NULL) {
+            return;
+        }
+
+        ngx_http_deepseek_metrics_parse_init(p, NGX_HTTP_DSM_PARSE_REQUEST);
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            if (!ngx_buf_in_memory(cl->buf)) {
+                break;
+            }
+
+            if (ngx_http_deepseek_metrics_parse(p, cl->buf->pos,
+                                                cl->buf->last)
+                != NGX_OK)
+            {
+                break;
+            }
+        }
+
+        if (p->model_set) {
+            len = p->model_len;
+            model = p->model;
+        }
+    }
+
+    ctx->model = ngx_http_dsm_unknown;
+
+    if (len) {
+        ctx->model = ngx_http_dsm_other;
+
+        m = dmcf->models->elts;
+        for (i = 0; i < dmcf->models->nelts; i++) {
+            if (m[i].len == len && ngx_memcmp(m[i].data, model, len) == 0) {
+                ctx->model = m[i];
+                break;
+            }
+        }
+    }
+
+    if (dmcf->prices) {
+        price = ngx_http_dsm_price_find(dmcf, &ctx->model);
+        if (price) {
+            ctx->price = price;
+            ctx->currency = price->currency;
+        }
+    }
+}
+
+
+/*
+ * The key: label-set id, then each label value as a length byte and the
+ * bytes: endpoint, model, currency, user labels.  Values are cut at
+ * NGX_HTTP_DSM_MAX_VALUE bytes.
+ */
+
+static ngx_int_t
+ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
+    ngx_http_dsm_key_t *k)
+{
+    u_char                   *p;
+    ngx_str_t                 value;
+    ngx_uint_t                i;
+    ngx_http_dsm_label_t     *label;
+    ngx_http_dsm_loc_conf_t  *dlcf;
+
+    dlcf = ctx->dlcf;
+    p = k->buf;
+
+    *(uint32_t *) p = dlcf->labels_id;
+    p += sizeof(uint32_t);
+
+    k->names[0] = ngx_http_dsm_label_endpoint;
+    k->values[0] = ctx->endpoint_value;
+    k->names[1] = ngx_http_dsm_label_model;
+    k->values[1] = ctx->model;
+    k->nvalues = 2;
+
+    k->currency = ctx->currency.data;
+    k->currency_len = ctx->currency.len;
+
+    *p++ = (u_char) ctx->endpoint_value.len;
+    p = ngx_cpymem(p, ctx->endpoint_value.data, ctx->endpoint_value.len);
+    *p++ = (u_char) ctx->model.len;
+    p = ngx_cpymem(p, ctx->model.data, ctx->model.len);
+    *p++ = (u_char) ctx->currency.len;
+    p = ngx_cpymem(p, ctx->currency.data, ctx->currency.len);
+
+    if (dlcf->labels) {
+        label = dlcf->labels->elts;
+
+        for (i = 0; i < dlcf->labels->nelts; i++) {
+            if (ngx_http_complex_value(r, &label[i].value, &value)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            if (value.len > NGX_HTTP_DSM_MAX_VALUE) {
+                value.len = NGX_HTTP_DSM_MAX_VALUE;
+            }
+
+            k->names[k->nvalues] = label[i].name;
+            k->values[k->nvalues++] = value;
+
+            *p++ = (u_char) value.len;
+            p = ngx_cpymem(p, value.data, value.len);
+        }
+    }
+
+    k->len = p - k->buf;
+    k->hash = ngx_murmur_hash2(k->buf, k->len) ^ (uint32_t) k->status;
+
+    return NGX_OK;
+}
+
+
+/* what the body filter read: timings, tokens, cost, failures */
+
+static void
+ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
+    ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s)
+{
+    uint64_t                            out, cost;
+    ngx_uint_t                          status, outcome, missing, inband;
+    ngx_http_dsm_main_conf_t           *dmcf;
+    ngx_http_deepseek_metrics_parse_t  *p;
+
+    status = r->err_status ? r->err_status : r->headers_out.status;
+    p = &ctx->parse;
+
+    if (ctx->first_token && ctx->stream) {
+        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TTFT,
+                             (ctx->first_token - ctx->start) * 1000);
+    }
+
+    if (ctx->first_answer && ctx->stream) {
+        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_ANSWER,
+                             (ctx->first_answer - ctx->start) * 1000);
+    }
+
+    if (ctx->first_data && ctx->stream) {
+        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_QUEUE,
+                             (ctx->first_data - ctx->start) * 1000);
+    }
+
+    if (ctx->first_token && ctx->stream && p->completion_tokens > 1) {
+        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TPOT,
+                             (ctx->last_byte - ctx->first_token) * 1000
+                             / (p->completion_tokens - 1));
+    }
+
+    if (p->usage_fields) {
+        out = p->completion_tokens;
+
+        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_HIT],
+                                    p->cache_hit_tokens);
+        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_MISS],
+                                    p->cache_miss_tokens);
+        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_OUTPUT], out);
+        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_REASONING],
+                                    p->reasoning_tokens);
+
+        if (ctx->price) {
+            dmcf = ngx_http_get_module_main_conf(r,
+                                             ngx_http_deepseek_metrics_module);
+
+            cost = ngx_http_dsm_cost(dmcf, ctx->price, r->start_sec,
+                                     p->cache_hit_tokens,
+                                     p->cache_miss_tokens, out);
+            ctx->cost = cost;
+
+            (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_COST], cost);
+        }
+    }
+
+    if (status != NGX_HTTP_OK) {
+        return;
+    }
+
+    missing = NGX_HTTP_DSM_NMISSING;
+    inband = NGX_HTTP_DSM_NINBAND;
+
+    if (ctx->compressed) {
+        missing = NGX_HTTP_DSM_MISSING_COMPRESSED;
+        goto count;
+    }
+
+    outcome = ngx_http_deepseek_metrics_parse_outcome(p);
+
+    if (r->connection->error && !ctx->last_buf) {
+        /* the client went away: nginx cut the stream, not DeepSeek */
+        inband = NGX_HTTP_DSM_INBAND_CLIENT_CLOSED;
+        missing = NGX_HTTP_DSM_MISSING_CLIENT_ABORT;
+        goto count;
+    }
+
+    switch (outcome) {
+
+    case NGX_HTTP_DSM_OUTCOME_TRUNCATED:
+        inband = NGX_HTTP_DSM_INBAND_TRUNCATED;
+        missing = NGX_HTTP_DSM_MISSING_TRUNCATED;
+        break;
+
+    case NGX_HTTP_DSM_OUTCOME_QUEUE_TIMEOUT:
+        inband = NGX_HTTP_DSM_INBAND_QUEUE_TIMEOUT;
+        missing = NGX_HTTP_DSM_MISSING_TRUNCATED;
+        break;
+
+    case NGX_HTTP_DSM_OUTCOME_CONTENT_FILTER:
+        inband = NGX_HTTP_DSM_INBAND_CONTENT_FILTER;
+        break;
+
+    case NGX_HTTP_DSM_OUTCOME_INSUFFICIENT:
+        inband = NGX_HTTP_DSM_INBAND_INSUFFICIENT;
+        break;
+
+    case NGX_HTTP_DSM_OUTCOME_EMPTY_RESPONSE:
+        inband = NGX_HTTP_DSM_INBAND_EMPTY;
+        break;
+
+    case NGX_HTTP_DSM_OUTCOME_INVALID_JSON:
+        missing = NGX_HTTP_DSM_MISSING_INVALID_JSON;
+        break;
+
+    default: /* NGX_HTTP_DSM_OUTCOME_COMPLETE */
+        break;
+    }
+
+    if (missing == NGX_HTTP_DSM_NMISSING && p->usage_fields == 0) {
+        missing = NGX_HTTP_DSM_MISSING_ABSENT;
+    }
+
+count:
+
+    if (inband < NGX_HTTP_DSM_NINBAND) {
+        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_INBAND + inband], 1);
+    }
+
+    if (missing < NGX_HTTP_DSM_NMISSING && p->usage_fields == 0) {
+        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_MISSING + missing],
+                                    1);
+    }
+}

@@ -1,0 +1,882 @@
+
+/*
+ * ngx_http_deepseek_metrics_module: directives, configuration and
+ * registration of the phase handlers and filters.
+ */
+
+
+#include "ngx_http_deepseek_metrics.h"
+
+
+static ngx_int_t ngx_http_dsm_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_dsm_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_dsm_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_dsm_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_dsm_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_dsm_init_process(ngx_cycle_t *cycle);
+static void ngx_http_dsm_exit_process(ngx_cycle_t *cycle);
+
+static char *ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsm_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsm_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsm_label(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsm_models(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsm_parse_buckets(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_uint_t *n, uint64_t *bounds);
+
+
+static ngx_conf_enum_t  ngx_http_dsm_switch[] = {
+    { ngx_string("off"), 0 },
+    { ngx_string("on"), 1 },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_dsm_commands[] = {
+
+    { ngx_string("deepseek_metrics_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_dsm_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsm_metrics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics_export"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
+      ngx_http_dsm_export,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics_endpoint"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsm_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics_label"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_dsm_label,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics_request_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsm_loc_conf_t, request_body),
+      NULL },
+
+    { ngx_string("deepseek_metrics_stream_unbuffered"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsm_loc_conf_t, unbuffered),
+      &ngx_http_dsm_switch },
+
+    { ngx_string("deepseek_metrics_models"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_dsm_models,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics_price"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_dsm_price,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics_peak_hours"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_dsm_peak_hours,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("deepseek_metrics_holidays"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_dsm_holidays,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_dsm_module_ctx = {
+    ngx_http_dsm_preconfiguration,         /* preconfiguration */
+    ngx_http_dsm_postconfiguration,        /* postconfiguration */
+
+    ngx_http_dsm_create_main_conf,         /* create main configuration */
+    ngx_http_dsm_init_main_conf,           /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_dsm_create_loc_conf,          /* create location configuration */
+    ngx_http_dsm_merge_loc_conf            /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_deepseek_metrics_module = {
+    NGX_MODULE_V1,
+    &ngx_http_dsm_module_ctx,              /* module context */
+    ngx_http_dsm_commands,                 /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_dsm_init_process,             /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_dsm_exit_process,             /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/* every model name in DEEPSEEK-API.md: current, legacy and retired */
+static ngx_str_t  ngx_http_dsm_default_models[] = {
+    ngx_string("deepseek-flash"),
+    ngx_string("deepseek-v4-pro"),
+    ngx_string("deepseek-v4-flash"),
+    ngx_string("deepseek-v4-flash-vision-exp"),
+    ngx_string("deepseek-chat"),
+    ngx_string("deepseek-reasoner"),
+    ngx_null_string
+};
+
+
+/* label names the module sets itself */
+static ngx_str_t  ngx_http_dsm_reserved_labels[] = {
+    ngx_string("le"),
+    ngx_string("quantile"),
+    ngx_string("endpoint"),
+    ngx_string("model"),
+    ngx_string("status"),
+    ngx_string("type"),
+    ngx_string("currency"),
+    ngx_string("reason"),
+    ngx_string("zone"),
+    ngx_string("state"),
+    ngx_string("version"),
+    ngx_string("nginx_version"),
+    ngx_null_string
+};
+
+
+static ngx_str_t  ngx_http_dsm_hist_names[] = {
+    ngx_string("latency"),
+    ngx_string("ttft"),
+    ngx_string("answer"),
+    ngx_string("queue"),
+    ngx_string("tpot"),
+    ngx_null_string
+};
+
+
+static uint64_t  ngx_http_dsm_default_buckets[] = {
+    50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+    20000000, 30000000, 60000000, 120000000, 300000000, 600000000
+};
+
+
+static uint64_t  ngx_http_dsm_default_tpot_buckets[] = {
+    1000, 2500, 5000, 10000, 20000, 50000, 100000, 250000, 500000, 1000000
+};
+
+
+static ngx_int_t
+ngx_http_dsm_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_dsm_add_variables(cf);
+}
+
+
+static ngx_int_t
+ngx_http_dsm_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_int_t                   workers;
+    ngx_uint_t                  i;
+    ngx_core_conf_t            *ccf;
+    ngx_http_handler_pt        *h;
+    ngx_http_dsm_zone_t       **zones;
+    ngx_http_core_main_conf_t  *cmcf;
+    ngx_http_dsm_main_conf_t   *dmcf;
+
+    dmcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_deepseek_metrics_module);
+
+    /*
+     * a slot of in-flight counters per worker; old workers keep theirs
+     * during a graceful reload, hence room for several generations
+     */
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cf->cycle->conf_ctx,
+                                           ngx_core_module);
+
+    workers = ccf->worker_processes;
+    if (workers == NGX_CONF_UNSET || workers < 1) {
+        workers = ngx_ncpu;
+    }
+
+    zones = dmcf->zones.elts;
+    for (i = 0; i < dmcf->zones.nelts; i++) {
+        zones[i]->nslots = 4 * workers + 8;
+
+        if (zones[i]->shm_zone == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "deepseek_metrics: unknown zone \"%V\", "
+                          "declare it with \"deepseek_metrics_zone\"",
+                          &zones[i]->name);
+            return NGX_ERROR;
+        }
+    }
+
+    if (dmcf->zones.nelts == 0) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_dsm_preaccess_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_dsm_log_handler;
+
+    return ngx_http_dsm_filter_init(cf);
+}
+
+
+static void *
+ngx_http_dsm_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    dmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsm_main_conf_t));
+    if (dmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     dmcf->models = NULL;
+     *     dmcf->prices = NULL;
+     *     dmcf->schedule = { 0 };
+     */
+
+    if (ngx_array_init(&dmcf->zones, cf->pool, 4,
+                       sizeof(ngx_http_dsm_zone_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return dmcf;
+}
+
+
+static char *
+ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_dsm_main_conf_t *dmcf = conf;
+
+    ngx_str_t  *s, *m;
+
+    if (dmcf->models == NULL) {
+        dmcf->models = ngx_array_create(cf->pool, 8, sizeof(ngx_str_t));
+        if (dmcf->models == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        for (m = ngx_http_dsm_default_models; m->len; m++) {
+            s = ngx_array_push(dmcf->models);
+            if (s == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            *s = *m;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_dsm_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_dsm_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsm_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->labels_id = 0;
+     *     conf->export_zones = NULL;
+     */
+
+    conf->zone = NGX_CONF_UNSET_PTR;
+    conf->endpoint = NGX_CONF_UNSET_PTR;
+    conf->labels = NGX_CONF_UNSET_PTR;
+    conf->export = NGX_CONF_UNSET;
+    conf->request_body = NGX_CONF_UNSET;
+    conf->unbuffered = NGX_CONF_UNSET_UINT;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_dsm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_dsm_loc_conf_t *prev = parent;
+    ngx_http_dsm_loc_conf_t *conf = child;
+
+    ngx_conf_merge_ptr_value(conf->zone, prev->zone, NULL);
+    ngx_conf_merge_ptr_value(conf->endpoint, prev->endpoint, NULL);
+    ngx_conf_merge_value(conf->request_body, prev->request_body, 1);
+    ngx_conf_merge_uint_value(conf->unbuffered, prev->unbuffered, 1);
+    ngx_conf_merge_value(conf->export, prev->export, 0);
+
+    if (conf->labels == NGX_CONF_UNSET_PTR) {
+        conf->labels = prev->labels;
+        conf->labels_id = prev->labels_id;
+    }
+
+    if (conf->labels == NGX_CONF_UNSET_PTR) {
+        conf->labels = NULL;
+    }
+
+    /* the scrapes themselves are never counted */
+
+    if (conf->export) {
+        conf->zone = NULL;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dsm_init_process(ngx_cycle_t *cycle)
+{
+    return ngx_http_dsm_zone_init_process(cycle);
+}
+
+
+static void
+ngx_http_dsm_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_dsm_zone_exit_process(cycle);
+}
+
+
+ngx_http_dsm_zone_t *
+ngx_http_dsm_zone_lookup(ngx_conf_t *cf, ngx_str_t *name)
+{
+    ngx_uint_t                 i;
+    ngx_http_dsm_zone_t       *zone, **zones, **zp;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    dmcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_deepseek_metrics_module);
+
+    zones = dmcf->zones.elts;
+    for (i = 0; i < dmcf->zones.nelts; i++) {
+        if (zones[i]->name.len == name->len
+            && ngx_strncmp(zones[i]->name.data, name->data, name->len) == 0)
+        {
+            return zones[i];
+        }
+    }
+
+    /* a forward reference: checked in postconfiguration */
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsm_zone_t));
+    if (zone == NULL) {
+        return NULL;
+    }
+
+    zone->name = *name;
+
+    zp = ngx_array_push(&dmcf->zones);
+    if (zp == NULL) {
+        return NULL;
+    }
+
+    *zp = zone;
+
+    return zone;
+}
+
+
+static char *
+ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    u_char                 *p;
+    size_t                  size;
+    ngx_str_t              *value, name, s;
+    ngx_int_t               n;
+    ngx_uint_t              i, j, max_series, hist;
+    ngx_http_dsm_zone_t    *zone;
+    ngx_http_dsm_layout_t   layout;
+
+    value = cf->args->elts;
+
+    ngx_memzero(&layout, sizeof(ngx_http_dsm_layout_t));
+
+    p = (u_char *) ngx_strchr(value[1].data, ':');
+    if (p == NULL || p == value[1].data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone \"%V\", expected NAME:SIZE",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data;
+    name.len = p - value[1].data;
+
+    s.data = p + 1;
+    s.len = value[1].data + value[1].len - s.data;
+
+    n = ngx_parse_size(&s);
+    if (n == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    size = n;
+
+    if (size < 8 * ngx_pagesize) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small: at least %uzk",
+                           &value[1], 8 * ngx_pagesize / 1024);
+        return NGX_CONF_ERROR;
+    }
+
+    max_series = 0;
+    hist = (1 << NGX_HTTP_DSM_NHIST) - 1;
+
+    ngx_memcpy(layout.bounds[NGX_HTTP_DSM_H_LATENCY],
+               ngx_http_dsm_default_buckets,
+               sizeof(ngx_http_dsm_default_buckets));
+    layout.nbuckets[NGX_HTTP_DSM_H_LATENCY] =
+                                    sizeof(ngx_http_dsm_default_buckets) / 8;
+
+    ngx_memcpy(layout.bounds[NGX_HTTP_DSM_H_TPOT],
+               ngx_http_dsm_default_tpot_buckets,
+               sizeof(ngx_http_dsm_default_tpot_buckets));
+    layout.nbuckets[NGX_HTTP_DSM_H_TPOT] =
+                               sizeof(ngx_http_dsm_default_tpot_buckets) / 8;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "max_series=", 11) == 0) {
+            n = ngx_atoi(value[i].data + 11, value[i].len - 11);
+            if (n <= 0 || n > 10000000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid max_series \"%V\", "
+                                   "expected 1..10000000", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            max_series = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "buckets=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            if (ngx_http_dsm_parse_buckets(cf, &s,
+                                  &layout.nbuckets[NGX_HTTP_DSM_H_LATENCY],
+                                  layout.bounds[NGX_HTTP_DSM_H_LATENCY])
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "tpot_buckets=", 13) == 0) {
+            s.data = value[i].data + 13;
+            s.len = value[i].len - 13;
+
+            if (ngx_http_dsm_parse_buckets(cf, &s,
+                                  &layout.nbuckets[NGX_HTTP_DSM_H_TPOT],
+                                  layout.bounds[NGX_HTTP_DSM_H_TPOT])
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "histograms=", 11) == 0) {
+            hist = 1 << NGX_HTTP_DSM_H_LATENCY;
+            p = value[i].data + 11;
+
+            while (p < value[i].data + value[i].len) {
+                s.data = p;
+                while (p < value[i].data + value[i].len && *p != ',') {
+                    p++;
+                }
+                s.len = p - s.data;
+                p++;
+
+                for (j = 0; ngx_http_dsm_hist_names[j].len; j++) {
+                    if (ngx_http_dsm_hist_names[j].len == s.len
+                        && ngx_strncmp(ngx_http_dsm_hist_names[j].data,
+                                       s.data, s.len) == 0)
+                    {
+                        break;
+                    }
+                }
+
+                if (ngx_http_dsm_hist_names[j].len == 0) {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "unknown histogram \"%V\" in "
+                                       "\"%V\", expected latency, ttft, "
+                                       "answer, queue, tpot", &s, &value[i]);
+                    return NGX_CONF_ERROR;
+                }
+
+                hist |= 1 << j;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    /* ttft, answer and queue share the latency buckets */
+
+    for (i = NGX_HTTP_DSM_H_TTFT; i <= NGX_HTTP_DSM_H_QUEUE; i++) {
+        layout.nbuckets[i] = layout.nbuckets[NGX_HTTP_DSM_H_LATENCY];
+        ngx_memcpy(layout.bounds[i], layout.bounds[NGX_HTTP_DSM_H_LATENCY],
+                   sizeof(layout.bounds[0]));
+    }
+
+    for (i = 0; i < NGX_HTTP_DSM_NHIST; i++) {
+        if (!(hist & (1 << i))) {
+            layout.nbuckets[i] = 0;
+            ngx_memzero(layout.bounds[i], sizeof(layout.bounds[0]));
+        }
+    }
+
+    zone = ngx_http_dsm_zone_lookup(cf, &name);
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (zone->shm_zone) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_dsm_zone_add(cf, zone, size, &layout, max_series);
+}
+
+
+static char *
+ngx_http_dsm_parse_buckets(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t *n,
+    uint64_t *bounds)
+{
+    u_char     *p, *last, *start;
+    ngx_int_t   us;
+
+    *n = 0;
+    p = value->data;
+    last = p + value->len;
+
+    while (p < last) {
+        start = p;
+        while (p < last && *p != ',') {
+            p++;
+        }
+
+        us = ngx_atofp(start, p - start, 6);
+
+        if (us <= 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid bucket \"%*s\" in \"%V\": expected "
+                               "seconds > 0 with at most 6 decimals",
+                               p - start, start, value);
+            return NGX_CONF_ERROR;
+        }
+
+        if (*n == NGX_HTTP_DSM_MAX_BUCKETS) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "too many buckets in \"%V\": at most %d",
+                               value, NGX_HTTP_DSM_MAX_BUCKETS);
+            return NGX_CONF_ERROR;
+        }
+
+        if (*n > 0 && (uint64_t) us <= bounds[*n - 1]) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "buckets in \"%V\" must increase strictly",
+                               value);
+            return NGX_CONF_ERROR;
+        }
+
+        bounds[(*n)++] = us;
+        p++;
+    }
+
+    if (*n == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no buckets in \"%V\"", value);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_dsm_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsm_loc_conf_t *dlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (dlcf->zone != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        dlcf->zone = NULL;
+        return NGX_CONF_OK;
+    }
+
+    dlcf->zone = ngx_http_dsm_zone_lookup(cf, &value[1]);
+    if (dlcf->zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_dsm_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsm_loc_conf_t *dlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (dlcf->endpoint != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "takes a non-empty value";
+    }
+
+    dlcf->endpoint = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (dlcf->endpoint == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = dlcf->endpoint;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_dsm_label(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsm_loc_conf_t *dlcf = conf;
+
+    u_char                            *p;
+    ngx_str_t                         *value, *r;
+    ngx_uint_t                         i;
+    ngx_http_dsm_label_t              *label;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[1].len > 64) {
+        goto invalid;
+    }
+
+    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || *p == '_' || (p > value[1].data && *p >= '0' && *p <= '9')))
+        {
+            goto invalid;
+        }
+    }
+
+    if (value[1].len >= 2 && value[1].data[0] == '_'
+        && value[1].data[1] == '_')
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "label name \"%V\" is reserved: names starting "
+                           "with \"__\" belong to Prometheus", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    for (r = ngx_http_dsm_reserved_labels; r->len; r++) {
+        if (r->len == value[1].len
+            && ngx_strncmp(r->data, value[1].data, r->len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "label name \"%V\" is reserved", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (dlcf->labels == NGX_CONF_UNSET_PTR) {
+        dlcf->labels = ngx_array_create(cf->pool, 2,
+                                        sizeof(ngx_http_dsm_label_t));
+        if (dlcf->labels == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    label = dlcf->labels->elts;
+    for (i = 0; i < dlcf->labels->nelts; i++) {
+        if (label[i].name.len == value[1].len
+            && ngx_strncmp(label[i].name.data, value[1].data,
+                           value[1].len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate label \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (dlcf->labels->nelts == NGX_HTTP_DSM_MAX_LABELS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many labels: at most %d",
+                           NGX_HTTP_DSM_MAX_LABELS);
+        return NGX_CONF_ERROR;
+    }
+
+    label = ngx_array_push(dlcf->labels);
+    if (label == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    label->name = value[1];
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[2];
+    ccv.complex_value = &label->value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* series of another label set never share a key */
+
+    dlcf->labels_id = ngx_murmur_hash2(value[1].data, value[1].len)
+                      ^ (dlcf->labels_id * 31 + 1);
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid label name \"%V\": expected "
+                       "[a-zA-Z_][a-zA-Z0-9_]*, at most 64 characters",
+                       &value[1]);
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_dsm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsm_main_conf_t *dmcf = conf;
+
+    ngx_str_t   *value, *s;
+    ngx_uint_t   i;
+
+    if (dmcf->models) {
+        return "is duplicate";
+    }
+
+    dmcf->models = ngx_array_create(cf->pool, cf->args->nelts,
+                                    sizeof(ngx_str_t));
+    if (dmcf->models == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len == 0 || value[i].len > 63) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid model name \"%V\": 1 to 63 bytes",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        s = ngx_array_push(dmcf->models);
+        if (s == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *s = value[i];
+    }
+
+    return NGX_CONF_OK;
+}

@@ -1,0 +1,796 @@
+
+/*
+ * The shared zone: layout, sizing, reuse across reloads, the insert-only
+ * series table, the endpoint table and the per-worker in-flight slots.
+ */
+
+
+#include "ngx_http_deepseek_metrics.h"
+
+
+static ngx_int_t ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static size_t ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout,
+    ngx_uint_t nslots);
+static size_t ngx_http_dsm_zone_usable(size_t size);
+static size_t ngx_http_dsm_render_len(ngx_http_dsm_key_t *k);
+static u_char *ngx_http_dsm_render(u_char *p, ngx_http_dsm_key_t *k);
+static void ngx_http_dsm_slot_clear(ngx_http_dsm_slot_t *slot);
+
+
+ngx_str_t  ngx_http_dsm_builtin_endpoints[] = {
+    ngx_string("chat_completions"),
+    ngx_string("completions"),
+    ngx_string("models"),
+    ngx_string("user_balance"),
+    ngx_string("messages"),
+    ngx_string("responses"),
+    ngx_string("other"),
+    ngx_null_string
+};
+
+
+static ngx_str_t  ngx_http_dsm_overflow = ngx_string("__overflow__");
+
+
+#define ngx_http_dsm_pages(size)  ngx_align(size, ngx_pagesize)
+
+
+size_t
+ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
+{
+    ngx_uint_t  i, n;
+
+    n = NGX_HTTP_DSM_NCOUNTERS;
+
+    for (i = 0; i < NGX_HTTP_DSM_NHIST; i++) {
+        if (layout->nbuckets[i]) {
+            layout->offset[i] = n;
+
+            /* a count per bucket, "+Inf" included, and the sum */
+            n += layout->nbuckets[i] + 2;
+
+        } else {
+            layout->offset[i] = 0;
+        }
+    }
+
+    return offsetof(ngx_http_dsm_series_t, v) + n * sizeof(ngx_atomic_t);
+}
+
+
+static size_t
+ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout, ngx_uint_t nslots)
+{
+    return ngx_http_dsm_pages(sizeof(ngx_http_dsm_sh_t))
+           + ngx_http_dsm_pages(layout->nhash * sizeof(uint32_t))
+           + ngx_http_dsm_pages((layout->max_series + 1)
+                                * layout->series_size)
+           + ngx_http_dsm_pages((nslots + 1) * sizeof(ngx_http_dsm_slot_t))
+           + NGX_HTTP_DSM_MAX_ENDPOINTS * 2 * 64
+           + layout->max_series * NGX_HTTP_DSM_KEY_ESTIMATE;
+}
+
+
+static size_t
+ngx_http_dsm_zone_usable(size_t size)
+{
+    size_t  pages;
+
+    /* the slab pool's header, its page descriptors and alignment */
+
+    if (size < 4 * ngx_pagesize) {
+        return 0;
+    }
+
+    pages = (size - 2 * ngx_pagesize)
+            / (ngx_pagesize + sizeof(ngx_slab_page_t));
+
+    return (pages - 1) * ngx_pagesize;
+}
+
+
+static size_t
+ngx_http_dsm_zone_size_for(size_t need)
+{
+    size_t  pages;
+
+    pages = need / ngx_pagesize + 1;
+
+    return 2 * ngx_pagesize + pages * (ngx_pagesize + sizeof(ngx_slab_page_t));
+}
+
+
+static ngx_uint_t
+ngx_http_dsm_nhash(ngx_uint_t max_series)
+{
+    ngx_uint_t  n;
+
+    for (n = 64; n < max_series; n <<= 1) { /* void */ }
+
+    return n;
+}
+
+
+char *
+ngx_http_dsm_zone_add(ngx_conf_t *cf, ngx_http_dsm_zone_t *zone, size_t size,
+    ngx_http_dsm_layout_t *layout, ngx_uint_t max_series)
+{
+    size_t           usable, need, per;
+    ngx_shm_zone_t  *shm_zone;
+
+    layout->series_size = ngx_http_dsm_series_size(layout);
+    usable = ngx_http_dsm_zone_usable(size);
+
+    /* the worker count is not known yet: assume 64 slots here */
+
+    if (max_series == 0) {
+        per = layout->series_size + NGX_HTTP_DSM_KEY_ESTIMATE
+              + 2 * sizeof(uint32_t);
+        max_series = usable / per;
+
+        for ( ;; ) {
+            if (max_series == 0) {
+                break;
+            }
+
+            layout->max_series = max_series;
+            layout->nhash = ngx_http_dsm_nhash(max_series);
+
+            if (ngx_http_dsm_zone_need(layout, 64) <= usable) {
+                break;
+            }
+
+            max_series -= max_series / 64 + 1;
+        }
+
+        if (max_series == 0) {
+            layout->max_series = 1;
+            layout->nhash = ngx_http_dsm_nhash(1);
+            need = ngx_http_dsm_zone_need(layout, 64);
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "zone \"%V\" is too small: at least %uzk "
+                               "needed", &zone->name,
+                               ngx_http_dsm_zone_size_for(need) / 1024 + 1);
+            return NGX_CONF_ERROR;
+        }
+
+    } else {
+        zone->max_series_set = 1;
+        layout->max_series = max_series;
+        layout->nhash = ngx_http_dsm_nhash(max_series);
+
+        need = ngx_http_dsm_zone_need(layout, 64);
+
+        if (need > usable) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "zone \"%V\" is too small for max_series=%ui"
+                               " (%uz bytes a series): set its size to at "
+                               "least %uzk", &zone->name, max_series,
+                               layout->series_size
+                               + NGX_HTTP_DSM_KEY_ESTIMATE,
+                               ngx_http_dsm_zone_size_for(need) / 1024 + 1);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    zone->layout = *layout;
+
+    shm_zone = ngx_shared_memory_add(cf, &zone->name, size,
+                                     &ngx_http_deepseek_metrics_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\"", &zone->name);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone->init = ngx_http_dsm_init_zone;
+    shm_zone->data = zone;
+    zone->shm_zone = shm_zone;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_dsm_zone_t *ozone = data;
+
+    u_char                 *p;
+    size_t                  need, len;
+    ngx_uint_t              i;
+    ngx_http_dsm_sh_t      *sh;
+    ngx_http_dsm_zone_t    *zone;
+    ngx_http_dsm_series_t  *s;
+
+    zone = shm_zone->data;
+    zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (ozone) {
+        sh = ozone->sh;
+
+        if (ngx_memcmp(&sh->layout, &zone->layout,
+                       sizeof(ngx_http_dsm_layout_t))
+            != 0)
+        {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "deepseek_metrics_zone \"%V\": the new buckets, "
+                          "histograms or max_series need another layout "
+                          "of the same memory, refused; to apply them, "
+                          "also change the zone's size or name (its "
+                          "counters then start at zero) or restart nginx",
+                          &zone->name);
+            return NGX_ERROR;
+        }
+
+        zone->sh = sh;
+
+        (void) ngx_atomic_fetch_add(&sh->reloads, 1);
+        sh->last_reload = ngx_time();
+
+        return NGX_OK;
+    }
+
+    if (shm_zone->shm.exists) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "deepseek_metrics_zone \"%V\": shared memory "
+                      "inherited from another process is not supported",
+                      &zone->name);
+        return NGX_ERROR;
+    }
+
+    need = ngx_http_dsm_zone_need(&zone->layout, zone->nslots);
+
+    if (need > ngx_http_dsm_zone_usable(shm_zone->shm.size)) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "deepseek_metrics_zone \"%V\" is too small for "
+                      "max_series=%ui and %ui worker slots: set its size "
+                      "to at least %uzk", &zone->name,
+                      zone->layout.max_series, zone->nslots,
+                      ngx_http_dsm_zone_size_for(need) / 1024 + 1);
+        return NGX_ERROR;
+    }
+
+    sh = ngx_slab_calloc(zone->shpool, sizeof(ngx_http_dsm_sh_t));
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    zone->sh = sh;
+    zone->shpool->data = sh;
+
+    sh->magic = NGX_HTTP_DSM_MAGIC;
+    sh->version = NGX_HTTP_DSM_LAYOUT_VERSION;
+    sh->layout = zone->layout;
+    sh->start_time = ngx_time();
+    sh->nslots = zone->nslots;
+
+    sh->hash = ngx_slab_calloc(zone->shpool,
+                               zone->layout.nhash * sizeof(uint32_t));
+    sh->series = ngx_slab_calloc(zone->shpool, (zone->layout.max_series + 1)
+                                               * zone->layout.series_size);
+    sh->slots = ngx_slab_calloc(zone->shpool,
+                                (sh->nslots + 1) * sizeof(ngx_http_dsm_slot_t));
+
+    if (sh->hash == NULL || sh->series == NULL || sh->slots == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; ngx_http_dsm_builtin_endpoints[i].len; i++) {
+        sh->endpoints[i].name = ngx_http_dsm_builtin_endpoints[i].data;
+        sh->endpoints[i].text = ngx_http_dsm_builtin_endpoints[i].data;
+        sh->endpoints[i].len = ngx_http_dsm_builtin_endpoints[i].len;
+        sh->endpoints[i].text_len = ngx_http_dsm_builtin_endpoints[i].len;
+    }
+
+    sh->nendpoints = i;
+
+    /* the overflow series, outside max_series */
+
+    len = sizeof("endpoint=\"\",model=\"\"") - 1
+          + 2 * ngx_http_dsm_overflow.len;
+
+    p = ngx_slab_alloc(zone->shpool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_dsm_series(sh, 0);
+    s->status = NGX_HTTP_DSM_STATUS_OVERFLOW;
+    s->text = p;
+    s->text_len = len;
+    s->currency = ngx_http_dsm_overflow.data;
+    s->currency_len = ngx_http_dsm_overflow.len;
+
+    ngx_sprintf(p, "endpoint=\"%V\",model=\"%V\"",
+                &ngx_http_dsm_overflow, &ngx_http_dsm_overflow);
+
+    /* we count what does not fit; the slab would log every failure */
+
+    zone->shpool->log_nomem = 0;
+
+    len = sizeof(" in deepseek_metrics_zone \"\"") + zone->name.len;
+
+    zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+    if (zone->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(zone->shpool->log_ctx, " in deepseek_metrics_zone \"%V\"%Z",
+                &zone->name);
+
+    ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                  "deepseek_metrics_zone \"%V\": new zone for %ui series, "
+                  "counters start at zero", &zone->name,
+                  zone->layout.max_series);
+
+    return NGX_OK;
+}
+
+
+ngx_http_dsm_series_t *
+ngx_http_dsm_series(ngx_http_dsm_sh_t *sh, ngx_uint_t i)
+{
+    return (ngx_http_dsm_series_t *)
+               (sh->series + i * sh->layout.series_size);
+}
+
+
+ngx_http_dsm_series_t *
+ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
+{
+    u_char                 *p;
+    size_t                  len;
+    uint32_t               *head;
+    ngx_uint_t              i, n;
+    ngx_http_dsm_sh_t      *sh;
+    ngx_http_dsm_series_t  *s;
+
+    sh = zone->sh;
+    head = &sh->hash[k->hash & (sh->layout.nhash - 1)];
+
+    for (i = *head; i; i = s->next) {
+        s = ngx_http_dsm_series(sh, i);
+
+        if (s->hash == k->hash
+            && s->status == k->status
+            && s->key_len == k->len
+            && ngx_memcmp(s->key, k->buf, k->len) == 0)
+        {
+            return s;
+        }
+    }
+
+    /* a new series: the only place that takes the lock */
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (i = *head; i; i = s->next) {
+        s = ngx_http_dsm_series(sh, i);
+
+        if (s->hash == k->hash
+            && s->status == k->status
+            && s->key_len == k->len
+            && ngx_memcmp(s->key, k->buf, k->len) == 0)
+        {
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return s;
+        }
+    }
+
+    n = sh->nseries;
+
+    if (n >= sh->layout.max_series) {
+        goto overflow;
+    }
+
+    len = k->len + ngx_http_dsm_render_len(k) + k->currency_len;
+
+    p = ngx_slab_alloc_locked(zone->shpool, len);
+    if (p == NULL) {
+        goto overflow;
+    }
+
+    s = ngx_http_dsm_series(sh, n + 1);
+
+    s->hash = k->hash;
+    s->status = (uint16_t) k->status;
+    s->key_len = (uint16_t) k->len;
+    s->key = p;
+    p = ngx_cpymem(p, k->buf, k->len);
+
+    s->text = p;
+    p = ngx_http_dsm_render(p, k);
+    s->text_len = (uint16_t) (p - s->text);
+
+    s->currency = p;
+    s->currency_len = (uint16_t) k->currency_len;
+    ngx_memcpy(p, k->currency, k->currency_len);
+
+    s->next = *head;
+
+    ngx_memory_barrier();
+
+    *head = (uint32_t) (n + 1);
+    sh->nseries = n + 1;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return s;
+
+overflow:
+
+    if (!sh->full_logged) {
+        sh->full_logged = 1;
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "deepseek_metrics_zone \"%V\" is full (%ui series): "
+                      "new label sets are counted in the overflow series",
+                      &zone->name, n);
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    (void) ngx_atomic_fetch_add(&sh->dropped, 1);
+
+    return ngx_http_dsm_series(sh, 0);
+}
+
+
+/* labels without status: endpoint="..",model="..",user="..", escaped */
+
+static size_t
+ngx_http_dsm_render_len(ngx_http_dsm_key_t *k)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    len = 0;
+
+    for (i = 0; i < k->nvalues; i++) {
+        len += k->names[i].len + sizeof(",=\"\"") - 1
+               + ngx_http_dsm_escape(NULL, k->values[i].data,
+                                     k->values[i].len);
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_dsm_render(u_char *p, ngx_http_dsm_key_t *k)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < k->nvalues; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, k->names[i].data, k->names[i].len);
+        *p++ = '=';
+        *p++ = '"';
+        p += ngx_http_dsm_escape(p, k->values[i].data, k->values[i].len);
+        *p++ = '"';
+    }
+
+    return p;
+}
+
+
+/*
+ * Escapes a label value for both exposition formats and replaces invalid
+ * UTF-8 with U+FFFD, so no input can make a scrape unparsable.  With
+ * dst NULL it only returns the length.
+ */
+
+size_t
+ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len)
+{
+    u_char      c, *last;
+    size_t      n, need;
+    ngx_uint_t  ok, j;
+
+    n = 0;
+    last = src + len;
+
+    while (src < last) {
+        c = *src;
+
+        if (c < 0x80) {
+            if (c == '\\' || c == '"' || c == '\n') {
+                if (dst) {
+                    *dst++ = '\\';
+                    *dst++ = (c == '\n') ? 'n' : c;
+                }
+
+                n += 2;
+
+            } else {
+                if (dst) {
+                    *dst++ = c;
+                }
+
+                n++;
+            }
+
+            src++;
+            continue;
+        }
+
+        /* a multi-byte sequence: check lead, length, range, continuation */
+
+        ok = 1;
+
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+
+        } else {
+            need = 0;
+            ok = 0;
+        }
+
+        if (ok && (size_t) (last - src) <= need) {
+            ok = 0;
+        }
+
+        if (ok) {
+            if ((c == 0xe0 && src[1] < 0xa0)
+                || (c == 0xed && src[1] > 0x9f)
+                || (c == 0xf0 && src[1] < 0x90)
+                || (c == 0xf4 && src[1] > 0x8f))
+            {
+                ok = 0;
+            }
+        }
+
+        if (ok) {
+            for (j = 1; j <= need; j++) {
+                if ((src[j] & 0xc0) != 0x80) {
+                    ok = 0;
+                    break;
+                }
+            }
+        }
+
+        if (ok) {
+            if (dst) {
+                dst = ngx_cpymem(dst, src, need + 1);
+            }
+
+            n += need + 1;
+            src += need + 1;
+            continue;
+        }
+
+        if (dst) {
+            *dst++ = 0xef;
+            *dst++ = 0xbf;
+            *dst++ = 0xbd;
+        }
+
+        n += 3;
+        src++;
+    }
+
+    return n;
+}
+
+
+ngx_uint_t
+ngx_http_dsm_endpoint_get(ngx_http_dsm_zone_t *zone, ngx_str_t *name)
+{
+    u_char             *p;
+    size_t              tlen;
+    uint32_t            hash;
+    ngx_uint_t          i, n;
+    ngx_http_dsm_sh_t  *sh;
+
+    sh = zone->sh;
+    hash = ngx_murmur_hash2(name->data, name->len);
+
+    n = sh->nendpoints;
+
+    for (i = 0; i < n; i++) {
+        if (sh->endpoints[i].len == name->len
+            && ngx_memcmp(sh->endpoints[i].name, name->data, name->len) == 0)
+        {
+            return i;
+        }
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    n = sh->nendpoints;
+
+    for ( /* void */ ; i < n; i++) {
+        if (sh->endpoints[i].len == name->len
+            && ngx_memcmp(sh->endpoints[i].name, name->data, name->len) == 0)
+        {
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return i;
+        }
+    }
+
+    if (n == NGX_HTTP_DSM_MAX_ENDPOINTS) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_HTTP_DSM_MAX_ENDPOINTS;
+    }
+
+    tlen = ngx_http_dsm_escape(NULL, name->data, name->len);
+
+    p = ngx_slab_alloc_locked(zone->shpool, name->len + tlen);
+    if (p == NULL) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_HTTP_DSM_MAX_ENDPOINTS;
+    }
+
+    sh->endpoints[n].hash = hash;
+    sh->endpoints[n].name = p;
+    sh->endpoints[n].len = (uint16_t) name->len;
+    p = ngx_cpymem(p, name->data, name->len);
+    sh->endpoints[n].text = p;
+    sh->endpoints[n].text_len = (uint16_t) tlen;
+    ngx_http_dsm_escape(p, name->data, name->len);
+
+    ngx_memory_barrier();
+
+    sh->nendpoints = n + 1;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return n;
+}
+
+
+ngx_int_t
+ngx_http_dsm_zone_init_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                 i, j;
+    ngx_http_dsm_sh_t         *sh;
+    ngx_http_dsm_slot_t       *slot;
+    ngx_http_dsm_zone_t      **zones;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module) == NULL) {
+        return NGX_OK;
+    }
+
+    dmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                             ngx_http_deepseek_metrics_module);
+    if (dmcf == NULL) {
+        return NGX_OK;
+    }
+
+    zones = dmcf->zones.elts;
+
+    for (i = 0; i < dmcf->zones.nelts; i++) {
+        sh = zones[i]->sh;
+
+        if (sh == NULL) {
+            continue;
+        }
+
+        /* a slot of a worker that is gone is free, whatever it counted */
+
+        ngx_shmtx_lock(&zones[i]->shpool->mutex);
+
+        slot = &sh->slots[sh->nslots];
+
+        for (j = 0; j < sh->nslots; j++) {
+            if (sh->slots[j].pid == 0
+                || (kill(sh->slots[j].pid, 0) == -1
+                    && ngx_errno == NGX_ESRCH))
+            {
+                slot = &sh->slots[j];
+                ngx_http_dsm_slot_clear(slot);
+                slot->pid = ngx_pid;
+                break;
+            }
+        }
+
+        ngx_shmtx_unlock(&zones[i]->shpool->mutex);
+
+        zones[i]->slot = slot;
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_dsm_zone_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                 i;
+    ngx_http_dsm_zone_t      **zones;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module) == NULL) {
+        return;
+    }
+
+    dmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                             ngx_http_deepseek_metrics_module);
+    if (dmcf == NULL) {
+        return;
+    }
+
+    zones = dmcf->zones.elts;
+
+    for (i = 0; i < dmcf->zones.nelts; i++) {
+        if (zones[i]->slot == NULL
+            || zones[i]->slot == &zones[i]->sh->slots[zones[i]->sh->nslots])
+        {
+            continue;
+        }
+
+        ngx_shmtx_lock(&zones[i]->shpool->mutex);
+
+        if (zones[i]->slot->pid == ngx_pid) {
+            ngx_http_dsm_slot_clear(zones[i]->slot);
+            zones[i]->slot->pid = 0;
+        }
+
+        ngx_shmtx_unlock(&zones[i]->shpool->mutex);
+    }
+}
+
+
+/*
+ * Called by the exporter: frees the slots of workers that died without
+ * exit_process (SIGKILL, crash), so their in-flight requests do not stay
+ * counted forever.
+ */
+
+ngx_uint_t
+ngx_http_dsm_slots_reap(ngx_http_dsm_zone_t *zone)
+{
+    ngx_pid_t           pid;
+    ngx_uint_t          i, reaped;
+    ngx_http_dsm_sh_t  *sh;
+
+    sh = zone->sh;
+    reaped = 0;
+
+    for (i = 0; i < sh->nslots; i++) {
+        pid = sh->slots[i].pid;
+
+        if (pid == 0 || kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH) {
+            continue;
+        }
+
+        ngx_shmtx_lock(&zone->shpool->mutex);
+
+        if (sh->slots[i].pid == pid) {
+            ngx_http_dsm_slot_clear(&sh->slots[i]);
+            sh->slots[i].pid = 0;
+            reaped++;
+        }
+
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+    }
+
+    return reaped;
+}
+
+
+static void
+ngx_http_dsm_slot_clear(ngx_http_dsm_slot_t *slot)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i <= NGX_HTTP_DSM_MAX_ENDPOINTS; i++) {
+        slot->in_flight[i] = 0;
+    }
+}
