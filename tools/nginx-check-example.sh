@@ -37,17 +37,17 @@ if [ -n "$MODULE" ]; then
 else
   LOAD="" # static build
 fi
-LOAD="$LOAD" TMPD="$TMP" perl -pi -e '
-  BEGIN { $load = $ENV{LOAD}; $tmp = $ENV{TMPD}; }
-  s{^\s*load_module\s+\S*ngx_http_deepseek_metrics_module\.so\s*;}{$load};
-  s{^(\s*proxy_pass\s+https?://)api\.deepseek\.com}{${1}127.0.0.1};
-  s{^(\s*server\s+)api\.deepseek\.com}{${1}127.0.0.1};
+LOAD="$LOAD" TMPD="$TMP" perl -0pi -e '
+  my $load = $ENV{LOAD}; my $tmp = $ENV{TMPD}; my $txt = $_;
+  s{^\s*load_module\s+\S*ngx_http_deepseek_metrics_module\.so\s*;}{$load}m;
+  s{^(\s*proxy_pass\s+https?://)api\.deepseek\.com}{${1}127.0.0.1}mg;
+  s{^(\s*server\s+)api\.deepseek\.com}{${1}127.0.0.1}mg;
   s{/var/log/nginx/}{$tmp/logs/}g;
   s{/run/nginx\.pid}{$tmp/logs/nginx.pid}g;
-  s{include\s+\S*deepseek-api-key\.conf}{include $tmp/conf/deepseek-api-key.conf};
-  if (/^\s*http\s*\{/ && !$done++) {
-    $_ .= join "", map { "    ${_}_temp_path $tmp/temp/$_;\n" } qw(client_body proxy fastcgi uwsgi scgi);
-  }
+  s{include\s+\S*deepseek-api-key\.conf}{include $tmp/conf/deepseek-api-key.conf}g;
+  my $ins = join "", map { "    ${_}_temp_path $tmp/temp/$_;\n" }
+                     grep { my $n = $_; $txt !~ /^\s*${n}_temp_path\s/m } qw(client_body proxy fastcgi uwsgi scgi);
+  s{^(\s*http\s*\{[^\n]*\n)}{$1$ins}m;
 ' "$OUT"
 
 "$NGINX" -t -p "$TMP/" -e "$TMP/logs/error.log" -c "$OUT"
