@@ -107,7 +107,7 @@ SKIP: {
         is($rc, 0, 'nginx -t on the Kubernetes ConfigMap nginx.conf') or diag $out;
     }
     my $prod = slurp('examples/nginx/production.conf');
-    unlike($prod, qr/Bearer\s+sk-/, 'no API key in production.conf');
+    unlike($prod, qr/^\s*proxy_set_header\s+Authorization/m, 'no API key in production.conf (only in the included file)');
     like($prod, qr/include\s+\S*deepseek-api-key\.conf;/, 'the key comes from an included file');
     like($prod, qr/proxy_ssl_server_name\s+on;/, 'SNI to the upstream');
     like($prod, qr/keepalive\s+\d+;/, 'keep-alive upstream pool');
