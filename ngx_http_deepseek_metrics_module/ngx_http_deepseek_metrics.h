@@ -25,10 +25,9 @@
 #define NGX_HTTP_DSM_MAX_VALUE        255    /* bytes of one label value */
 #define NGX_HTTP_DSM_MAX_LABELS       8      /* deepseek_metrics_label */
 #define NGX_HTTP_DSM_MAX_KEY                                                 \
-    (4 + (3 + NGX_HTTP_DSM_MAX_LABELS) * (1 + NGX_HTTP_DSM_MAX_VALUE))
+    (4 + (2 + NGX_HTTP_DSM_MAX_LABELS) * (1 + NGX_HTTP_DSM_MAX_VALUE))
 #define NGX_HTTP_DSM_KEY_ESTIMATE     128    /* slab bytes per series key */
 #define NGX_HTTP_DSM_MAX_ENDPOINTS    32     /* in-flight endpoint table */
-#define NGX_HTTP_DSM_STATUS_OVERFLOW  0xffff
 
 
 /* histogram families, in exposition order */
@@ -65,16 +64,35 @@ enum {
 };
 
 
-/* plain counters of a series, before its histograms */
+/*
+ * Sparse counters: each series has NGX_HTTP_DSM_NSLOTS words, a tag in the
+ * top 16 bits (bit 15 set, a kind, a code) and a count in the low 48 bits.
+ * A slot is claimed by compare-and-swap on first use and never freed, so
+ * statuses and failure reasons need no memory until they happen.
+ */
+
+#define NGX_HTTP_DSM_NSLOTS           12
+#define NGX_HTTP_DSM_NOVERFLOW_SLOTS  256
+
+#define NGX_HTTP_DSM_SLOT_STATUS      0
+#define NGX_HTTP_DSM_SLOT_INBAND      1
+#define NGX_HTTP_DSM_SLOT_MISSING     2
+
+#define ngx_http_dsm_tag(kind, code)                                         \
+    ((uint64_t) (0x8000 | (kind) << 12 | (code)) << 48)
+#define ngx_http_dsm_tag_kind(w)      (((w) >> 60) & 0x7)
+#define ngx_http_dsm_tag_code(w)      (((w) >> 48) & 0xfff)
+#define ngx_http_dsm_slot_count(w)    ((w) & 0xffffffffffffULL)
+
+
+/* counters of a series: the slots, then plain counters, then histograms */
 enum {
-    NGX_HTTP_DSM_C_HIT = 0,
+    NGX_HTTP_DSM_C_HIT = NGX_HTTP_DSM_NSLOTS,
     NGX_HTTP_DSM_C_MISS,
     NGX_HTTP_DSM_C_OUTPUT,
     NGX_HTTP_DSM_C_REASONING,
     NGX_HTTP_DSM_C_COST,                     /* 1e-12 currency units */
-    NGX_HTTP_DSM_C_INBAND,
-    NGX_HTTP_DSM_C_MISSING = NGX_HTTP_DSM_C_INBAND + NGX_HTTP_DSM_NINBAND,
-    NGX_HTTP_DSM_NCOUNTERS = NGX_HTTP_DSM_C_MISSING + NGX_HTTP_DSM_NMISSING
+    NGX_HTTP_DSM_NCOUNTERS
 };
 
 
@@ -92,8 +110,8 @@ enum {
 
 
 /*
- * A series is one label set: endpoint, model, status, currency and the
- * user labels.  Records are fixed-size and preallocated; the key and the
+ * A series is one label set: endpoint, model, currency and the user
+ * labels; statuses are its slots.  Records are fixed-size and preallocated; the key and the
  * rendered label text live in one slab allocation made when the series is
  * created and are immutable afterwards.  Counters are updated with atomics
  * only.
@@ -102,13 +120,13 @@ enum {
 typedef struct {
     uint32_t                      next;      /* chain: series index, 0 ends */
     uint32_t                      hash;
-    uint16_t                      status;    /* or STATUS_OVERFLOW */
+    uint16_t                      overflow;  /* the overflow series */
     uint16_t                      key_len;
     uint16_t                      text_len;  /* labels without status */
     uint16_t                      currency_len;
     u_char                       *key;
     u_char                       *text;      /* escaped, valid UTF-8 */
-    u_char                       *currency;  /* escaped */
+    u_char                       *currency;  /* escaped, set once */
     ngx_atomic_t                  v[1];
 } ngx_http_dsm_series_t;
 
@@ -149,6 +167,7 @@ typedef struct {
     ngx_atomic_t                  nseries;       /* ordinary, in use */
     ngx_uint_t                    full_logged;
     ngx_atomic_t                  dropped;
+    ngx_atomic_t                  overflow_slots[NGX_HTTP_DSM_NOVERFLOW_SLOTS];
     ngx_atomic_t                  reloads;
     ngx_atomic_t                  last_reload;
     time_t                        start_time;
@@ -173,6 +192,7 @@ typedef struct {
     ngx_http_dsm_slot_t          *slot;          /* this worker's */
     ngx_uint_t                    nslots;
     ngx_uint_t                    max_series_set;
+    ngx_uint_t                    currency_logged;
 } ngx_http_dsm_zone_t;
 
 
@@ -229,12 +249,9 @@ typedef struct {
     u_char                        buf[NGX_HTTP_DSM_MAX_KEY];
     size_t                        len;
     uint32_t                      hash;
-    ngx_uint_t                    status;
     ngx_uint_t                    nvalues;
     ngx_str_t                     names[2 + NGX_HTTP_DSM_MAX_LABELS];
     ngx_str_t                     values[2 + NGX_HTTP_DSM_MAX_LABELS];
-    u_char                       *currency;
-    size_t                        currency_len;
 } ngx_http_dsm_key_t;
 
 
@@ -291,6 +308,10 @@ ngx_http_dsm_series_t *ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone,
     ngx_http_dsm_key_t *k);
 ngx_uint_t ngx_http_dsm_endpoint_get(ngx_http_dsm_zone_t *zone,
     ngx_str_t *name);
+ngx_int_t ngx_http_dsm_currency(ngx_http_dsm_zone_t *zone,
+    ngx_http_dsm_series_t *s, ngx_str_t *currency);
+void ngx_http_dsm_count(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
+    uint64_t tag);
 ngx_uint_t ngx_http_dsm_slots_reap(ngx_http_dsm_zone_t *zone);
 size_t ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len);
 

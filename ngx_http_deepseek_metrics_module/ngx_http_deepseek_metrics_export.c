@@ -10,12 +10,10 @@
 
 
 typedef struct {
-    u_char                       *text;
-    size_t                        text_len;
-    u_char                       *currency;
-    size_t                        currency_len;
-    ngx_uint_t                    status;
-    ngx_atomic_uint_t            *v;
+    ngx_http_dsm_series_t        *s;
+    ngx_atomic_uint_t            *v;             /* copied counters */
+    ngx_atomic_uint_t            *slots;
+    ngx_uint_t                    nslots;
 } ngx_http_dsm_entry_t;
 
 
@@ -24,9 +22,12 @@ typedef struct {
     ngx_http_dsm_layout_t        *layout;
     ngx_http_dsm_entry_t         *entries;
     ngx_uint_t                    n;
+    ngx_atomic_uint_t             oslots[NGX_HTTP_DSM_NOVERFLOW_SLOTS];
     ngx_atomic_uint_t             in_flight[NGX_HTTP_DSM_MAX_ENDPOINTS + 1];
     ngx_uint_t                    nendpoints;
     ngx_str_t                     prefix;        /* zone="..", or empty */
+    ngx_str_t                     le[NGX_HTTP_DSM_NHIST]
+                                    [NGX_HTTP_DSM_MAX_BUCKETS + 1];
 } ngx_http_dsm_snap_t;
 
 
@@ -47,22 +48,28 @@ typedef struct {
 } ngx_http_dsm_reason_t;
 
 
+#define ngx_http_dsm_lit(p, s)   ngx_cpymem(p, s, sizeof(s) - 1)
+
+
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
     ngx_http_dsm_zone_t *zone, ngx_http_dsm_snap_t *snap, ngx_uint_t multi);
-static int ngx_libc_cdecl ngx_http_dsm_cmp(const void *one,
-    const void *two);
 static u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
 static void ngx_http_dsm_family(ngx_http_dsm_out_t *o, char *name,
     char *type, char *help);
+static u_char *ngx_http_dsm_open(u_char *p, ngx_str_t *name,
+    ngx_http_dsm_snap_t *snap, ngx_http_dsm_entry_t *e);
+static u_char *ngx_http_dsm_u64(u_char *p, uint64_t n);
 static void ngx_http_dsm_requests(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap);
 static void ngx_http_dsm_histogram(ngx_http_dsm_out_t *o,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t h, char *name);
+    ngx_http_dsm_snap_t *snap, ngx_uint_t h);
 static void ngx_http_dsm_tokens(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap, ngx_uint_t what);
 static void ngx_http_dsm_reasons(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap, ngx_uint_t missing);
+static void ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, char *name,
+    ngx_http_dsm_zone_t *zone, char *state, uint64_t value);
 static u_char *ngx_http_dsm_seconds(u_char *p, uint64_t us);
 static ngx_uint_t ngx_http_dsm_status_reason(ngx_uint_t status);
 
@@ -101,12 +108,12 @@ static ngx_str_t  ngx_http_dsm_missing_list[] = {
 };
 
 
-static char *ngx_http_dsm_hist_metric[] = {
-    "deepseek_request_latency_seconds",
-    "deepseek_time_to_first_token_seconds",
-    "deepseek_time_to_first_answer_token_seconds",
-    "deepseek_queue_wait_seconds",
-    "deepseek_time_per_output_token_seconds"
+static ngx_str_t  ngx_http_dsm_hist_metric[] = {
+    ngx_string("deepseek_request_latency_seconds"),
+    ngx_string("deepseek_time_to_first_token_seconds"),
+    ngx_string("deepseek_time_to_first_answer_token_seconds"),
+    ngx_string("deepseek_queue_wait_seconds"),
+    ngx_string("deepseek_time_per_output_token_seconds")
 };
 
 
@@ -120,6 +127,20 @@ static char *ngx_http_dsm_hist_help[] = {
     "DeepSeek sending keep-alives).",
     "Streaming: first token to last byte, divided by output tokens - 1."
 };
+
+
+static ngx_str_t  ngx_http_dsm_requests_name =
+    ngx_string("deepseek_requests_total");
+static ngx_str_t  ngx_http_dsm_tokens_name =
+    ngx_string("deepseek_tokens_total");
+static ngx_str_t  ngx_http_dsm_reasoning_name =
+    ngx_string("deepseek_reasoning_tokens_total");
+static ngx_str_t  ngx_http_dsm_cost_name =
+    ngx_string("deepseek_cost_total");
+static ngx_str_t  ngx_http_dsm_errors_name =
+    ngx_string("deepseek_errors_total");
+static ngx_str_t  ngx_http_dsm_missing_name =
+    ngx_string("deepseek_usage_missing_total");
 
 
 char *
@@ -214,10 +235,11 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     ngx_int_t                  rc;
     ngx_str_t                  text;
     ngx_uint_t                 i, j, nzones, h;
+    ngx_http_dsm_sh_t         *sh;
     ngx_http_dsm_out_t         o;
-    ngx_http_dsm_endpoint_t   *ep;
     ngx_http_dsm_snap_t       *snaps;
     ngx_http_dsm_zone_t      **zones;
+    ngx_http_dsm_endpoint_t   *ep;
     ngx_http_dsm_loc_conf_t   *dlcf;
     ngx_http_dsm_main_conf_t  *dmcf;
 
@@ -277,11 +299,10 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
             continue;
         }
 
-        ngx_http_dsm_family(&o, ngx_http_dsm_hist_metric[h], "histogram",
-                            ngx_http_dsm_hist_help[h]);
+        ngx_http_dsm_family(&o, (char *) ngx_http_dsm_hist_metric[h].data,
+                            "histogram", ngx_http_dsm_hist_help[h]);
         for (i = 0; i < nzones; i++) {
-            ngx_http_dsm_histogram(&o, &snaps[i], h,
-                                   ngx_http_dsm_hist_metric[h]);
+            ngx_http_dsm_histogram(&o, &snaps[i], h);
         }
     }
 
@@ -309,9 +330,11 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     ngx_http_dsm_family(&o, "deepseek_requests_in_flight", "gauge",
                         "Requests started and not yet finished.");
     for (i = 0; i < nzones; i++) {
+        sh = zones[i]->sh;
+
         for (j = 0; j <= NGX_HTTP_DSM_MAX_ENDPOINTS; j++) {
             if (j < snaps[i].nendpoints) {
-                ep = &snaps[i].zone->sh->endpoints[j];
+                ep = &sh->endpoints[j];
                 text.data = ep->text;
                 text.len = ep->text_len;
 
@@ -325,15 +348,19 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
             }
 
             p = ngx_http_dsm_reserve(&o, text.len + snaps[i].prefix.len
-                                         + 128);
+                                         + 96);
             if (p == NULL) {
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
 
-            o.b->last = ngx_sprintf(p, "deepseek_requests_in_flight{%V"
-                                    "endpoint=\"%V\"} %uA\n",
-                                    &snaps[i].prefix, &text,
-                                    snaps[i].in_flight[j]);
+            p = ngx_http_dsm_lit(p, "deepseek_requests_in_flight{");
+            p = ngx_cpymem(p, snaps[i].prefix.data, snaps[i].prefix.len);
+            p = ngx_http_dsm_lit(p, "endpoint=\"");
+            p = ngx_cpymem(p, text.data, text.len);
+            p = ngx_http_dsm_lit(p, "\"} ");
+            p = ngx_http_dsm_u64(p, snaps[i].in_flight[j]);
+            *p++ = '\n';
+            o.b->last = p;
         }
     }
 
@@ -353,73 +380,42 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     ngx_http_dsm_family(&o, "deepseek_metrics_series", "gauge",
                         "Series in use and the zone's capacity.");
     for (i = 0; i < nzones; i++) {
-        p = ngx_http_dsm_reserve(&o, 2 * zones[i]->name.len + 160);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        o.b->last = ngx_sprintf(p,
-                       "deepseek_metrics_series{zone=\"%V\",state=\"used\"} "
-                       "%ui\n"
-                       "deepseek_metrics_series{zone=\"%V\","
-                       "state=\"capacity\"} %ui\n",
-                       &zones[i]->name, snaps[i].n - 1, &zones[i]->name,
-                       snaps[i].layout->max_series);
+        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_series", zones[i],
+                                "used", snaps[i].n - 1);
+        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_series", zones[i],
+                                "capacity", snaps[i].layout->max_series);
     }
 
     ngx_http_dsm_family(&o, "deepseek_metrics_dropped_total", "counter",
                         "Observations that found no free series and went "
                         "to the overflow series.");
     for (i = 0; i < nzones; i++) {
-        p = ngx_http_dsm_reserve(&o, zones[i]->name.len + 80);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        o.b->last = ngx_sprintf(p, "deepseek_metrics_dropped_total"
-                                "{zone=\"%V\"} %uA\n", &zones[i]->name,
-                                zones[i]->sh->dropped);
+        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_dropped_total",
+                                zones[i], NULL, zones[i]->sh->dropped);
     }
 
     ngx_http_dsm_family(&o, "deepseek_metrics_zone_start_time_seconds",
                         "gauge", "When the zone was created: its counters "
                         "started at zero then.");
     for (i = 0; i < nzones; i++) {
-        p = ngx_http_dsm_reserve(&o, zones[i]->name.len + 80);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        o.b->last = ngx_sprintf(p, "deepseek_metrics_zone_start_time_seconds"
-                                "{zone=\"%V\"} %T\n", &zones[i]->name,
-                                zones[i]->sh->start_time);
+        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_zone_start_time_seconds",
+                                zones[i], NULL, zones[i]->sh->start_time);
     }
 
     ngx_http_dsm_family(&o, "deepseek_metrics_reloads_total", "counter",
                         "Configuration reloads that kept the zone.");
     for (i = 0; i < nzones; i++) {
-        p = ngx_http_dsm_reserve(&o, zones[i]->name.len + 80);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        o.b->last = ngx_sprintf(p, "deepseek_metrics_reloads_total"
-                                "{zone=\"%V\"} %uA\n", &zones[i]->name,
-                                zones[i]->sh->reloads);
+        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_reloads_total",
+                                zones[i], NULL, zones[i]->sh->reloads);
     }
 
     ngx_http_dsm_family(&o, "deepseek_metrics_last_reload_time_seconds",
                         "gauge", "When the last reload that kept the zone "
                         "happened (0: none yet).");
     for (i = 0; i < nzones; i++) {
-        p = ngx_http_dsm_reserve(&o, zones[i]->name.len + 80);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        o.b->last = ngx_sprintf(p, "deepseek_metrics_last_reload_time_seconds"
-                                "{zone=\"%V\"} %uA\n", &zones[i]->name,
-                                zones[i]->sh->last_reload);
+        ngx_http_dsm_zone_gauge(&o,
+                                "deepseek_metrics_last_reload_time_seconds",
+                                zones[i], NULL, zones[i]->sh->last_reload);
     }
 
     ngx_http_dsm_family(&o, "deepseek_build_info", "gauge",
@@ -430,9 +426,9 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    o.b->last = ngx_sprintf(p, "deepseek_build_info{version=\""
-                            NGX_HTTP_DSM_VERSION "\",nginx_version=\""
-                            NGINX_VERSION "\"} 1\n");
+    o.b->last = ngx_http_dsm_lit(p, "deepseek_build_info{version=\""
+                                 NGX_HTTP_DSM_VERSION "\",nginx_version=\""
+                                 NGINX_VERSION "\"} 1\n");
 
     if (o.om) {
         p = ngx_http_dsm_reserve(&o, 8);
@@ -440,14 +436,12 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        o.b->last = ngx_cpymem(p, "# EOF\n", 6);
+        o.b->last = ngx_http_dsm_lit(p, "# EOF\n");
     }
 
     if (o.error) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    /* sizes are known only now: fix up and send */
 
     o.size += o.b->last - o.b->pos;
     o.b->last_buf = (r == r->main) ? 1 : 0;
@@ -481,20 +475,22 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
 
 /*
  * One pass over the zone's published series, each counter read once; no
- * lock is taken, so a scrape never makes a worker wait.
+ * lock is taken, so a scrape never makes a worker wait.  Everything below
+ * formats this snapshot only: buckets are cumulated from one read each,
+ * so they are monotone and "+Inf" equals _count by construction.
  */
 
 static ngx_int_t
 ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     ngx_http_dsm_snap_t *snap, ngx_uint_t multi)
 {
-    size_t                      nv, len;
-    ngx_uint_t                  i, j, n;
-    ngx_http_dsm_sh_t          *sh;
-    ngx_http_dsm_entry_t       *e;
-    ngx_http_dsm_series_t      *s;
-    ngx_atomic_uint_t          *v;
-    volatile ngx_atomic_uint_t *src;
+    u_char                      *p;
+    size_t                       nv, len;
+    ngx_uint_t                   i, j, n, h;
+    ngx_http_dsm_sh_t           *sh;
+    ngx_http_dsm_entry_t        *e;
+    ngx_atomic_uint_t           *v;
+    volatile ngx_atomic_uint_t  *src;
 
     sh = zone->sh;
 
@@ -505,19 +501,47 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         len = sizeof("zone=\"\",") - 1
               + ngx_http_dsm_escape(NULL, zone->name.data, zone->name.len);
 
-        snap->prefix.data = ngx_pnalloc(r->pool, len);
-        if (snap->prefix.data == NULL) {
+        p = ngx_pnalloc(r->pool, len);
+        if (p == NULL) {
             return NGX_ERROR;
         }
 
-        snap->prefix.len = ngx_sprintf(snap->prefix.data, "zone=\"")
-                           - snap->prefix.data;
-        snap->prefix.len += ngx_http_dsm_escape(snap->prefix.data
-                                                + snap->prefix.len,
-                                                zone->name.data,
-                                                zone->name.len);
-        snap->prefix.data[snap->prefix.len++] = '"';
-        snap->prefix.data[snap->prefix.len++] = ',';
+        snap->prefix.data = p;
+        p = ngx_http_dsm_lit(p, "zone=\"");
+        p += ngx_http_dsm_escape(p, zone->name.data, zone->name.len);
+        *p++ = '"';
+        *p++ = ',';
+        snap->prefix.len = p - snap->prefix.data;
+    }
+
+    /* the "le" label of every bucket, with the closing brace */
+
+    for (h = 0; h < NGX_HTTP_DSM_NHIST; h++) {
+        n = sh->layout.nbuckets[h];
+
+        if (n == 0) {
+            continue;
+        }
+
+        p = ngx_pnalloc(r->pool, (n + 1) * 40);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        for (j = 0; j <= n; j++) {
+            snap->le[h][j].data = p;
+            p = ngx_http_dsm_lit(p, ",le=\"");
+
+            if (j < n) {
+                p = ngx_http_dsm_seconds(p, sh->layout.bounds[h][j]);
+
+            } else {
+                p = ngx_http_dsm_lit(p, "+Inf");
+            }
+
+            p = ngx_http_dsm_lit(p, "\"} ");
+            snap->le[h][j].len = p - snap->le[h][j].data;
+        }
     }
 
     n = sh->nseries + 1;
@@ -537,17 +561,13 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     snap->n = n;
 
     for (i = 0; i < n; i++) {
-        s = ngx_http_dsm_series(sh, i);
         e = &snap->entries[i];
-
-        e->text = s->text;
-        e->text_len = s->text_len;
-        e->currency = s->currency;
-        e->currency_len = s->currency_len;
-        e->status = s->status;
+        e->s = ngx_http_dsm_series(sh, i);
         e->v = v;
+        e->slots = v;
+        e->nslots = NGX_HTTP_DSM_NSLOTS;
 
-        src = s->v;
+        src = e->s->v;
         for (j = 0; j < nv; j++) {
             v[j] = src[j];
         }
@@ -555,8 +575,13 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         v += nv;
     }
 
-    ngx_qsort(snap->entries, n, sizeof(ngx_http_dsm_entry_t),
-              ngx_http_dsm_cmp);
+    src = sh->overflow_slots;
+    for (j = 0; j < NGX_HTTP_DSM_NOVERFLOW_SLOTS; j++) {
+        snap->oslots[j] = src[j];
+    }
+
+    snap->entries[0].slots = snap->oslots;
+    snap->entries[0].nslots = NGX_HTTP_DSM_NOVERFLOW_SLOTS;
 
     (void) ngx_http_dsm_slots_reap(zone);
 
@@ -568,38 +593,7 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         }
     }
 
-    /* a request that started in one worker generation may not be negative */
-
-    for (j = 0; j <= NGX_HTTP_DSM_MAX_ENDPOINTS; j++) {
-        if ((ngx_atomic_int_t) snap->in_flight[j] < 0) {
-            snap->in_flight[j] = 0;
-        }
-    }
-
     return NGX_OK;
-}
-
-
-static int ngx_libc_cdecl
-ngx_http_dsm_cmp(const void *one, const void *two)
-{
-    const ngx_http_dsm_entry_t  *a = one;
-    const ngx_http_dsm_entry_t  *b = two;
-
-    int  rc;
-
-    rc = ngx_memn2cmp(a->text, b->text, a->text_len, b->text_len);
-    if (rc) {
-        return rc;
-    }
-
-    rc = ngx_memn2cmp(a->currency, b->currency, a->currency_len,
-                      b->currency_len);
-    if (rc) {
-        return rc;
-    }
-
-    return (int) a->status - (int) b->status;
 }
 
 
@@ -670,120 +664,111 @@ ngx_http_dsm_family(ngx_http_dsm_out_t *o, char *name, char *type,
 }
 
 
+/* name{zone="..",endpoint="..",model="..",user=".." */
+
+static u_char *
+ngx_http_dsm_open(u_char *p, ngx_str_t *name, ngx_http_dsm_snap_t *snap,
+    ngx_http_dsm_entry_t *e)
+{
+    p = ngx_cpymem(p, name->data, name->len);
+    *p++ = '{';
+    p = ngx_cpymem(p, snap->prefix.data, snap->prefix.len);
+
+    return ngx_cpymem(p, e->s->text, e->s->text_len);
+}
+
+
+#define ngx_http_dsm_line_size(snap, e)                                      \
+    (64 + (snap)->prefix.len + (e)->s->text_len + 64)
+
+
+static u_char *
+ngx_http_dsm_u64(u_char *p, uint64_t n)
+{
+    u_char   tmp[NGX_INT64_LEN], *t;
+
+    t = tmp + NGX_INT64_LEN;
+
+    do {
+        *--t = (u_char) (n % 10 + '0');
+        n /= 10;
+    } while (n);
+
+    return ngx_cpymem(p, t, tmp + NGX_INT64_LEN - t);
+}
+
+
 static void
 ngx_http_dsm_requests(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
 {
     u_char                *p;
-    uint64_t               count;
-    ngx_uint_t             i, b, h;
+    uint64_t               w;
+    ngx_uint_t             i, j, status;
     ngx_http_dsm_entry_t  *e;
-
-    h = snap->layout->offset[NGX_HTTP_DSM_H_LATENCY];
 
     for (i = 0; i < snap->n; i++) {
         e = &snap->entries[i];
 
-        count = 0;
-        for (b = 0; b <= snap->layout->nbuckets[NGX_HTTP_DSM_H_LATENCY];
-             b++)
-        {
-            count += e->v[h + b];
-        }
-
-        if (count == 0) {
-            continue;
-        }
-
-        p = ngx_http_dsm_reserve(o, snap->prefix.len + e->text_len + 96);
+        p = ngx_http_dsm_reserve(o, e->nslots
+                                    * ngx_http_dsm_line_size(snap, e));
         if (p == NULL) {
             return;
         }
 
-        if (e->status == NGX_HTTP_DSM_STATUS_OVERFLOW) {
-            o->b->last = ngx_sprintf(p, "deepseek_requests_total{%V%*s,"
-                                     "status=\"__overflow__\"} %uL\n",
-                                     &snap->prefix, e->text_len, e->text,
-                                     count);
+        for (j = 0; j < e->nslots; j++) {
+            w = e->slots[j];
 
-        } else {
-            o->b->last = ngx_sprintf(p, "deepseek_requests_total{%V%*s,"
-                                     "status=\"%03ui\"} %uL\n",
-                                     &snap->prefix, e->text_len, e->text,
-                                     e->status, count);
+            if (w == 0) {
+                break;
+            }
+
+            if (ngx_http_dsm_tag_kind(w) != NGX_HTTP_DSM_SLOT_STATUS) {
+                continue;
+            }
+
+            status = ngx_http_dsm_tag_code(w);
+
+            p = ngx_http_dsm_open(p, &ngx_http_dsm_requests_name, snap, e);
+            p = ngx_http_dsm_lit(p, ",status=\"");
+            *p++ = (u_char) ('0' + status / 100);
+            *p++ = (u_char) ('0' + status / 10 % 10);
+            *p++ = (u_char) ('0' + status % 10);
+            p = ngx_http_dsm_lit(p, "\"} ");
+            p = ngx_http_dsm_u64(p, ngx_http_dsm_slot_count(w));
+            *p++ = '\n';
         }
+
+        o->b->last = p;
     }
-}
-
-
-/* the entries of one label set without status: [i, *end) */
-
-static ngx_uint_t
-ngx_http_dsm_group(ngx_http_dsm_snap_t *snap, ngx_uint_t i,
-    ngx_uint_t currency)
-{
-    ngx_http_dsm_entry_t  *a, *b;
-
-    a = &snap->entries[i];
-
-    for (i++; i < snap->n; i++) {
-        b = &snap->entries[i];
-
-        if (a->text_len != b->text_len
-            || ngx_memcmp(a->text, b->text, a->text_len) != 0)
-        {
-            break;
-        }
-
-        if (currency
-            && (a->currency_len != b->currency_len
-                || ngx_memcmp(a->currency, b->currency, a->currency_len)
-                   != 0))
-        {
-            break;
-        }
-    }
-
-    return i;
 }
 
 
 static void
 ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t h, char *name)
+    ngx_uint_t h)
 {
-    u_char                *p, le[32];
-    uint64_t               counts[NGX_HTTP_DSM_MAX_BUCKETS + 1], sum, cum;
-    ngx_uint_t             i, j, end, b, nb, off;
+    u_char                *p;
+    uint64_t               cum;
+    ngx_str_t              name, *metric;
+    ngx_uint_t             i, b, nb;
+    ngx_atomic_uint_t     *v;
     ngx_http_dsm_entry_t  *e;
 
     nb = snap->layout->nbuckets[h];
-    off = snap->layout->offset[h];
 
     if (nb == 0) {
         return;
     }
 
-    for (i = 0; i < snap->n; i = end) {
-        end = ngx_http_dsm_group(snap, i, 0);
+    metric = &ngx_http_dsm_hist_metric[h];
 
-        ngx_memzero(counts, sizeof(counts));
-        sum = 0;
-
-        for (j = i; j < end; j++) {
-            e = &snap->entries[j];
-
-            for (b = 0; b <= nb; b++) {
-                counts[b] += e->v[off + b];
-            }
-
-            sum += e->v[off + nb + 1];
-        }
-
+    for (i = 0; i < snap->n; i++) {
         e = &snap->entries[i];
+        v = &e->v[snap->layout->offset[h]];
 
         cum = 0;
         for (b = 0; b <= nb; b++) {
-            cum += counts[b];
+            cum += v[b];
         }
 
         if (cum == 0) {
@@ -791,33 +776,47 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         }
 
         p = ngx_http_dsm_reserve(o, (nb + 3)
-                                    * (snap->prefix.len + e->text_len + 128));
+                                    * ngx_http_dsm_line_size(snap, e));
         if (p == NULL) {
             return;
         }
 
+        name.data = p;
+        p = ngx_cpymem(p, metric->data, metric->len);
+        p = ngx_http_dsm_lit(p, "_bucket{");
+        p = ngx_cpymem(p, snap->prefix.data, snap->prefix.len);
+        p = ngx_cpymem(p, e->s->text, e->s->text_len);
+        name.len = p - name.data;
+
         cum = 0;
 
         for (b = 0; b <= nb; b++) {
-            cum += counts[b];
+            cum += v[b];
 
-            if (b < nb) {
-                *ngx_http_dsm_seconds(le, snap->layout->bounds[h][b]) = '\0';
-
-            } else {
-                ngx_memcpy(le, "+Inf", sizeof("+Inf"));
+            if (b) {
+                p = ngx_cpymem(p, name.data, name.len);
             }
 
-            p = ngx_sprintf(p, "%s_bucket{%V%*s,le=\"%s\"} %uL\n",
-                            name, &snap->prefix, e->text_len, e->text, le,
-                            cum);
+            p = ngx_cpymem(p, snap->le[h][b].data, snap->le[h][b].len);
+            p = ngx_http_dsm_u64(p, cum);
+            *p++ = '\n';
         }
 
-        p = ngx_sprintf(p, "%s_sum{%V%*s} ", name, &snap->prefix,
-                        e->text_len, e->text);
-        p = ngx_http_dsm_seconds(p, sum);
-        p = ngx_sprintf(p, "\n%s_count{%V%*s} %uL\n", name, &snap->prefix,
-                        e->text_len, e->text, cum);
+        p = ngx_cpymem(p, metric->data, metric->len);
+        p = ngx_http_dsm_lit(p, "_sum{");
+        p = ngx_cpymem(p, snap->prefix.data, snap->prefix.len);
+        p = ngx_cpymem(p, e->s->text, e->s->text_len);
+        p = ngx_http_dsm_lit(p, "} ");
+        p = ngx_http_dsm_seconds(p, v[nb + 1]);
+        *p++ = '\n';
+
+        p = ngx_cpymem(p, metric->data, metric->len);
+        p = ngx_http_dsm_lit(p, "_count{");
+        p = ngx_cpymem(p, snap->prefix.data, snap->prefix.len);
+        p = ngx_cpymem(p, e->s->text, e->s->text_len);
+        p = ngx_http_dsm_lit(p, "} ");
+        p = ngx_http_dsm_u64(p, cum);
+        *p++ = '\n';
 
         o->b->last = p;
     }
@@ -831,36 +830,23 @@ ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     ngx_uint_t what)
 {
     u_char                *p;
-    uint64_t               hit, miss, out, reasoning, cost;
-    ngx_uint_t             i, j, end;
+    uint64_t               cost;
+    ngx_uint_t             i;
+    ngx_atomic_uint_t     *v;
     ngx_http_dsm_entry_t  *e;
 
-    for (i = 0; i < snap->n; i = end) {
-        end = ngx_http_dsm_group(snap, i, what == 2);
+    for (i = 0; i < snap->n; i++) {
+        e = &snap->entries[i];
+        v = e->v;
 
-        hit = 0;
-        miss = 0;
-        out = 0;
-        reasoning = 0;
-        cost = 0;
-
-        for (j = i; j < end; j++) {
-            e = &snap->entries[j];
-            hit += e->v[NGX_HTTP_DSM_C_HIT];
-            miss += e->v[NGX_HTTP_DSM_C_MISS];
-            out += e->v[NGX_HTTP_DSM_C_OUTPUT];
-            reasoning += e->v[NGX_HTTP_DSM_C_REASONING];
-            cost += e->v[NGX_HTTP_DSM_C_COST];
-        }
-
-        if (hit + miss + out == 0) {
+        if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
+            + v[NGX_HTTP_DSM_C_OUTPUT] == 0)
+        {
             continue;
         }
 
-        e = &snap->entries[i];
-
-        p = ngx_http_dsm_reserve(o, 3 * (snap->prefix.len + e->text_len
-                                         + e->currency_len + 96));
+        p = ngx_http_dsm_reserve(o, 3 * (ngx_http_dsm_line_size(snap, e)
+                                         + e->s->currency_len));
         if (p == NULL) {
             return;
         }
@@ -868,34 +854,40 @@ ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         switch (what) {
 
         case 0:
-            p = ngx_sprintf(p, "deepseek_tokens_total{%V%*s,"
-                            "type=\"input_cache_hit\"} %uL\n"
-                            "deepseek_tokens_total{%V%*s,"
-                            "type=\"input_cache_miss\"} %uL\n"
-                            "deepseek_tokens_total{%V%*s,"
-                            "type=\"output\"} %uL\n",
-                            &snap->prefix, e->text_len, e->text, hit,
-                            &snap->prefix, e->text_len, e->text, miss,
-                            &snap->prefix, e->text_len, e->text, out);
+            p = ngx_http_dsm_open(p, &ngx_http_dsm_tokens_name, snap, e);
+            p = ngx_http_dsm_lit(p, ",type=\"input_cache_hit\"} ");
+            p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_HIT]);
+            *p++ = '\n';
+            p = ngx_http_dsm_open(p, &ngx_http_dsm_tokens_name, snap, e);
+            p = ngx_http_dsm_lit(p, ",type=\"input_cache_miss\"} ");
+            p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_MISS]);
+            *p++ = '\n';
+            p = ngx_http_dsm_open(p, &ngx_http_dsm_tokens_name, snap, e);
+            p = ngx_http_dsm_lit(p, ",type=\"output\"} ");
+            p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_OUTPUT]);
+            *p++ = '\n';
             break;
 
         case 1:
-            p = ngx_sprintf(p, "deepseek_reasoning_tokens_total{%V%*s} "
-                            "%uL\n", &snap->prefix, e->text_len, e->text,
-                            reasoning);
+            p = ngx_http_dsm_open(p, &ngx_http_dsm_reasoning_name, snap, e);
+            p = ngx_http_dsm_lit(p, "} ");
+            p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_REASONING]);
+            *p++ = '\n';
             break;
 
         default:
-            if (e->currency_len == 0) {
+            if (e->s->currency_len == 0) {
                 break;
             }
 
-            /* 1e-12 units: print with 12 decimals, exactly */
+            /* 1e-12 units, printed exactly with 12 decimals */
 
-            p = ngx_sprintf(p, "deepseek_cost_total{%V%*s,currency=\"%*s\"} "
-                            "%uL.%012uL\n", &snap->prefix, e->text_len,
-                            e->text, e->currency_len, e->currency,
-                            cost / 1000000000000ULL,
+            cost = v[NGX_HTTP_DSM_C_COST];
+
+            p = ngx_http_dsm_open(p, &ngx_http_dsm_cost_name, snap, e);
+            p = ngx_http_dsm_lit(p, ",currency=\"");
+            p = ngx_cpymem(p, e->s->currency, e->s->currency_len);
+            p = ngx_sprintf(p, "\"} %uL.%012uL\n", cost / 1000000000000ULL,
                             cost % 1000000000000ULL);
             break;
         }
@@ -953,51 +945,70 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     ngx_uint_t missing)
 {
     u_char                *p;
-    uint64_t               n[NGX_HTTP_DSM_NREASONS], count;
-    ngx_uint_t             i, j, end, b, r, nr, h;
-    ngx_str_t             *reason;
+    uint64_t               n[NGX_HTTP_DSM_NREASONS], w;
+    ngx_str_t             *reason, *name;
+    ngx_uint_t             i, j, r, nr, code, any;
     ngx_http_dsm_entry_t  *e;
 
     nr = missing ? NGX_HTTP_DSM_NMISSING : NGX_HTTP_DSM_NREASONS;
-    h = snap->layout->offset[NGX_HTTP_DSM_H_LATENCY];
+    name = missing ? &ngx_http_dsm_missing_name : &ngx_http_dsm_errors_name;
 
-    for (i = 0; i < snap->n; i = end) {
-        end = ngx_http_dsm_group(snap, i, 0);
+    for (i = 0; i < snap->n; i++) {
+        e = &snap->entries[i];
 
         ngx_memzero(n, sizeof(n));
+        any = 0;
 
-        for (j = i; j < end; j++) {
-            e = &snap->entries[j];
+        for (j = 0; j < e->nslots; j++) {
+            w = e->slots[j];
 
-            if (missing) {
-                for (r = 0; r < NGX_HTTP_DSM_NMISSING; r++) {
-                    n[r] += e->v[NGX_HTTP_DSM_C_MISSING + r];
-                }
-
-                continue;
+            if (w == 0) {
+                break;
             }
 
-            for (r = 0; r < NGX_HTTP_DSM_NREASONS; r++) {
-                b = ngx_http_dsm_reasons_list[r].inband;
+            code = ngx_http_dsm_tag_code(w);
 
-                if (b < NGX_HTTP_DSM_NINBAND) {
-                    n[r] += e->v[NGX_HTTP_DSM_C_INBAND + b];
+            switch (ngx_http_dsm_tag_kind(w)) {
+
+            case NGX_HTTP_DSM_SLOT_STATUS:
+                r = missing ? NGX_HTTP_DSM_NREASONS
+                            : ngx_http_dsm_status_reason(code);
+                break;
+
+            case NGX_HTTP_DSM_SLOT_INBAND:
+                for (r = 0; r < NGX_HTTP_DSM_NREASONS; r++) {
+                    if (ngx_http_dsm_reasons_list[r].inband == code) {
+                        break;
+                    }
                 }
+
+                if (missing) {
+                    r = NGX_HTTP_DSM_NREASONS;
+                }
+
+                break;
+
+            default: /* NGX_HTTP_DSM_SLOT_MISSING */
+                r = (missing && code < NGX_HTTP_DSM_NMISSING)
+                    ? code : NGX_HTTP_DSM_NREASONS;
+                break;
             }
 
-            r = ngx_http_dsm_status_reason(e->status);
-
-            if (r < NGX_HTTP_DSM_NREASONS) {
-                count = 0;
-                for (b = 0; b <= snap->layout->nbuckets[0]; b++) {
-                    count += e->v[h + b];
-                }
-
-                n[r] += count;
+            if (r < nr) {
+                n[r] += ngx_http_dsm_slot_count(w);
+                any = 1;
             }
         }
 
-        e = &snap->entries[i];
+        if (!any) {
+            continue;
+        }
+
+        p = ngx_http_dsm_reserve(o, nr * (ngx_http_dsm_line_size(snap, e)
+                                          + 32));
+        if (p == NULL) {
+            return;
+        }
 
         for (r = 0; r < nr; r++) {
             if (n[r] == 0) {
@@ -1007,19 +1018,44 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             reason = missing ? &ngx_http_dsm_missing_list[r]
                              : &ngx_http_dsm_reasons_list[r].reason;
 
-            p = ngx_http_dsm_reserve(o, snap->prefix.len + e->text_len
-                                        + reason->len + 96);
-            if (p == NULL) {
-                return;
-            }
-
-            o->b->last = ngx_sprintf(p, "%s{%V%*s,reason=\"%V\"} %uL\n",
-                                     missing ? "deepseek_usage_missing_total"
-                                             : "deepseek_errors_total",
-                                     &snap->prefix, e->text_len, e->text,
-                                     reason, n[r]);
+            p = ngx_http_dsm_open(p, name, snap, e);
+            p = ngx_http_dsm_lit(p, ",reason=\"");
+            p = ngx_cpymem(p, reason->data, reason->len);
+            p = ngx_http_dsm_lit(p, "\"} ");
+            p = ngx_http_dsm_u64(p, n[r]);
+            *p++ = '\n';
         }
+
+        o->b->last = p;
     }
+}
+
+
+static void
+ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, char *name,
+    ngx_http_dsm_zone_t *zone, char *state, uint64_t value)
+{
+    u_char  *p;
+
+    p = ngx_http_dsm_reserve(o, ngx_strlen(name) + 3 * zone->name.len + 64);
+    if (p == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(p, name, ngx_strlen(name));
+    p = ngx_http_dsm_lit(p, "{zone=\"");
+    p += ngx_http_dsm_escape(p, zone->name.data, zone->name.len);
+
+    if (state) {
+        p = ngx_http_dsm_lit(p, "\",state=\"");
+        p = ngx_cpymem(p, state, ngx_strlen(state));
+    }
+
+    p = ngx_http_dsm_lit(p, "\"} ");
+    p = ngx_http_dsm_u64(p, value);
+    *p++ = '\n';
+
+    o->b->last = p;
 }
 
 

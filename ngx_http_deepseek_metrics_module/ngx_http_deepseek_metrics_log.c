@@ -223,6 +223,7 @@ ngx_http_dsm_observe(ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s,
 ngx_int_t
 ngx_http_dsm_log_handler(ngx_http_request_t *r)
 {
+    ngx_uint_t                 status;
     ngx_msec_t                 now;
     ngx_time_t                *tp;
     ngx_http_dsm_key_t         k;
@@ -269,10 +270,10 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
     ngx_http_dsm_model(r, ctx, dmcf);
 
-    k.status = r->err_status ? r->err_status : r->headers_out.status;
+    status = r->err_status ? r->err_status : r->headers_out.status;
 
-    if (k.status >= NGX_HTTP_DSM_STATUS_OVERFLOW) {
-        k.status = 0;
+    if (status > 999) {
+        status = 0;
     }
 
     if (ngx_http_dsm_key(r, ctx, &k) != NGX_OK) {
@@ -280,6 +281,9 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
     }
 
     s = ngx_http_dsm_series_get(zone, &k);
+
+    ngx_http_dsm_count(zone->sh, s,
+                       ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, status));
 
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
                          now > ctx->start ? (now - ctx->start) * 1000 : 0);
@@ -366,7 +370,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
 
 /*
  * The key: label-set id, then each label value as a length byte and the
- * bytes: endpoint, model, currency, user labels.  Values are cut at
+ * bytes: endpoint, model, user labels.  Values are cut at
  * NGX_HTTP_DSM_MAX_VALUE bytes.
  */
 
@@ -392,15 +396,10 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     k->values[1] = ctx->model;
     k->nvalues = 2;
 
-    k->currency = ctx->currency.data;
-    k->currency_len = ctx->currency.len;
-
     *p++ = (u_char) ctx->endpoint_value.len;
     p = ngx_cpymem(p, ctx->endpoint_value.data, ctx->endpoint_value.len);
     *p++ = (u_char) ctx->model.len;
     p = ngx_cpymem(p, ctx->model.data, ctx->model.len);
-    *p++ = (u_char) ctx->currency.len;
-    p = ngx_cpymem(p, ctx->currency.data, ctx->currency.len);
 
     if (dlcf->labels) {
         label = dlcf->labels->elts;
@@ -425,7 +424,7 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     }
 
     k->len = p - k->buf;
-    k->hash = ngx_murmur_hash2(k->buf, k->len) ^ (uint32_t) k->status;
+    k->hash = ngx_murmur_hash2(k->buf, k->len);
 
     return NGX_OK;
 }
@@ -439,6 +438,7 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
 {
     uint64_t                            out, cost;
     ngx_uint_t                          status, outcome, missing, inband;
+    ngx_http_dsm_sh_t                  *sh;
     ngx_http_dsm_main_conf_t           *dmcf;
     ngx_http_deepseek_metrics_parse_t  *p;
 
@@ -486,7 +486,12 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
                                      p->cache_miss_tokens, out);
             ctx->cost = cost;
 
-            (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_COST], cost);
+            if (ngx_http_dsm_currency(ctx->zone, s, &ctx->currency)
+                == NGX_OK)
+            {
+                (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_COST],
+                                            cost);
+            }
         }
     }
 
@@ -549,12 +554,15 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
 
 count:
 
+    sh = ctx->zone->sh;
+
     if (inband < NGX_HTTP_DSM_NINBAND) {
-        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_INBAND + inband], 1);
+        ngx_http_dsm_count(sh, s,
+                           ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_INBAND, inband));
     }
 
     if (missing < NGX_HTTP_DSM_NMISSING && p->usage_fields == 0) {
-        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_MISSING + missing],
-                                    1);
+        ngx_http_dsm_count(sh, s,
+                         ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_MISSING, missing));
     }
 }

@@ -302,11 +302,9 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     s = ngx_http_dsm_series(sh, 0);
-    s->status = NGX_HTTP_DSM_STATUS_OVERFLOW;
+    s->overflow = 1;
     s->text = p;
     s->text_len = len;
-    s->currency = ngx_http_dsm_overflow.data;
-    s->currency_len = ngx_http_dsm_overflow.len;
 
     ngx_sprintf(p, "endpoint=\"%V\",model=\"%V\"",
                 &ngx_http_dsm_overflow, &ngx_http_dsm_overflow);
@@ -359,7 +357,6 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
         s = ngx_http_dsm_series(sh, i);
 
         if (s->hash == k->hash
-            && s->status == k->status
             && s->key_len == k->len
             && ngx_memcmp(s->key, k->buf, k->len) == 0)
         {
@@ -375,7 +372,6 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
         s = ngx_http_dsm_series(sh, i);
 
         if (s->hash == k->hash
-            && s->status == k->status
             && s->key_len == k->len
             && ngx_memcmp(s->key, k->buf, k->len) == 0)
         {
@@ -390,7 +386,7 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
         goto overflow;
     }
 
-    len = k->len + ngx_http_dsm_render_len(k) + k->currency_len;
+    len = k->len + ngx_http_dsm_render_len(k);
 
     p = ngx_slab_alloc_locked(zone->shpool, len);
     if (p == NULL) {
@@ -400,7 +396,6 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
     s = ngx_http_dsm_series(sh, n + 1);
 
     s->hash = k->hash;
-    s->status = (uint16_t) k->status;
     s->key_len = (uint16_t) k->len;
     s->key = p;
     p = ngx_cpymem(p, k->buf, k->len);
@@ -408,10 +403,6 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
     s->text = p;
     p = ngx_http_dsm_render(p, k);
     s->text_len = (uint16_t) (p - s->text);
-
-    s->currency = p;
-    s->currency_len = (uint16_t) k->currency_len;
-    ngx_memcpy(p, k->currency, k->currency_len);
 
     s->next = *head;
 
@@ -439,6 +430,124 @@ overflow:
     (void) ngx_atomic_fetch_add(&sh->dropped, 1);
 
     return ngx_http_dsm_series(sh, 0);
+}
+
+
+/*
+ * The currency of a series' cost is set by its first priced request;
+ * a model that later changes currency (a reload with another price table)
+ * would mix amounts, so those costs are not added and it is logged once.
+ */
+
+ngx_int_t
+ngx_http_dsm_currency(ngx_http_dsm_zone_t *zone, ngx_http_dsm_series_t *s,
+    ngx_str_t *currency)
+{
+    u_char     *p;
+    size_t      len;
+    ngx_int_t   rc;
+
+    if (s->currency_len) {
+        goto check;
+    }
+
+    len = ngx_http_dsm_escape(NULL, currency->data, currency->len);
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    if (s->currency_len == 0) {
+        p = ngx_slab_alloc_locked(zone->shpool, len);
+        if (p == NULL) {
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return NGX_DECLINED;
+        }
+
+        ngx_http_dsm_escape(p, currency->data, currency->len);
+        s->currency = p;
+
+        ngx_memory_barrier();
+
+        s->currency_len = (uint16_t) len;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+check:
+
+    rc = NGX_OK;
+
+    if (s->currency_len != currency->len
+        || ngx_memcmp(s->currency, currency->data, currency->len) != 0)
+    {
+        rc = NGX_DECLINED;
+
+        if (!zone->currency_logged) {
+            zone->currency_logged = 1;
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "deepseek_metrics_zone \"%V\": a model's price "
+                          "changed currency; its new costs are not counted "
+                          "until the zone is renewed", &zone->name);
+        }
+    }
+
+    return rc;
+}
+
+
+/*
+ * Counts one under a tag in the series' slots: the first slot with the tag
+ * or the first free one, claimed with compare-and-swap.  Slots fill in
+ * order and are never freed, so two workers cannot claim a tag twice.
+ * When all are taken the count goes to the overflow series, which keeps
+ * sums exact.
+ */
+
+void
+ngx_http_dsm_count(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
+    uint64_t tag)
+{
+    uint64_t       w;
+    ngx_uint_t     i, n;
+    ngx_atomic_t  *slots;
+
+    if (s->overflow) {
+        slots = sh->overflow_slots;
+        n = NGX_HTTP_DSM_NOVERFLOW_SLOTS;
+
+    } else {
+        slots = s->v;
+        n = NGX_HTTP_DSM_NSLOTS;
+    }
+
+    for ( ;; ) {
+
+        for (i = 0; i < n; i++) {
+            w = slots[i];
+
+            if (w == 0) {
+                if (ngx_atomic_cmp_set(&slots[i], 0, tag | 1)) {
+                    return;
+                }
+
+                w = slots[i];
+            }
+
+            if ((w & ~0xffffffffffffULL) == tag) {
+                (void) ngx_atomic_fetch_add(&slots[i], 1);
+                return;
+            }
+        }
+
+        if (slots == sh->overflow_slots) {
+            /* 256 kinds of status and reason: cannot happen, lose it */
+            return;
+        }
+
+        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
+
+        slots = sh->overflow_slots;
+        n = NGX_HTTP_DSM_NOVERFLOW_SLOTS;
+    }
 }
 
 
