@@ -285,6 +285,119 @@ END {
     $? = $st;
 }
 
+# ---------------------------------------------------------------- nginx conf
+
+# The nginx configuration of the live stack tests (DSM::Test placeholders):
+# the mock upstream on /, a dead upstream on /dead/ (502), a 1 s read timeout
+# on /slow/ (504), prices (cost metrics), and a metrics listener with
+# allow/deny, gzip and a scrape log recording what Prometheus negotiated.
+sub live_conf {
+    my (%o) = @_;
+    my $zone = $o{zone_size} // '10m';
+    my $extra = $o{http_extra} // '';
+    return <<"EOF";
+%%MODULE%%
+%%COMMON%%
+http {
+    deepseek_metrics_zone deepseek:$zone;
+    deepseek_metrics_price deepseek-flash USD hit=0.006 miss=0.30 output=1.20 offpeak_hit=0.003 offpeak_miss=0.15 offpeak_output=0.60;
+    deepseek_metrics_price deepseek-v4-pro USD hit=0.044 miss=1.32 output=3.96 offpeak_hit=0.022 offpeak_miss=0.66 offpeak_output=1.98;
+    deepseek_metrics_price deepseek-reasoner CNY hit=0.30 miss=9 output=27 offpeak_hit=0.15 offpeak_miss=4.5 offpeak_output=13.5;
+    log_format scrape '\$http_user_agent|\$http_accept|\$sent_http_content_type|\$sent_http_content_encoding|\$status';
+$extra
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        deepseek_metrics deepseek;
+        proxy_set_header Accept-Encoding "";
+        proxy_buffering off;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location / {
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
+            proxy_read_timeout 30s;
+        }
+        location /dead/ {
+            proxy_pass http://127.0.0.1:1/;
+        }
+        location /slow/ {
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%/;
+            proxy_read_timeout 1s;
+        }
+    }
+    server {
+        listen 127.0.0.1:%%METRICS_PORT%%;
+        access_log %%PREFIX%%/logs/scrape.log scrape;
+        gzip on;
+        gzip_types text/plain application/openmetrics-text;
+        gzip_min_length 100;
+        location = /metrics {
+            deepseek_metrics_export;
+            allow 127.0.0.1;
+            deny all;
+        }
+    }
+}
+EOF
+}
+
+# ---------------------------------------------------------------- traffic
+
+# One round of mixed traffic through nginx (a DSM::Test $t whose conf has the
+# locations of live_conf()): streaming and not, every endpoint, HTTP errors,
+# in-band failures, usage-missing causes. Returns the number of requests sent.
+sub traffic_round {
+    my ($t, %o) = @_;
+    my $n = 0;
+    my $chat = sub { $n++; eval { $t->chat(timeout => 5, @_) } };
+    my $http = sub { $n++; eval { $t->http(@_, timeout => 5) } };
+    # ok traffic
+    $chat->() for 1 .. 3;
+    $chat->(stream => 1) for 1 .. 2;
+    $chat->(stream => 1, model => 'deepseek-v4-pro', mock => 'chunks=6;delay_ms=20');
+    $chat->(stream => 1, model => 'deepseek-reasoner', mock => 'keepalive_ms=300;keepalive_every_ms=100');
+    $chat->(model => 'deepseek-v4-pro', mock => 'hit=100;miss=20;completion=200');
+    $http->(GET => '/models');
+    $http->(GET => '/user/balance');
+    $http->(POST => '/beta/completions', body => '{"model":"deepseek-flash","prompt":"def f(","suffix":"return 1"}');
+    $http->(POST => '/anthropic/v1/messages',
+            body => '{"model":"deepseek-flash","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}');
+    return $n if $o{ok_only};
+    # HTTP errors
+    $chat->(mock => "status=$_") for qw(400 401 402 429 500 503);
+    $n++; eval { $t->chat(path => '/dead/chat/completions', timeout => 5) };          # 502
+    $n++; eval { $t->chat(path => '/slow/chat/completions', mock => 'sleep_ms=1500', timeout => 5) };  # 504
+    # in-band failures under a 200
+    $chat->(stream => 1, mock => 'truncate_events=2');
+    $chat->(stream => 1, mock => 'queue_timeout_ms=200;keepalive_every_ms=50');
+    $chat->(stream => 1, mock => 'finish=content_filter');
+    $chat->(mock => 'finish=insufficient_system_resource');
+    $chat->(stream => 1, mock => 'empty=1');
+    # usage missing: compressed, absent, client abort (499)
+    $chat->(mock => 'gzip=1');
+    $chat->(mock => 'no_usage=1');
+    $chat->(stream => 1, mock => 'chunks=10;delay_ms=200', close_after => 0.3);
+    return $n;
+}
+
+# Run $code repeatedly in a child until $seconds elapsed (or killed); returns
+# the child's PID. The child leaves with POSIX::_exit so no END block (the
+# parent's nginx/mock cleanup) runs in it.
+sub background {
+    my ($seconds, $code) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        eval { require 'syscall.ph'; syscall(&SYS_prctl, 1, 9, 0, 0, 0) };
+        my $deadline = time + $seconds;
+        while (time < $deadline) { eval { $code->() }; sleep 0.05 }
+        POSIX::_exit(0);
+    }
+    push @PROCS, $pid;
+    return $pid;
+}
+
+sub stop_pid { _kill($_[0]) if $_[0] }
+
 # ---------------------------------------------------------------- misc
 
 sub _esc {
