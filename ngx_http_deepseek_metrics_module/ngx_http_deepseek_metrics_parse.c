@@ -41,6 +41,7 @@ enum {
     sw_j_arr_start,
     sw_j_tools,
     sw_j_num,
+    sw_j_skip_num,
     sw_j_lit,
     sw_j_deep,
     sw_j_key_str,
@@ -112,114 +113,6 @@ enum {
 #define u_cache_creation  10
 
 
-typedef struct {
-    size_t       len;
-    const char  *name;
-    ngx_uint_t   key;
-} ngx_http_dsm_key_t;
-
-
-#define dsm_key(s, k)  { sizeof(s) - 1, s, k }
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_top[] = {
-    dsm_key("model", key_model),
-    dsm_key("usage", key_usage),
-    dsm_key("choices", key_choices),
-    dsm_key("error", key_error),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_choice[] = {
-    dsm_key("delta", key_delta),
-    dsm_key("finish_reason", key_finish),
-    dsm_key("message", key_delta),
-    dsm_key("text", key_content),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_delta[] = {
-    dsm_key("content", key_content),
-    dsm_key("reasoning_content", key_reasoning),
-    dsm_key("tool_calls", key_tool_calls),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_usage[] = {
-    dsm_key("prompt_tokens", key_u + u_prompt),
-    dsm_key("completion_tokens", key_u + u_completion),
-    dsm_key("total_tokens", key_u + u_total),
-    dsm_key("prompt_cache_hit_tokens", key_u + u_hit),
-    dsm_key("prompt_cache_miss_tokens", key_u + u_miss),
-    dsm_key("completion_tokens_details", key_ctd),
-    dsm_key("prompt_tokens_details", key_ptd),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_ctd[] = {
-    dsm_key("reasoning_tokens", key_u + u_reasoning),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_ptd[] = {
-    dsm_key("cached_tokens", key_u + u_cached),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_a_top[] = {
-    dsm_key("model", key_model),
-    dsm_key("usage", key_a_usage),
-    dsm_key("delta", key_a_block),
-    dsm_key("content", key_a_content),
-    dsm_key("message", key_a_message),
-    dsm_key("stop_reason", key_stop),
-    dsm_key("content_block", key_a_block),
-    dsm_key("error", key_error),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_a_message[] = {
-    dsm_key("model", key_model),
-    dsm_key("usage", key_a_usage),
-    dsm_key("content", key_a_content),
-    dsm_key("stop_reason", key_stop),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_a_usage[] = {
-    dsm_key("input_tokens", key_u + u_input),
-    dsm_key("output_tokens", key_u + u_output),
-    dsm_key("cache_read_input_tokens", key_u + u_cache_read),
-    dsm_key("cache_creation_input_tokens", key_u + u_cache_creation),
-    { 0, NULL, 0 }
-};
-
-static const ngx_http_dsm_key_t  ngx_http_dsm_keys_a_block[] = {
-    dsm_key("text", key_content),
-    dsm_key("type", key_a_type),
-    dsm_key("thinking", key_reasoning),
-    dsm_key("stop_reason", key_stop),
-    dsm_key("partial_json", key_content),
-    { 0, NULL, 0 }
-};
-
-
-static const ngx_http_dsm_key_t  *ngx_http_dsm_keys[k_last] = {
-    NULL,                               /* k_other */
-    ngx_http_dsm_keys_top,
-    NULL,                               /* k_choices */
-    ngx_http_dsm_keys_choice,
-    ngx_http_dsm_keys_delta,
-    ngx_http_dsm_keys_usage,
-    ngx_http_dsm_keys_ctd,
-    ngx_http_dsm_keys_ptd,
-    ngx_http_dsm_keys_a_top,
-    ngx_http_dsm_keys_a_message,
-    ngx_http_dsm_keys_a_usage,
-    NULL,                               /* k_a_blocks */
-    ngx_http_dsm_keys_a_block
-};
-
-
 /* the kind of an object opened as the value of an action */
 static const u_char  ngx_http_dsm_obj_kind[key_last] = {
     k_other,                            /* key_none */
@@ -258,6 +151,15 @@ static const char  *ngx_http_dsm_lits[] = { "null", "true", "false" };
 static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 
 
+#if (NGX_HAVE_LITTLE_ENDIAN && (defined __GNUC__ || defined __clang__))
+#define NGX_HTTP_DSM_SWAR  1
+#define dsm_ones           0x0101010101010101ULL
+#define dsm_highs          0x8080808080808080ULL
+/* the lowest set bit marks the first zero byte exactly */
+#define dsm_zero(x)        (((x) - dsm_ones) & ~(x) & dsm_highs)
+#endif
+
+
 #define dsm_ws(ch)  ((ch) == ' ' || (ch) == '\n' || (ch) == '\r'             \
                      || (ch) == '\t')
 
@@ -268,16 +170,20 @@ static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 #define dsm_is_array(p)  (((p)->arrays >> ((p)->depth - 1)) & 1)
 
 #define dsm_streq(s, l, lit)                                                 \
-    ((l) == sizeof(lit) - 1 && ngx_memcmp(s, lit, sizeof(lit) - 1) == 0)
+    ((l) == sizeof(lit) - 1 && ngx_http_dsm_eq(s, lit, sizeof(lit) - 1))
 
 
 static u_char *ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_int_t ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
-static u_char *ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p,
-    u_char *pos, u_char *last);
+static ngx_inline u_char *ngx_http_dsm_str_end(
+    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
+static u_char *ngx_http_dsm_str_end_long(
+    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
 static ngx_uint_t ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len);
+static ngx_inline ngx_uint_t ngx_http_dsm_eq(u_char *a, const char *b,
+    size_t n);
 static void ngx_http_dsm_append(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static void ngx_http_dsm_enum(ngx_http_deepseek_metrics_parse_t *p);
@@ -384,7 +290,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
         case sw_line:
 
             if (ch == 'd') {
-                if (last - pos >= 5 && ngx_memcmp(pos, "data:", 5) == 0) {
+                if (last - pos >= 5 && ngx_http_dsm_eq(pos, "data:", 5)) {
                     pos += 5;
                     p->state = sw_data_start;
                     break;
@@ -619,7 +525,23 @@ invalid:
  * Scans JSON in [pos, last).  Returns the position after the byte that
  * closed the top-level value (jstate == sw_j_end), or last, or NULL if
  * the input is invalid.
+ *
+ * The scanner jumps between labels while bytes are available; its state
+ * is saved in p->jstate only when it runs out of input (dsm_need()), and
+ * the switch at the top resumes there.
  */
+
+#define dsm_need(st)                                                         \
+    if (pos == last) {                                                       \
+        p->jstate = st;                                                      \
+        return pos;                                                          \
+    }
+
+
+/* the closing quote in [pos, last), or NULL; the common case inline */
+
+#define dsm_str_end(q)  q = ngx_http_dsm_str_end(p, pos, last)
+
 
 static u_char *
 ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
@@ -628,492 +550,591 @@ ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
     u_char      ch, *q;
     size_t      n;
     uint64_t    v;
-    ngx_uint_t  state, kind, d;
+    ngx_uint_t  kind, d;
 
-    state = p->jstate;
+    switch (p->jstate) {
+    case sw_j_doc:
+        goto doc;
+    case sw_j_value:
+        goto value;
+    case sw_j_obj_start:
+        goto obj_start;
+    case sw_j_key:
+        goto key;
+    case sw_j_colon:
+        goto colon;
+    case sw_j_after:
+        goto after;
+    case sw_j_arr_start:
+        goto arr_start;
+    case sw_j_tools:
+        goto tools;
+    case sw_j_num:
+        goto num;
+    case sw_j_skip_num:
+        goto skip_num;
+    case sw_j_lit:
+        goto lit;
+    case sw_j_deep:
+        goto deep;
+    case sw_j_key_str:
+        goto key_str;
+    case sw_j_str_skip:
+        goto str_skip;
+    case sw_j_str_first:
+        goto str_first;
+    case sw_j_str_model:
+        goto str_model;
+    case sw_j_str_enum:
+        goto str_enum;
+    case sw_j_deep_str:
+        goto deep_str;
+    default: /* sw_j_end */
+        return pos;
+    }
 
-    while (pos < last) {
+doc:
+
+    /* JSON mode: the body may start with blank lines while queued */
+
+    for ( ;; ) {
+        dsm_need(sw_j_doc);
 
         ch = *pos;
 
-        switch (state) {
-
-        case sw_j_doc:
-
-            if (dsm_ws(ch)) {
-                pos++;
-                break;
-            }
-
-            if (ch != '{' && ch != '[') {
-                goto invalid;
-            }
-
-            p->first_data = 1;
-            p->events = 1;
-            p->key = key_doc;
-
-            /* fall through */
-
-        case sw_j_value:
-
-            switch (ch) {
-
-            case '"':
-                pos++;
-                p->esc = 0;
-
-                switch (p->key) {
-
-                case key_model:
-                    state = p->model_set ? sw_j_str_skip : sw_j_str_model;
-                    break;
-
-                case key_content:
-                case key_reasoning:
-                    state = sw_j_str_first;
-                    break;
-
-                case key_finish:
-                case key_stop:
-                case key_a_type:
-                    p->klen = 0;
-                    state = sw_j_str_enum;
-                    break;
-
-                case key_error:
-                    p->error = 1;
-
-                    /* fall through */
-
-                default:
-                    state = sw_j_str_skip;
-                }
-
-                break;
-
-            case '{':
-            case '[':
-                pos++;
-                d = ++p->depth;
-
-                if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
-                    p->too_deep = 1;
-                    state = sw_j_deep;
-                    break;
-                }
-
-                if (ch == '{') {
-                    p->arrays &= ~((uint64_t) 1 << (d - 1));
-                    kind = ngx_http_dsm_obj_kind[p->key];
-
-                    if (p->key == key_doc
-                        && (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC))
-                    {
-                        kind = k_a_top;
-
-                    } else if (p->key == key_usage) {
-                        p->umask = 0;
-
-                    } else if (p->key == key_error) {
-                        p->error = 1;
-                    }
-
-                    state = sw_j_obj_start;
-
-                } else {
-                    p->arrays |= (uint64_t) 1 << (d - 1);
-
-                    if (p->key == key_choices) {
-                        kind = k_choices;
-
-                    } else if (p->key == key_a_content) {
-                        kind = k_a_blocks;
-
-                    } else {
-                        kind = k_other;
-                    }
-
-                    state = (p->key == key_tool_calls) ? sw_j_tools
-                                                       : sw_j_arr_start;
-                    p->key = ngx_http_dsm_elem_key[kind];
-                }
-
-                if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
-                    p->kind[d - 1] = (u_char) kind;
-                }
-
-                break;
-
-            case 'n':
-            case 't':
-            case 'f':
-                p->lit = (ch == 'n') ? 0 : (ch == 't') ? 1 : 2;
-                n = ngx_http_dsm_lit_len[p->lit];
-
-                if ((size_t) (last - pos) >= n
-                    && ngx_memcmp(pos, ngx_http_dsm_lits[p->lit], n) == 0)
-                {
-                    pos += n;
-                    state = sw_j_after;
-                    break;
-                }
-
-                p->idx = 1;
-                pos++;
-                state = sw_j_lit;
-                break;
-
-            case ' ':
-            case '\n':
-            case '\r':
-            case '\t':
-                pos++;
-                break;
-
-            default:
-
-                if ((ch < '0' || ch > '9') && ch != '-') {
-                    goto invalid;
-                }
-
-                p->num = 0;
-                p->num_bad = 0;
-                p->slot = p->key - key_u;
-                state = sw_j_num;
-            }
-
+        if (!dsm_ws(ch)) {
             break;
-
-        case sw_j_obj_start:
-
-            if (ch == '}') {
-                goto close;
-            }
-
-            /* fall through */
-
-        case sw_j_key:
-
-            if (ch == '"') {
-                pos++;
-                p->esc = 0;
-                p->klen = 0;
-                state = sw_j_key_str;
-                break;
-            }
-
-            if (dsm_ws(ch)) {
-                pos++;
-                break;
-            }
-
-            goto invalid;
-
-        case sw_j_key_str:
-            kind = dsm_kind(p);
-            q = ngx_http_dsm_str_end(p, pos, last);
-
-            if (q == NULL) {
-                if (kind != k_other) {
-                    ngx_http_dsm_append(p, pos, last);
-                }
-
-                pos = last;
-                break;
-            }
-
-            if (kind == k_other) {
-                p->key = key_none;
-
-            } else if (p->klen == 0) {
-                p->key = ngx_http_dsm_key(kind, pos, q - pos);
-
-            } else {
-                ngx_http_dsm_append(p, pos, q);
-                p->key = ngx_http_dsm_key(kind, p->kbuf, p->klen);
-            }
-
-            pos = q + 1;
-
-            if (pos < last && *pos == ':') {
-                pos++;
-                state = sw_j_value;
-                break;
-            }
-
-            state = sw_j_colon;
-            break;
-
-        case sw_j_colon:
-
-            if (ch == ':') {
-                pos++;
-                state = sw_j_value;
-                break;
-            }
-
-            if (dsm_ws(ch)) {
-                pos++;
-                break;
-            }
-
-            goto invalid;
-
-        case sw_j_after:
-
-            if (ch == ',') {
-                pos++;
-
-                if (dsm_is_array(p)) {
-                    p->key = ngx_http_dsm_elem_key[dsm_kind(p)];
-                    state = sw_j_value;
-                    break;
-                }
-
-                state = sw_j_key;
-                break;
-            }
-
-            if (ch == '}' || ch == ']') {
-                goto close;
-            }
-
-            if (dsm_ws(ch)) {
-                pos++;
-                break;
-            }
-
-            goto invalid;
-
-        case sw_j_tools:
-
-            if (dsm_ws(ch)) {
-                pos++;
-                break;
-            }
-
-            if (ch != ']') {
-                ngx_http_dsm_token(p, 1);
-            }
-
-            /* fall through */
-
-        case sw_j_arr_start:
-
-            if (ch == ']') {
-                goto close;
-            }
-
-            if (dsm_ws(ch)) {
-                pos++;
-                break;
-            }
-
-            state = sw_j_value;
-            break;
-
-        case sw_j_str_skip:
-            q = ngx_http_dsm_str_end(p, pos, last);
-
-            if (q == NULL) {
-                pos = last;
-                break;
-            }
-
-            pos = q + 1;
-            state = sw_j_after;
-            break;
-
-        case sw_j_str_first:
-
-            if (ch == '"') {
-                pos++;
-                state = sw_j_after;
-                break;
-            }
-
-            ngx_http_dsm_token(p, p->key == key_content);
-            state = sw_j_str_skip;
-            break;
-
-        case sw_j_str_model:
-            q = ngx_http_dsm_str_end(p, pos, last);
-
-            n = (q ? q : last) - pos;
-            if (n > sizeof(p->model) - 1 - p->model_len) {
-                n = sizeof(p->model) - 1 - p->model_len;
-            }
-
-            ngx_memcpy(p->model + p->model_len, pos, n);
-            p->model_len += n;
-
-            if (q == NULL) {
-                pos = last;
-                break;
-            }
-
-            p->model_set = 1;
-            pos = q + 1;
-
-            if (p->mode & NGX_HTTP_DSM_PARSE_MODE_REQUEST) {
-                p->jstate = sw_j_end;
-                return pos;
-            }
-
-            state = sw_j_after;
-            break;
-
-        case sw_j_str_enum:
-            q = ngx_http_dsm_str_end(p, pos, last);
-
-            ngx_http_dsm_append(p, pos, q ? q : last);
-
-            if (q == NULL) {
-                pos = last;
-                break;
-            }
-
-            ngx_http_dsm_enum(p);
-            pos = q + 1;
-            state = sw_j_after;
-            break;
-
-        case sw_j_num:
-            v = p->num;
-
-            for ( ;; ) {
-                d = (ngx_uint_t) (ch - '0');
-
-                if (d <= 9) {
-                    if (v > (uint64_t) 1844674407370955161ULL
-                        || (v == (uint64_t) 1844674407370955161ULL && d > 5))
-                    {
-                        v = (uint64_t) -1;
-
-                    } else {
-                        v = v * 10 + d;
-                    }
-
-                } else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-'
-                           || ch == '+')
-                {
-                    p->num_bad = 1;
-
-                } else {
-                    break;
-                }
-
-                if (++pos == last) {
-                    break;
-                }
-
-                ch = *pos;
-            }
-
-            p->num = v;
-
-            if (pos == last) {
-                break;
-            }
-
-            if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS && !p->num_bad) {
-                p->u[p->slot] = v;
-                p->umask |= (ngx_uint_t) 1 << p->slot;
-            }
-
-            state = sw_j_after;
-            break;
-
-        case sw_j_lit:
-
-            if (ch != (u_char) ngx_http_dsm_lits[p->lit][p->idx]) {
-                goto invalid;
-            }
-
-            pos++;
-
-            if (++p->idx == ngx_http_dsm_lit_len[p->lit]) {
-                state = sw_j_after;
-            }
-
-            break;
-
-        case sw_j_deep:
-
-            for ( ;; ) {
-                if (ch == '"') {
-                    pos++;
-                    p->esc = 0;
-                    state = sw_j_deep_str;
-                    break;
-                }
-
-                if (ch == '{' || ch == '[') {
-                    p->depth++;
-
-                } else if (ch == '}' || ch == ']') {
-                    if (--p->depth == NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
-                        pos++;
-                        state = sw_j_after;
-                        break;
-                    }
-                }
-
-                if (++pos == last) {
-                    break;
-                }
-
-                ch = *pos;
-            }
-
-            break;
-
-        case sw_j_deep_str:
-            q = ngx_http_dsm_str_end(p, pos, last);
-
-            if (q == NULL) {
-                pos = last;
-                break;
-            }
-
-            pos = q + 1;
-            state = sw_j_deep;
-            break;
-
-        case sw_j_end:
-            p->jstate = state;
-            return pos;
         }
 
-        continue;
+        pos++;
+    }
 
-    close:
+    if (ch != '{' && ch != '[') {
+        goto invalid;
+    }
 
-        /* ch is '}' or ']' closing the current level */
+    p->first_data = 1;
+    p->events = 1;
+    p->key = key_doc;
 
-        if (dsm_is_array(p) != (ngx_uint_t) (ch == ']')) {
+value:
+
+    dsm_need(sw_j_value);
+
+    ch = *pos;
+
+    if (ch == '"') {
+        pos++;
+        p->esc = 0;
+
+        switch (p->key) {
+
+        case key_model:
+            if (!p->model_set) {
+                goto str_model;
+            }
+
+            goto str_skip;
+
+        case key_content:
+        case key_reasoning:
+            goto str_first;
+
+        case key_finish:
+        case key_stop:
+        case key_a_type:
+            p->klen = 0;
+            goto str_enum;
+
+        case key_error:
+            p->error = 1;
+            goto str_skip;
+
+        default:
+            goto str_skip;
+        }
+    }
+
+    switch (ch) {
+
+    case '{':
+        pos++;
+        d = ++p->depth;
+
+        if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
+            p->too_deep = 1;
+            goto deep;
+        }
+
+        p->arrays &= ~((uint64_t) 1 << (d - 1));
+        kind = ngx_http_dsm_obj_kind[p->key];
+
+        if (p->key == key_doc) {
+            if (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC) {
+                kind = k_a_top;
+            }
+
+        } else if (p->key == key_usage) {
+            p->umask = 0;
+
+        } else if (p->key == key_error) {
+            p->error = 1;
+        }
+
+        if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
+            p->kind[d - 1] = (u_char) kind;
+        }
+
+        goto obj_start;
+
+    case '[':
+        pos++;
+        d = ++p->depth;
+
+        if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
+            p->too_deep = 1;
+            goto deep;
+        }
+
+        p->arrays |= (uint64_t) 1 << (d - 1);
+
+        if (p->key == key_choices) {
+            kind = k_choices;
+
+        } else if (p->key == key_a_content) {
+            kind = k_a_blocks;
+
+        } else {
+            kind = k_other;
+        }
+
+        if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
+            p->kind[d - 1] = (u_char) kind;
+        }
+
+        if (p->key == key_tool_calls) {
+            p->key = key_none;
+            goto tools;
+        }
+
+        p->key = ngx_http_dsm_elem_key[kind];
+        goto arr_start;
+
+    case 'n':
+        if (last - pos >= 4 && ngx_http_dsm_eq(pos, "null", 4)) {
+            pos += 4;
+            goto after;
+        }
+
+        p->lit = 0;
+        break;
+
+    case 't':
+        if (last - pos >= 4 && ngx_http_dsm_eq(pos, "true", 4)) {
+            pos += 4;
+            goto after;
+        }
+
+        p->lit = 1;
+        break;
+
+    case 'f':
+        if (last - pos >= 5 && ngx_http_dsm_eq(pos, "false", 5)) {
+            pos += 5;
+            goto after;
+        }
+
+        p->lit = 2;
+        break;
+
+    case ' ':
+    case '\n':
+    case '\r':
+    case '\t':
+        pos++;
+        goto value;
+
+    default:
+
+        if ((ch < '0' || ch > '9') && ch != '-') {
             goto invalid;
         }
 
-        kind = dsm_kind(p);
+        p->num = 0;
+        p->num_bad = 0;
+        p->slot = p->key - key_u;
 
-        if (kind == k_usage || kind == k_a_usage) {
-            ngx_http_dsm_commit(p);
+        if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS) {
+            goto num;
+        }
+
+        goto skip_num;
+    }
+
+    /* a literal split across buffers */
+
+    p->idx = 1;
+    pos++;
+
+lit:
+
+    for ( ;; ) {
+        dsm_need(sw_j_lit);
+
+        if (*pos != (u_char) ngx_http_dsm_lits[p->lit][p->idx]) {
+            goto invalid;
         }
 
         pos++;
 
-        if (--p->depth == 0) {
-            p->jstate = sw_j_end;
+        if (++p->idx == ngx_http_dsm_lit_len[p->lit]) {
+            goto after;
+        }
+    }
+
+skip_num:
+
+    /* a number nobody needs */
+
+    for ( ;; ) {
+        dsm_need(sw_j_skip_num);
+
+        ch = *pos;
+
+        if ((ch < '0' || ch > '9') && ch != '.' && ch != 'e' && ch != 'E'
+            && ch != '-' && ch != '+')
+        {
+            goto after;
+        }
+
+        pos++;
+    }
+
+num:
+
+    v = p->num;
+
+    for ( ;; ) {
+        if (pos == last) {
+            p->num = v;
+            p->jstate = sw_j_num;
             return pos;
         }
 
-        state = sw_j_after;
+        ch = *pos;
+        d = (ngx_uint_t) (ch - '0');
+
+        if (d <= 9) {
+            if (v > (uint64_t) 1844674407370955161ULL
+                || (v == (uint64_t) 1844674407370955161ULL && d > 5))
+            {
+                v = (uint64_t) -1;
+
+            } else {
+                v = v * 10 + d;
+            }
+
+        } else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-'
+                   || ch == '+')
+        {
+            p->num_bad = 1;
+
+        } else {
+            break;
+        }
+
+        pos++;
     }
 
-    p->jstate = state;
-    return pos;
+    if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS && !p->num_bad) {
+        p->u[p->slot] = v;
+        p->umask |= (ngx_uint_t) 1 << p->slot;
+    }
+
+    goto after;
+
+obj_start:
+
+    dsm_need(sw_j_obj_start);
+
+    ch = *pos;
+
+    if (ch == '"') {
+        goto key_open;
+    }
+
+    if (ch == '}') {
+        goto close;
+    }
+
+    if (dsm_ws(ch)) {
+        pos++;
+        goto obj_start;
+    }
+
+    goto invalid;
+
+key:
+
+    dsm_need(sw_j_key);
+
+    ch = *pos;
+
+    if (ch == '"') {
+        goto key_open;
+    }
+
+    if (dsm_ws(ch)) {
+        pos++;
+        goto key;
+    }
+
+    goto invalid;
+
+key_open:
+
+    pos++;
+    p->esc = 0;
+    p->klen = 0;
+
+key_str:
+
+    kind = dsm_kind(p);
+
+    dsm_str_end(q);
+
+    if (q == NULL) {
+        if (kind != k_other) {
+            ngx_http_dsm_append(p, pos, last);
+        }
+
+        p->jstate = sw_j_key_str;
+        return last;
+    }
+
+    if (kind == k_other) {
+        p->key = key_none;
+
+    } else if (p->klen == 0) {
+        p->key = ngx_http_dsm_key(kind, pos, q - pos);
+
+    } else {
+        ngx_http_dsm_append(p, pos, q);
+        p->key = ngx_http_dsm_key(kind, p->kbuf, p->klen);
+    }
+
+    pos = q + 1;
+
+colon:
+
+    dsm_need(sw_j_colon);
+
+    ch = *pos;
+
+    if (ch == ':') {
+        pos++;
+        goto value;
+    }
+
+    if (dsm_ws(ch)) {
+        pos++;
+        goto colon;
+    }
+
+    goto invalid;
+
+after:
+
+    dsm_need(sw_j_after);
+
+    ch = *pos;
+
+    if (ch == ',') {
+        pos++;
+
+        if (dsm_is_array(p)) {
+            p->key = ngx_http_dsm_elem_key[dsm_kind(p)];
+            goto value;
+        }
+
+        if (pos < last && *pos == '"') {
+            goto key_open;
+        }
+
+        goto key;
+    }
+
+    if (ch == '}' || ch == ']') {
+        goto close;
+    }
+
+    if (dsm_ws(ch)) {
+        pos++;
+        goto after;
+    }
+
+    goto invalid;
+
+tools:
+
+    /* the first byte of a tool_calls array: non-empty? */
+
+    dsm_need(sw_j_tools);
+
+    ch = *pos;
+
+    if (dsm_ws(ch)) {
+        pos++;
+        goto tools;
+    }
+
+    if (ch != ']') {
+        ngx_http_dsm_token(p, 1);
+    }
+
+arr_start:
+
+    dsm_need(sw_j_arr_start);
+
+    ch = *pos;
+
+    if (ch == ']') {
+        goto close;
+    }
+
+    if (dsm_ws(ch)) {
+        pos++;
+        goto arr_start;
+    }
+
+    goto value;
+
+str_skip:
+
+    dsm_str_end(q);
+
+    if (q == NULL) {
+        p->jstate = sw_j_str_skip;
+        return last;
+    }
+
+    pos = q + 1;
+    goto after;
+
+str_first:
+
+    /* the first byte of content, reasoning_content, text, ... */
+
+    dsm_need(sw_j_str_first);
+
+    if (*pos == '"') {
+        pos++;
+        goto after;
+    }
+
+    ngx_http_dsm_token(p, p->key == key_content);
+    goto str_skip;
+
+str_model:
+
+    dsm_str_end(q);
+
+    n = (q ? q : last) - pos;
+    if (n > sizeof(p->model) - 1 - p->model_len) {
+        n = sizeof(p->model) - 1 - p->model_len;
+    }
+
+    ngx_memcpy(p->model + p->model_len, pos, n);
+    p->model_len += n;
+
+    if (q == NULL) {
+        p->jstate = sw_j_str_model;
+        return last;
+    }
+
+    p->model_set = 1;
+    pos = q + 1;
+
+    if (p->mode & NGX_HTTP_DSM_PARSE_MODE_REQUEST) {
+        p->jstate = sw_j_end;
+        return pos;
+    }
+
+    goto after;
+
+str_enum:
+
+    dsm_str_end(q);
+
+    ngx_http_dsm_append(p, pos, q ? q : last);
+
+    if (q == NULL) {
+        p->jstate = sw_j_str_enum;
+        return last;
+    }
+
+    ngx_http_dsm_enum(p);
+    pos = q + 1;
+    goto after;
+
+deep:
+
+    /* beyond the depth limit: count brackets, skip strings */
+
+    for ( ;; ) {
+        dsm_need(sw_j_deep);
+
+        ch = *pos++;
+
+        if (ch == '"') {
+            p->esc = 0;
+            goto deep_str;
+        }
+
+        if (ch == '{' || ch == '[') {
+            p->depth++;
+
+        } else if (ch == '}' || ch == ']') {
+            if (--p->depth == NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
+                goto after;
+            }
+        }
+    }
+
+deep_str:
+
+    dsm_str_end(q);
+
+    if (q == NULL) {
+        p->jstate = sw_j_deep_str;
+        return last;
+    }
+
+    pos = q + 1;
+    goto deep;
+
+close:
+
+    /* ch is '}' or ']' closing the current level */
+
+    if (dsm_is_array(p) != (ngx_uint_t) (ch == ']')) {
+        goto invalid;
+    }
+
+    kind = dsm_kind(p);
+
+    if (kind == k_usage || kind == k_a_usage) {
+        ngx_http_dsm_commit(p);
+    }
+
+    pos++;
+
+    if (--p->depth == 0) {
+        p->jstate = sw_j_end;
+        return pos;
+    }
+
+    goto after;
 
 invalid:
 
@@ -1125,10 +1146,83 @@ invalid:
 /*
  * Finds the closing quote of a string in [pos, last), honouring
  * backslash escapes, with p->esc carrying an escape across buffers.
+ * Short strings are scanned 8 bytes at a time for '"' or '\\'; past
+ * 32 bytes memchr() takes over (ngx_http_dsm_str_end_long()).
  */
 
-static u_char *
+static ngx_inline u_char *
 ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+    u_char *last)
+{
+    u_char    *q;
+#if (NGX_HTTP_DSM_SWAR)
+    uint64_t   w, t;
+#endif
+
+    q = pos;
+
+    if (p->esc) {
+        if (q == last) {
+            return NULL;
+        }
+
+        p->esc = 0;
+        q++;
+    }
+
+    for ( ;; ) {
+
+#if (NGX_HTTP_DSM_SWAR)
+
+        if (last - q >= 8) {
+            ngx_memcpy(&w, q, 8);
+
+            t = dsm_zero(w ^ (dsm_ones * '"'))
+                | dsm_zero(w ^ (dsm_ones * '\\'));
+
+            if (t == 0) {
+                q += 8;
+
+                if (q - pos >= 32) {
+                    return ngx_http_dsm_str_end_long(p, q, last);
+                }
+
+                continue;
+            }
+
+            q += __builtin_ctzll(t) >> 3;
+
+        } else
+
+#endif
+        {
+            while (q < last && *q != '"' && *q != '\\') {
+                q++;
+            }
+
+            if (q == last) {
+                return NULL;
+            }
+        }
+
+        if (*q == '"') {
+            return q;
+        }
+
+        /* a backslash: skip the escaped byte */
+
+        if (last - q < 2) {
+            p->esc = 1;
+            return NULL;
+        }
+
+        q += 2;
+    }
+}
+
+
+static u_char *
+ngx_http_dsm_str_end_long(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
     u_char *last)
 {
     u_char      *s, *q, *b;
@@ -1179,23 +1273,126 @@ ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 static ngx_uint_t
 ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len)
 {
-    const ngx_http_dsm_key_t  *e;
-
-    e = ngx_http_dsm_keys[kind];
-
-    if (e == NULL) {
-        return key_none;
+#define dsm_k(s, r)                                                          \
+    if (len == sizeof(s) - 1 && ngx_http_dsm_eq(k, s, sizeof(s) - 1)) {      \
+        return r;                                                            \
     }
 
-    for ( /* void */ ; e->len; e++) {
-        if (e->len == len && e->name[0] == (char) k[0]
-            && ngx_memcmp(e->name, k, len) == 0)
-        {
-            return e->key;
+    switch (kind) {
+
+    case k_top:
+        dsm_k("model", key_model);
+        dsm_k("usage", key_usage);
+        dsm_k("choices", key_choices);
+        dsm_k("error", key_error);
+        break;
+
+    case k_choice:
+        dsm_k("delta", key_delta);
+        dsm_k("finish_reason", key_finish);
+        dsm_k("message", key_delta);
+        dsm_k("text", key_content);
+        break;
+
+    case k_delta:
+        dsm_k("content", key_content);
+        dsm_k("reasoning_content", key_reasoning);
+        dsm_k("tool_calls", key_tool_calls);
+        break;
+
+    case k_usage:
+        dsm_k("prompt_tokens", key_u + u_prompt);
+        dsm_k("completion_tokens", key_u + u_completion);
+        dsm_k("total_tokens", key_u + u_total);
+        dsm_k("prompt_cache_hit_tokens", key_u + u_hit);
+        dsm_k("prompt_cache_miss_tokens", key_u + u_miss);
+        dsm_k("completion_tokens_details", key_ctd);
+        dsm_k("prompt_tokens_details", key_ptd);
+        break;
+
+    case k_ctd:
+        dsm_k("reasoning_tokens", key_u + u_reasoning);
+        break;
+
+    case k_ptd:
+        dsm_k("cached_tokens", key_u + u_cached);
+        break;
+
+    case k_a_top:
+    case k_a_message:
+        dsm_k("model", key_model);
+        dsm_k("usage", key_a_usage);
+        dsm_k("content", key_a_content);
+        dsm_k("stop_reason", key_stop);
+
+        if (kind == k_a_top) {
+            dsm_k("delta", key_a_block);
+            dsm_k("message", key_a_message);
+            dsm_k("content_block", key_a_block);
+            dsm_k("error", key_error);
+        }
+
+        break;
+
+    case k_a_usage:
+        dsm_k("input_tokens", key_u + u_input);
+        dsm_k("output_tokens", key_u + u_output);
+        dsm_k("cache_read_input_tokens", key_u + u_cache_read);
+        dsm_k("cache_creation_input_tokens", key_u + u_cache_creation);
+        break;
+
+    case k_a_block:
+        dsm_k("text", key_content);
+        dsm_k("type", key_a_type);
+        dsm_k("thinking", key_reasoning);
+        dsm_k("stop_reason", key_stop);
+        dsm_k("partial_json", key_content);
+        break;
+    }
+
+#undef dsm_k
+
+    return key_none;
+}
+
+
+/* compares n bytes; inlined with word loads for constant n */
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_eq(u_char *a, const char *b, size_t n)
+{
+    uint64_t  x, y;
+    uint32_t  x4, y4;
+
+    for ( /* void */ ; n >= 8; a += 8, b += 8, n -= 8) {
+        ngx_memcpy(&x, a, 8);
+        ngx_memcpy(&y, b, 8);
+
+        if (x != y) {
+            return 0;
         }
     }
 
-    return key_none;
+    if (n >= 4) {
+        ngx_memcpy(&x4, a, 4);
+        ngx_memcpy(&y4, b, 4);
+
+        if (x4 != y4) {
+            return 0;
+        }
+
+        a += 4;
+        b += 4;
+        n -= 4;
+    }
+
+    for ( /* void */ ; n; a++, b++, n--) {
+        if (*a != (u_char) *b) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

@@ -48,7 +48,7 @@ build() {
             $inc "$src" "$root/fuzz/parse_fuzzer.c" -o "$out/parse-fuzzer"
         ;;
     bench)
-        gcc $gccflags -O2 $inc "$src" "$root/t/parser/bench.c" \
+        gcc $gccflags ${BENCH_OPT:--O} $inc "$src" "$root/t/parser/bench.c" \
             -o "$out/bench"
         ;;
     esac

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Instructions per body byte of the response body parser, measured with
+# callgrind (deterministic) on generated bodies: a realistic DeepSeek SSE
+# stream (thousands of small chunk events, reasoning_content then content)
+# and a JSON body with a long content string.  Only instructions executed
+# inside ngx_http_deepseek_metrics_parse() (and what it calls, e.g. memchr)
+# are counted.
+#
+#   bench/parser-bytes.sh [MBYTES [BUFSIZE]]     (default 8 MB, 8192)
+
+set -e
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+mb=${1:-8}
+bufsize=${2:-8192}
+out=$root/build/parser
+
+command -v valgrind >/dev/null 2>&1 \
+    || { echo "valgrind is required (apt-get install valgrind)" >&2; exit 1; }
+
+"$root/t/parser/build.sh" bench
+
+for kind in sse json; do
+    cg=$out/callgrind.$kind.out
+    info=$(valgrind --tool=callgrind --callgrind-out-file="$cg" \
+               --toggle-collect=ngx_http_deepseek_metrics_parse \
+               "$out/bench" $kind "$mb" "$bufsize" 2>/dev/null)
+    bytes=$(echo "$info" | sed -n 's/.*bytes=\([0-9]*\).*/\1/p')
+    ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")
+    [ -n "$ir" ] || ir=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$cg")
+    echo "$kind: $info"
+    awk -v k="$kind" -v ir="$ir" -v b="$bytes" 'BEGIN {
+        printf "%s: %d instructions / %d bytes = %.3f instructions/byte\n",
+               k, ir, b, ir / b }'
+done
