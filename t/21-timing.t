@@ -1,0 +1,331 @@
+#!/usr/bin/perl
+# Issue 3, "Must show": TTFT excludes keep-alive time. Also: a first chunk that
+# carries only the role / reasoning_content:"" is not a token; queue wait is the
+# keep-alive time; time to first answer token (after reasoning) > TTFT; TPOT is
+# recorded; non-streaming requests never enter the streaming histograms.
+#
+# Three locations, each with its own `variant` label:
+#   on       proxy_buffering on  (module default deepseek_metrics_stream_unbuffered on:
+#            text/event-stream responses are switched to unbuffered)
+#   off      proxy_buffering off
+#   buffered proxy_buffering on + deepseek_metrics_stream_unbuffered off
+#
+# What happens with "buffered" (measured below, asserted as such): nginx's event
+# pipe keeps reading the SSE stream into its proxy buffers and writes a buffer to
+# the client only once it is full or the upstream finished, so a small stream
+# reaches the client -- and the module's body filter, which sits in the client
+# output path -- all at once at the end. TTFT / TTFAT / queue wait then measure
+# when the tokens were *delivered* (the end of the stream), not when DeepSeek
+# produced them: never earlier than the real times, and equal to what the client
+# experienced. That is why the module switches SSE to unbuffered by default.
+#
+# Every scenario runs concurrently (forked clients); the whole file takes ~5 s.
+
+use strict;
+use warnings;
+use lib 't/lib';
+use Test::More;
+use Time::HiRes qw(time sleep);
+use IO::Socket::IP;
+use IO::Select;
+use POSIX ();
+use JSON::PP ();
+use DSM::Test;
+
+my $JSON = JSON::PP->new->canonical;
+
+# ------------------------------------------------------------------ timed client
+# Reads the response as it arrives; returns status, headers, de-chunked body and
+# dec => [[t, decoded bytes available at t], ...] (t in s from the request write).
+sub timed_request {
+    my (%o) = @_;
+    my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $o{port}, Proto => 'tcp', Timeout => 5)
+        or die "connect: $!";
+    my $body = $o{body} // '';
+    my $req = "POST $o{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        . "Content-Length: " . length($body) . "\r\n" . (defined $o{mock} ? "X-Mock: $o{mock}\r\n" : '')
+        . "X-Req-Id: $o{id}\r\n\r\n$body";
+    my $t0 = time;
+    $s->syswrite($req);
+    my ($raw, @tl) = ('');
+    my $sel = IO::Select->new($s);
+    my $deadline = $t0 + ($o{timeout} // 20);
+    while (time < $deadline) {
+        last unless $sel->can_read($deadline - time);
+        my $n = sysread($s, my $buf, 65536);
+        last unless $n;
+        $raw .= $buf;
+        push @tl, [ time - $t0, length $raw ];
+    }
+    close $s;
+    my $he = index($raw, "\r\n\r\n");
+    my %r = (status => 0, headers => {}, body => '', dec => [], elapsed => time - $t0);
+    return \%r if $he < 0;
+    my ($sl, @hl) = split /\r\n/, substr($raw, 0, $he);
+    ($r{status}) = $sl =~ m{^HTTP/\d\.\d (\d+)};
+    for (@hl) { my ($k, $v) = /^([^:]+):\s*(.*)$/ or next; $r{headers}{lc $k} = $v }
+    my $b0 = $he + 4;
+    my @chunks;    # [raw_start, len]
+    if (($r{headers}{'transfer-encoding'} // '') =~ /chunked/i) {
+        my $p = $b0;
+        while (1) {
+            my $le = index($raw, "\r\n", $p);
+            last if $le < 0;
+            my $n = hex substr($raw, $p, $le - $p);
+            last if $n == 0;
+            push @chunks, [ $le + 2, $n ];
+            $r{body} .= substr($raw, $le + 2, $n);
+            $p = $le + 2 + $n + 2;
+        }
+    } else {
+        push @chunks, [ $b0, length($raw) - $b0 ];
+        $r{body} = substr($raw, $b0);
+    }
+    for my $e (@tl) {
+        my $avail = 0;
+        for my $c (@chunks) {
+            my $have = $e->[1] - $c->[0];
+            $avail += $have <= 0 ? 0 : $have > $c->[1] ? $c->[1] : $have;
+        }
+        push @{ $r{dec} }, [ $e->[0], $avail ];
+    }
+    return \%r;
+}
+
+# arrival time of decoded byte offset $off (the first time it was available)
+sub arrival {
+    my ($r, $off) = @_;
+    for (@{ $r->{dec} }) { return $_->[0] if $_->[1] > $off }
+    return undef;
+}
+
+# runs jobs [name => coderef] in forked children, concurrently; returns {name => result}
+sub par {
+    my ($dir, @jobs) = @_;
+    my %pid;
+    while (my ($name, $code) = splice @jobs, 0, 2) {
+        my $pid = fork;
+        die "fork: $!" unless defined $pid;
+        if (!$pid) {
+            $SIG{$_} = 'DEFAULT' for qw(INT TERM PIPE HUP ALRM);
+            my $res = eval { $code->() } // { error => "$@" };
+            open my $fh, '>', "$dir/par-$name.json" or POSIX::_exit(1);
+            print $fh $JSON->encode($res);
+            close $fh;
+            POSIX::_exit(0);
+        }
+        $pid{$pid} = $name;
+    }
+    my $deadline = time + 60;
+    while (%pid && time < $deadline) {
+        my $p = waitpid(-1, POSIX::WNOHANG());
+        if ($p > 0) { delete $pid{$p}; next }
+        sleep 0.05;
+    }
+    kill 'KILL', $_ for keys %pid;
+    waitpid($_, 0) for keys %pid;
+    my %res;
+    for my $f (glob "$dir/par-*.json") {
+        my ($name) = $f =~ /par-(.+)\.json$/;
+        open my $fh, '<', $f or next;
+        local $/;
+        $res{$name} = $JSON->decode(<$fh>);
+        close $fh;
+        unlink $f;
+    }
+    return \%res;
+}
+
+# ------------------------------------------------------------------ nginx
+my $t = DSM::Test->new(workers => 1);
+$t->mock_start;
+$t->write_conf(<<'EOF');
+%%MODULE%%
+%%COMMON%%
+http {
+    deepseek_metrics_zone deepseek:4m;
+    log_format dsm '$http_x_req_id|$deepseek_ttft|$deepseek_ttfat|$deepseek_queue_wait|$request_time';
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        deepseek_metrics deepseek;
+        proxy_set_header Accept-Encoding "";
+        access_log %%PREFIX%%/logs/dsm.log dsm;
+        location /on/ {
+            deepseek_metrics_label variant on;
+            proxy_buffering on;
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
+        }
+        location /off/ {
+            deepseek_metrics_label variant off;
+            proxy_buffering off;
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
+        }
+        location /buffered/ {
+            deepseek_metrics_label variant buffered;
+            proxy_buffering on;
+            deepseek_metrics_stream_unbuffered off;
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
+        }
+    }
+    server {
+        listen 127.0.0.1:%%METRICS_PORT%%;
+        location = /metrics { deepseek_metrics_export; }
+    }
+}
+EOF
+$t->start;
+
+# scenario => [request model, X-Mock, stream]; each served model is its own series
+my %SC = (
+    keepalive => [ 'deepseek-flash',    'keepalive_ms=1500;keepalive_every_ms=100', 1 ],
+    role      => [ 'deepseek-v4-flash', 'delay_ms=1200;chunks=1', 1 ],
+    # reasoner first chunk {"role":"assistant","content":null,"reasoning_content":""},
+    # no reasoning chunks, then the content 1.2 s later (served as deepseek-v4-pro)
+    empty_rc  => [ 'deepseek-reasoner', 'model=deepseek-v4-pro;reasoning_chunks=0;delay_ms=1200;chunks=1', 1 ],
+    # first chunk, reasoning at 0.6 and 1.2 s, content at 1.8 s, end at 3.0 s
+    reasoner  => [ 'deepseek-reasoner', 'delay_ms=600;chunks=1', 1 ],
+    nonstream => [ 'deepseek-chat',     'keepalive_ms=300;keepalive_every_ms=50;delay_ms=300', 0 ],
+);
+my %MODEL = (keepalive => 'deepseek-flash', role => 'deepseek-v4-flash', empty_rc => 'deepseek-v4-pro',
+             reasoner => 'deepseek-reasoner', nonstream => 'deepseek-chat');
+my @V = qw(on off buffered);
+
+my @jobs;
+for my $v (@V) {
+    for my $sc (sort keys %SC) {
+        my ($model, $mock, $stream) = @{ $SC{$sc} };
+        push @jobs, "$v-$sc" => sub {
+            timed_request(port => $t->port('PORT'), path => "/$v/chat/completions", mock => $mock, id => "$v-$sc",
+                body => $JSON->encode({ model => $model, stream => $stream ? JSON::PP::true : JSON::PP::false,
+                                        messages => [ { role => 'user', content => 'hi' } ] }));
+        };
+    }
+}
+my $t0 = time;
+my $res = par($t->prefix, @jobs);
+note(sprintf('%d concurrent requests in %.1f s', scalar(keys %$res), time - $t0));
+
+my %log;
+for (split /\n/, $t->read_log('dsm.log')) { my @f = split /\|/; $log{$f[0]} = \@f }
+my $m = $t->scrape(accept => 'openmetrics');
+
+sub bucket {
+    my ($fam, $v, $model, $le) = @_;
+    return $m->value("${fam}_bucket", { variant => $v, model => $model, le => $le });
+}
+sub hcount { my ($fam, $v, $model) = @_; return $m->value("${fam}_count", { variant => $v, model => $model }) }
+sub hsum   { my ($fam, $v, $model) = @_; return $m->value("${fam}_sum", { variant => $v, model => $model }) }
+my $TTFT = 'deepseek_time_to_first_token_seconds';
+my $ANS  = 'deepseek_time_to_first_answer_token_seconds';
+my $Q    = 'deepseek_queue_wait_seconds';
+my $TPOT = 'deepseek_time_per_output_token_seconds';
+
+for my $v (@V) {
+    my %r = map { $_ => $res->{"$v-$_"} } keys %SC;
+    for my $sc (sort keys %SC) {
+        ok($r{$sc} && $r{$sc}{status} == 200, "$v/$sc: 200") or diag explain $r{$sc};
+        like($r{$sc}{body} // '', $SC{$sc}[2] ? qr/data: \[DONE\]/ : qr/"usage"/, "$v/$sc: complete body");
+    }
+    # client-side arrival of the first content-bearing event
+    my %first;   # scenario => [arrival of first token, arrival of first answer token]
+    for my $sc (qw(keepalive role empty_rc reasoner)) {
+        my $b = $r{$sc}{body} // '';
+        my ($tok, $ans);
+        $tok = $-[0] + length($&) if $b =~ /"(?:content|reasoning_content)":"[^"]/;
+        $ans = $-[0] + length($&) if $b =~ /"content":"[^"]/;
+        $first{$sc} = [ defined $tok ? arrival($r{$sc}, $tok) : undef, defined $ans ? arrival($r{$sc}, $ans) : undef ];
+    }
+
+    # --- keep-alives: 1.5 s of ": keep-alive" comments, then the answer
+    my $mk = $MODEL{keepalive};
+    is(bucket($TTFT, $v, $mk, '1.0'), 0, "$v: TTFT after 1.5 s of keep-alives not in le=1.0");
+    is(bucket($TTFT, $v, $mk, '2.5'), 1, "$v: ... and in le=2.5");
+    is(hcount($TTFT, $v, $mk), 1, "$v: one TTFT observation");
+    cmp_ok(hsum($TTFT, $v, $mk), '>=', 1.5, "$v: TTFT sum >= 1.5 s");
+    is(bucket($Q, $v, $mk, '1.0'), 0, "$v: queue wait (keep-alive time) not in le=1.0");
+    is(bucket($Q, $v, $mk, '2.5'), 1, "$v: queue wait in le=2.5");
+    my $lk = $log{"$v-keepalive"} || [];
+    if ($v eq 'buffered') {
+        # delivered at the end: still >= the keep-alive time
+        cmp_ok($lk->[3] // 0, '>=', 1.5, "$v: \$deepseek_queue_wait >= 1.5 ($lk->[3])");
+    } else {
+        cmp_ok(abs(($lk->[3] // 0) - 1.5), '<', 0.3, "$v: \$deepseek_queue_wait ~ 1.5 s ($lk->[3])");
+        cmp_ok(abs(($lk->[1] // 0) - 1.5), '<', 0.3, "$v: \$deepseek_ttft ~ 1.5 s ($lk->[1])");
+    }
+
+    # --- a role-only first chunk (and a reasoning_content:"" first chunk) is not a token
+    for my $sc (qw(role empty_rc)) {
+        my $md = $MODEL{$sc};
+        is(bucket($TTFT, $v, $md, '1.0'), 0, "$v/$sc: quick empty first chunk does not count (TTFT not <= 1.0)");
+        if ($v ne 'buffered') {
+            is(bucket($TTFT, $v, $md, '2.5'), 1, "$v/$sc: TTFT is the content time (~1.2 s, le=2.5)");
+        } else {
+            is(hcount($TTFT, $v, $md), 1, "$v/$sc: one TTFT observation (delivered with the whole stream)");
+        }
+        my $l = $log{"$v-$sc"} || [];
+        cmp_ok($l->[1] // 0, '>=', 1.15, "$v/$sc: \$deepseek_ttft >= 1.2 s ($l->[1])");
+        if ($v ne 'buffered') {
+            is(bucket($Q, $v, $md, '0.25'), 1, "$v/$sc: queue wait ~ 0 (first data event at once)");
+            cmp_ok($l->[3] // 9, '<', 0.25, "$v/$sc: \$deepseek_queue_wait ~ 0 ($l->[3])");
+        }
+    }
+
+    # --- reasoner: TTFT at the first reasoning chunk (~0.6 s), TTFAT at the content (~1.8 s)
+    my $mr = $MODEL{reasoner};
+    my $lr = $log{"$v-reasoner"} || [];
+    if ($v ne 'buffered') {
+        is(bucket($TTFT, $v, $mr, '0.5'), 0, "$v/reasoner: TTFT not <= 0.5");
+        is(bucket($TTFT, $v, $mr, '1.0'), 1, "$v/reasoner: TTFT (first reasoning chunk, ~0.6 s) <= 1.0");
+        is(bucket($ANS, $v, $mr, '1.0'), 0, "$v/reasoner: TTFAT not <= 1.0");
+        is(bucket($ANS, $v, $mr, '2.5'), 1, "$v/reasoner: TTFAT (~1.8 s) <= 2.5");
+        cmp_ok(($lr->[2] // 0) - ($lr->[1] // 0), '>', 0.9,
+               "$v/reasoner: \$deepseek_ttfat - \$deepseek_ttft ~ 1.2 s ($lr->[2] - $lr->[1])");
+    } else {
+        cmp_ok($lr->[2] // 0, '>=', $lr->[1] // 9, "$v/reasoner: TTFAT >= TTFT");
+    }
+    cmp_ok(hsum($ANS, $v, $mr), $v eq 'buffered' ? '>=' : '>', hsum($TTFT, $v, $mr),
+           "$v/reasoner: TTFAT sum " . ($v eq 'buffered' ? '>=' : '>') . ' TTFT sum');
+    is(hcount($ANS, $v, $mr), 1, "$v/reasoner: one TTFAT observation");
+
+    # --- TPOT: (last byte - first token) / (completion_tokens - 1), completion 30
+    for my $sc (qw(keepalive role empty_rc reasoner)) {
+        is(hcount($TPOT, $v, $MODEL{$sc}), 1, "$v/$sc: TPOT recorded");
+    }
+    my $want_tpot = (($r{reasoner}{elapsed} // 0) - ($lr->[1] // 0)) / 29;
+    cmp_ok(abs(hsum($TPOT, $v, $mr) - $want_tpot), '<', 0.015,
+           sprintf("$v/reasoner: TPOT %.4f ~ (end - first token) / 29 = %.4f", hsum($TPOT, $v, $mr), $want_tpot));
+
+    # --- the module's first-token times equal what the client saw (within 150 ms),
+    #     in every buffering mode, and are never earlier than the real token times
+    for my $sc (qw(keepalive role empty_rc reasoner)) {
+        my $l = $log{"$v-$sc"} || [];
+        my ($ct, $ca) = @{ $first{$sc} };
+        ok(defined $ct && defined $l->[1] && $l->[1] ne '-' && abs($l->[1] - $ct) < 0.15,
+           sprintf("$v/$sc: \$deepseek_ttft %s ~ client arrival of the first token %.3f", $l->[1] // '?', $ct // -1));
+        ok(defined $ca && defined $l->[2] && $l->[2] ne '-' && abs($l->[2] - $ca) < 0.15,
+           sprintf("$v/$sc: \$deepseek_ttfat %s ~ client arrival of the first answer token %.3f", $l->[2] // '?', $ca // -1));
+    }
+
+    # --- delivery: unbuffered (on by switch, off by config) streams the tokens at once;
+    #     "buffered" delivers them at the end of the stream
+    my ($ct) = @{ $first{reasoner} };
+    if ($v eq 'buffered') {
+        cmp_ok($ct // 0, '>', ($r{reasoner}{elapsed} // 0) - 0.3,
+               "$v: with stream_unbuffered off and proxy_buffering on the first token reaches the client only at the end ("
+               . sprintf('%.2f of %.2f s', $ct // -1, $r{reasoner}{elapsed} // -1) . ')');
+    } else {
+        cmp_ok($ct // 9, '<', 0.8, sprintf("$v: the first token reaches the client at once (%.2f s)", $ct // -1));
+    }
+
+    # --- non-streaming: latency only, never TTFT / TTFAT / queue wait / TPOT
+    my $mn = $MODEL{nonstream};
+    is(hcount('deepseek_request_latency_seconds', $v, $mn), 1, "$v/nonstream: latency observed");
+    for my $fam ($TTFT, $ANS, $Q, $TPOT) {
+        is(scalar($m->samples("${fam}_count", { variant => $v, model => $mn })), 0, "$v/nonstream: no $fam series");
+    }
+}
+# sanity: every streaming scenario was counted once per variant
+is(hcount($TTFT, $_, $MODEL{keepalive}) + hcount($TTFT, $_, $MODEL{role}), 2, "$_: TTFT counts") for @V;
+
+$t->stop;
+done_testing;
