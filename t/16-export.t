@@ -101,6 +101,18 @@ is($t->chat(mock => 'status=429')->{status}, 429, '429 to za'); $want{za}++;
 is($t->http(GET => '/v1/models')->{status}, 200, 'models to za'); $want{za}++;
 for (1 .. 2) { is($t->chat(path => '/b/chat/completions', model => 'deepseek-v4-pro')->{status}, 200, 'chat to zb'); $want{zb}++ }
 
+# a client may see the end of its response before nginx ran the log phase (lingering
+# close): wait (bounded) until nothing is in flight before exact comparisons
+sub settle {
+    my $deadline = time + 5;
+    while (1) {
+        my $m = $t->scrape(path => '/metrics');
+        return $m if $m->value('deepseek_requests_in_flight') == 0 || time > $deadline;
+        select(undef, undef, undef, 0.05);
+    }
+}
+settle();
+
 # ---------------------------------------------------------------- methods
 
 my $g = get('/a');
@@ -296,6 +308,7 @@ for my $c (['/metrics', {}], ['/metrics', { Accept => $PROM_ACCEPT }], ['/a', {}
 # more traffic: new series appear, the order of the old ones is kept
 is($t->chat(model => 'deepseek-reasoner', mock => 'status=500')->{status}, 500, 'a new series (500)');
 $want{za}++;
+settle();
 my $old = $t->scrape(path => '/a');
 my @o1 = map { $_->{line} } grep { $_->{name} !~ /^deepseek_metrics_/ } $old->all_samples;
 is($t->chat->{status}, 200, 'one more chat');
@@ -315,6 +328,7 @@ for my $path ('/a', '/metrics', '/gzall') {
     is($pout, '', "promtool check metrics $path: no findings") or diag $pout;
 }
 
+settle();
 my $final = $t->scrape(path => '/metrics', accept => 'openmetrics');
 is($final->value('deepseek_requests_total', { zone => 'za' }), $want{za}, 'final: za exact');
 is($final->value('deepseek_requests_total', { zone => 'za', status => '500', model => 'deepseek-reasoner' }), 1,
