@@ -122,7 +122,22 @@ if [ -n "${FORCE:-}" ] || [ ! -f "$TREE/objs/Makefile" ] || [ ! -f "$STAMP" ] \
   printf '%s' "$STAMP_WANT" > "$STAMP"
 fi
 
-make -C "$TREE" -f objs/Makefile -j"$JOBS" binary
+# full compiler output goes to $OUTDIR/make.log (VERBOSE=1: to the terminal);
+# on failure the errors and the tail of the log are printed
+start=$(date +%s)
+if [ -n "${VERBOSE:-}" ]; then
+  make -C "$TREE" -f objs/Makefile -j"$JOBS" binary
+else
+  log "make (output in $OUTDIR/make.log)"
+  if ! make -C "$TREE" -f objs/Makefile -j"$JOBS" binary > "$OUTDIR/make.log" 2>&1; then
+    echo "build-asan.sh: build FAILED; errors:" >&2
+    grep -E 'error|warning:|Error [0-9]' "$OUTDIR/make.log" | head -n 40 >&2 || true
+    echo "--- tail of $OUTDIR/make.log:" >&2
+    tail -n 25 "$OUTDIR/make.log" >&2
+    exit 1
+  fi
+fi
+log "make done in $(( $(date +%s) - start ))s"
 mkdir -p "$OUTDIR/sbin"
 ln -sfn ../src/objs/nginx "$OUTDIR/sbin/nginx"
 log "$OUTDIR/sbin/nginx ($("$OUTDIR/sbin/nginx" -v 2>&1))"
