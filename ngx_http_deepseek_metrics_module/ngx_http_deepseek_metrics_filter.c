@@ -319,7 +319,7 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         goto found;
 
     case NGX_HTTP_DSM_VAR_MODEL:
-        if (p->model_len == 0) {
+        if (!p->model_set) {
             v->not_found = 1;
             return NGX_OK;
         }
@@ -355,7 +355,7 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
                                              ngx_http_deepseek_metrics_module);
         price = NULL;
 
-        if (dmcf->prices && p->usage_fields && p->model_len) {
+        if (dmcf->prices && p->usage_fields && p->model_set) {
             price = ctx->price;
 
             if (price == NULL) {

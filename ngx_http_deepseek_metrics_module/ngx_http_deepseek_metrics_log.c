@@ -311,7 +311,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_deepseek_metrics_parse_t  *p;
 
     model = ctx->parse.model;
-    len = ctx->parse.model_len;
+    len = ctx->parse.model_set ? ctx->parse.model_len : 0;
 
     if (len == 0 && ctx->dlcf->request_body
         && r->request_body && r->request_body->bufs)
