@@ -277,12 +277,15 @@ http {
         listen 127.0.0.1:%%PORT%%;
         location / {
             proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
             proxy_buffering off;
         }
+        location /ka/ {
+            proxy_pass http://mock/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
     }
-    upstream dummy { server 127.0.0.1:%%MOCK_PORT%%; keepalive 4; }
+    upstream mock { server 127.0.0.1:%%MOCK_PORT%%; keepalive 4; }
 }
 EOF
     my ($code, $out) = $t->nginx_t;
@@ -297,6 +300,17 @@ EOF
     my @w2 = $t->worker_pids;
     is(scalar @w2, 2, 'two workers after reload');
     ok(!grep({ my $x = $_; grep { $_ == $x } @w } @w2), 'new worker PIDs');
+    # upstream keepalive: the mock keeps connections open (one per worker at most)
+    $t->mock_reset;
+    my $c0 = $t->mock_stats->{connections};
+    for (1 .. 6) {
+        $r = $t->chat(path => '/ka/chat/completions', stream => $_ % 2, mock => 'chunks=2');
+        is($r->{status}, 200, "keepalive upstream request $_");
+    }
+    my $st = $t->mock_stats;
+    is($st->{paths}{'/chat/completions'}, 6, 'keepalive: 6 requests at the mock');
+    ok($st->{connections} - $c0 <= 3, 'keepalive: connections reused (' . ($st->{connections} - $c0) . ' new incl. the stats ones)');
+
     $r = $t->chat(mock => 'status=503');
     is($r->{status}, 503, 'proxied error status');
     $r = $t->chat(stream => 1, mock => 'delay_ms=200', close_after => 0.3);

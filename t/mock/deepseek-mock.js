@@ -14,8 +14,9 @@
 //   .../models             GET model list
 //   .../user/balance       GET balance
 //   .../messages           Anthropic Messages format (/anthropic/v1/messages)
-//   /__mock/stats          GET JSON {"total":N,"paths":{"/chat/completions":N,...},
-//                          "last":[{method,path,headers,body}]} (last 50 requests)
+//   /__mock/stats          GET JSON {"total":N,"connections":N,"paths":{"/chat/completions":N,...},
+//                          "last":[{method,path,headers,body}]} (last 50 requests; connections =
+//                          TCP connections accepted, for upstream keepalive checks)
 //   /__mock/reset          zero the stats
 //   anything else          404 DeepSeek-style error (unless X-Mock as=KIND is given)
 // Every response carries an `x-ds-trace-id` header. Connection keep-alive is
@@ -108,7 +109,7 @@ for (let i = 2; i < process.argv.length; i++) {
 }
 
 // ---------------------------------------------------------------- stats
-let stats = { total: 0, paths: {}, last: [] };
+let stats = { total: 0, connections: 0, paths: {}, last: [] };
 let traceSeq = 0;
 const sockets = new Set();
 
@@ -516,7 +517,7 @@ async function handle(req, res, rawBody) {
     return;
   }
   if (path === '/__mock/reset') {
-    stats = { total: 0, paths: {}, last: [] };
+    stats = { total: 0, connections: 0, paths: {}, last: [] };
     res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': 11 });
     res.end('{"ok":true}');
     return;
@@ -604,6 +605,7 @@ server.headersTimeout = 130000;
 server.requestTimeout = 0;
 server.on('connection', (sock) => {
   sockets.add(sock);
+  stats.connections++;
   sock.setNoDelay(true);
   sock.on('close', () => sockets.delete(sock));
   sock.on('error', () => {});
