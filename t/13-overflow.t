@@ -20,6 +20,7 @@ my $CONF = <<'EOF';
 %%COMMON%%
 http {
     deepseek_metrics_zone z:%%SIZE%% max_series=%%MAX%%;
+    deepseek_metrics_zone z3:%%SIZE%% max_series=%%MAX%%;
     deepseek_metrics_label user $arg_u;
 
     server {
@@ -31,14 +32,25 @@ http {
         }
     }
 
+    # a second zone, filled from empty by concurrent clients (race for the last series)
+    server {
+        listen 127.0.0.1:%%PORT2%%;
+        deepseek_metrics z3;
+        location / {
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
+            proxy_set_header Accept-Encoding "";
+        }
+    }
+
     server {
         listen 127.0.0.1:%%METRICS_PORT%%;
-        location = /metrics { deepseek_metrics_export; }
+        location = /metrics { deepseek_metrics_export z; }
+        location = /metrics3 { deepseek_metrics_export z3; }
     }
 }
 EOF
 
-sub conf { my ($size, $max) = @_; my $c = $CONF; $c =~ s/%%SIZE%%/$size/; $c =~ s/%%MAX%%/$max/; $c }
+sub conf { my ($size, $max) = @_; my $c = $CONF; $c =~ s/%%SIZE%%/$size/g; $c =~ s/%%MAX%%/$max/g; $c }
 
 # ------------------------------------------------------------------ nginx -t: too small
 
@@ -78,7 +90,8 @@ my $body = $t->write_file('chat.json', '{"model":"deepseek-flash","messages":[{"
 my @uris = map { "http://127.0.0.1:$port/chat/completions?u=$_" } @users;
 
 sub h2load {
-    my ($n, $c, $tag) = @_;
+    my ($n, $c, $tag, $uris) = @_;
+    $uris //= \@uris;
     my $outf = $t->prefix . "/h2load-$tag.out";
     my $pid = fork;
     die "fork: $!" unless defined $pid;
@@ -88,7 +101,7 @@ sub h2load {
         open STDOUT, '>', $outf or POSIX::_exit(127);
         open STDERR, '>&', \*STDOUT;
         exec 'h2load', '--h1', '-n', $n, '-c', $c, '-m', 1, '-H', 'Content-Type: application/json',
-             '-d', $body, @uris or POSIX::_exit(127);
+             '-d', $body, @$uris or POSIX::_exit(127);
     }
     my $deadline = time + 60;
     my $st;
@@ -104,11 +117,11 @@ sub h2load {
 }
 
 sub scrape_until {
-    my ($total) = @_;
+    my ($total, $path) = @_;
     my $m;
     my $deadline = time + 5;
     while (1) {
-        $m = $t->scrape(accept => 'openmetrics');
+        $m = $t->scrape(accept => 'openmetrics', path => $path // '/metrics');
         last if $m->value('deepseek_requests_total') >= $total || time > $deadline;
         sleep 0.1;
     }
@@ -116,10 +129,11 @@ sub scrape_until {
 }
 
 sub check {
-    my ($m, $tag, $total, $per_user, $dropped) = @_;
-    is($m->value('deepseek_metrics_series', { zone => 'z', state => 'used' }), 20, "$tag: series used == 20");
-    is($m->value('deepseek_metrics_series', { zone => 'z', state => 'capacity' }), 20, "$tag: capacity == 20");
-    is($m->value('deepseek_metrics_dropped_total', { zone => 'z' }), $dropped, "$tag: dropped_total == $dropped");
+    my ($m, $tag, $total, $per_user, $dropped, $zone, $owners) = @_;
+    $zone //= 'z';
+    is($m->value('deepseek_metrics_series', { zone => $zone, state => 'used' }), 20, "$tag: series used == 20");
+    is($m->value('deepseek_metrics_series', { zone => $zone, state => 'capacity' }), 20, "$tag: capacity == 20");
+    is($m->value('deepseek_metrics_dropped_total', { zone => $zone }), $dropped, "$tag: dropped_total == $dropped");
     is($m->value('deepseek_requests_total'), $total, "$tag: sum of deepseek_requests_total == $total (exact)");
     is($m->value('deepseek_requests_total', { status => '200' }), $total, "$tag: total by status exact too");
 
@@ -140,8 +154,15 @@ sub check {
         next if $x->{labels}{endpoint} eq '__overflow__';
         $got{ $x->{labels}{user} // '(none)' } += $x->{value};
         }
-    my %exp = map { $_ => $per_user } @users[0 .. 19];
-    is_deeply(\%got, \%exp, "$tag: the first 20 users own the 20 series, $per_user requests each");
+    if ($owners) {   # which 20 won the race is not known: 20 distinct users, each with all its requests
+        my @own = grep { $got{$_} } sort keys %got;
+        is(scalar(@own), 20, "$tag: 20 users own the 20 series");
+        is_deeply([ grep { $got{$_} != $per_user } @own ], [], "$tag: each owner has all its $per_user requests");
+        is(scalar(grep { !/^user\d{3}$/ } @own), 0, "$tag: owners are real users");
+    } else {
+        my %exp = map { $_ => $per_user } @users[0 .. 19];
+        is_deeply(\%got, \%exp, "$tag: the first 20 users own the 20 series, $per_user requests each");
+    }
 
     is($m->value('deepseek_request_latency_seconds_count'), $total, "$tag: latency histogram counts all $total");
     is($m->value('deepseek_request_latency_seconds_count', { endpoint => '__overflow__', model => '__overflow__' }),
@@ -150,12 +171,14 @@ sub check {
     is($m->value('deepseek_tokens_total', { type => 'output' }), 30 * $total, "$tag: output tokens exact over all series");
     is($m->value('deepseek_tokens_total', { endpoint => '__overflow__', type => 'output' }), 30 * $dropped,
        "$tag: overflow tokens");
-    my ($pc, $pout) = $t->promtool_check($t->scrape(accept => 'text')->raw);
+    my ($pc, $pout) = $t->promtool_check($t->scrape(accept => 'text', path => $zone eq 'z' ? '/metrics' : '/metrics3')->raw);
     is($pc, 0, "$tag: promtool check metrics") or diag $pout;
 }
 
 sub full_warnings {
-    my @l = grep { /is full/ } split /\n/, $t->read_log('error.log');
+    my ($zone) = @_;
+    $zone //= 'z';
+    my @l = grep { /"\Q$zone\E" is full/ } split /\n/, $t->read_log('error.log');
     return @l;
 }
 
@@ -172,6 +195,15 @@ h2load(1000, 10, 'concurrent');
 $m = scrape_until(1200);
 check($m, 'concurrent', 1200, 12, 80 * 12);
 is(scalar(full_warnings()), 1, 'still exactly one "is full" line (no flood)');
+# zone z3 filled from empty by 10 concurrent clients on both workers
+my $port2 = $t->port('PORT2');
+my @uris3 = map { "http://127.0.0.1:$port2/chat/completions?u=$_" } @users;
+h2load(1000, 10, 'race', \@uris3);
+$m = scrape_until(1000, '/metrics3');
+check($m, 'race from empty', 1000, 10, 80 * 10, 'z3', 1);
+is(scalar(full_warnings('z3')), 1, 'zone z3: exactly one "is full" line');
+is(scalar(full_warnings('z')), 1, 'zone z: still one');
+
 my @wp = $t->worker_pids;
 is(scalar(@wp), 2, 'both workers alive');
 is_deeply([ grep { /\[(?:alert|emerg|crit)\]|signal/ } split /\n/, $t->read_log('error.log') ], [], 'no crash or alert');
