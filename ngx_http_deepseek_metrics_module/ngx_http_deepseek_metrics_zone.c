@@ -95,7 +95,9 @@ ngx_http_dsm_zone_size_for(size_t need)
 {
     size_t  pages;
 
-    pages = need / ngx_pagesize + 1;
+    /* the inverse of ngx_http_dsm_zone_usable(), rounded up */
+
+    pages = (need + ngx_pagesize - 1) / ngx_pagesize + 1;
 
     return 2 * ngx_pagesize + pages * (ngx_pagesize + sizeof(ngx_slab_page_t));
 }
