@@ -235,6 +235,8 @@ sub webhook {
     die "fork: $!" unless defined $pid;
     if (!$pid) {
         eval { require 'syscall.ph'; syscall(&SYS_prctl, 1, 9, 0, 0, 0) };
+        $SIG{$_} = 'DEFAULT' for qw(INT HUP ALRM QUIT);
+        alarm 0;
         $SIG{TERM} = sub { POSIX::_exit(0) };
         while (my $c = $srv->accept) {
             my $buf = '';
@@ -387,6 +389,9 @@ sub background {
     my $pid = fork;
     die "fork: $!" unless defined $pid;
     if (!$pid) {
+        # the harness's signal handlers (stop nginx, clean up) must not run here
+        $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP ALRM QUIT);
+        alarm 0;
         eval { require 'syscall.ph'; syscall(&SYS_prctl, 1, 9, 0, 0, 0) };
         my $deadline = time + $seconds;
         while (time < $deadline) { eval { $code->() }; sleep 0.05 }
