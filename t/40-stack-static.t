@@ -20,7 +20,9 @@ sub run {
 }
 sub have { system("command -v $_[0] >/dev/null 2>&1") == 0 }
 
-my $MODULE = $ENV{DSM_MODULE} // "$REPO/build/modules/ngx_http_deepseek_metrics_module.so";
+# the examples are checked with Debian's nginx and the dynamic module, also in the
+# static (ASan) run of the suite, where DSM_MODULE is empty
+my $MODULE = $ENV{DSM_MODULE} || "$REPO/build/modules/ngx_http_deepseek_metrics_module.so";
 
 # ------------------------------------------------------------------ rules
 SKIP: {
