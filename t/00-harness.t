@@ -279,6 +279,9 @@ http {
             proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
             proxy_buffering off;
         }
+        # stock nginx code with known sanitizer findings (suppressed: t/lib/sanitizer/)
+        location ~ ^/regex/(\d+)$ { return 200; }
+        location = /empty { return 204; }
         location /ka/ {
             proxy_pass http://mock/;
             proxy_http_version 1.1;
@@ -300,6 +303,9 @@ EOF
     my @w2 = $t->worker_pids;
     is(scalar @w2, 2, 'two workers after reload');
     ok(!grep({ my $x = $_; grep { $_ == $x } @w } @w2), 'new worker PIDs');
+    is($t->http(GET => '/regex/1')->{status}, 200, 'regex location, return 200 with no text');
+    is($t->http(GET => '/empty')->{status}, 204, 'return 204');
+
     # upstream keepalive: the mock keeps connections open (one per worker at most)
     $t->mock_reset;
     my $c0 = $t->mock_stats->{connections};
