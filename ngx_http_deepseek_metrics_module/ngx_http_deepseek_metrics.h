@@ -110,11 +110,11 @@ enum {
 
 
 /*
- * A series is one label set: endpoint, model, currency and the user
- * labels; statuses are its slots.  Records are fixed-size and preallocated; the key and the
- * rendered label text live in one slab allocation made when the series is
- * created and are immutable afterwards.  Counters are updated with atomics
- * only.
+ * A series is one label set: endpoint, model and the user labels;
+ * statuses are its slots.  Records are fixed-size and preallocated; the
+ * key and the rendered label text live in one slab allocation made when
+ * the series is created and are immutable afterwards.  Counters are
+ * updated with atomics only.
  */
 
 typedef struct {
@@ -193,6 +193,10 @@ typedef struct {
     ngx_uint_t                    nslots;
     ngx_uint_t                    max_series_set;
     ngx_uint_t                    currency_logged;
+    ngx_uint_t                    reused;        /* kept over a reload */
+    ngx_str_t                     file;          /* first reference, */
+    ngx_uint_t                    line;          /* for error messages */
+    char                         *directive;
 } ngx_http_dsm_zone_t;
 
 
@@ -296,9 +300,10 @@ extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
 
 /* zone */
 ngx_http_dsm_zone_t *ngx_http_dsm_zone_lookup(ngx_conf_t *cf,
-    ngx_str_t *name);
+    ngx_str_t *name, char *directive);
 char *ngx_http_dsm_zone_add(ngx_conf_t *cf, ngx_http_dsm_zone_t *zone,
     size_t size, ngx_http_dsm_layout_t *layout, ngx_uint_t max_series);
+ngx_int_t ngx_http_dsm_zone_init_module(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_dsm_zone_init_process(ngx_cycle_t *cycle);
 void ngx_http_dsm_zone_exit_process(ngx_cycle_t *cycle);
 size_t ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout);

@@ -180,7 +180,8 @@ ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 
-        *zp = ngx_http_dsm_zone_lookup(cf, &value[i]);
+        *zp = ngx_http_dsm_zone_lookup(cf, &value[i],
+                                       "deepseek_metrics_export");
         if (*zp == NULL) {
             return NGX_CONF_ERROR;
         }
@@ -450,17 +451,20 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     r->headers_out.status = NGX_HTTP_OK;
     r->headers_out.content_length_n = o.size;
 
+    /* the MIME type alone is what gzip_types and the like match */
+
     if (o.om) {
         ngx_str_set(&r->headers_out.content_type,
                    "application/openmetrics-text; version=1.0.0; "
                    "charset=utf-8");
+        r->headers_out.content_type_len =
+                                  sizeof("application/openmetrics-text") - 1;
 
     } else {
         ngx_str_set(&r->headers_out.content_type,
                     "text/plain; version=0.0.4; charset=utf-8");
+        r->headers_out.content_type_len = sizeof("text/plain") - 1;
     }
-
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
     rc = ngx_http_send_header(r);

@@ -10,6 +10,7 @@
 
 static void ngx_http_dsm_cleanup(void *data);
 static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
+static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
 static void ngx_http_dsm_model(ngx_http_request_t *r,
     ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_main_conf_t *dmcf);
 static ngx_int_t ngx_http_dsm_key(ngx_http_request_t *r,
@@ -302,7 +303,7 @@ static void
 ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_dsm_main_conf_t *dmcf)
 {
-    u_char                             *model;
+    u_char                             *model, buf[64];
     size_t                              len;
     ngx_str_t                          *m;
     ngx_uint_t                          i;
@@ -345,6 +346,11 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     }
 
     ctx->model = ngx_http_dsm_unknown;
+
+    if (len && ngx_strlchr(model, model + len, '\\')) {
+        len = ngx_http_dsm_unescape(buf, model, len);
+        model = buf;
+    }
 
     if (len) {
         ctx->model = ngx_http_dsm_other;
@@ -565,4 +571,102 @@ count:
         ngx_http_dsm_count(sh, s,
                          ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_MISSING, missing));
     }
+}
+
+
+/*
+ * The scanner keeps the model as raw JSON string bytes: decode the escapes
+ * (\uXXXX to UTF-8, surrogate pairs too) before matching the allowlist.
+ * The result is never longer than the input.
+ */
+
+static size_t
+ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len)
+{
+    u_char      *p, *last;
+    uint32_t     u, lo;
+    ngx_uint_t   i;
+    ngx_int_t    n;
+
+    p = dst;
+    last = src + len;
+
+    while (src < last) {
+
+        if (*src != '\\' || src + 1 == last) {
+            *p++ = *src++;
+            continue;
+        }
+
+        src++;
+
+        if (*src != 'u') {
+            switch (*src) {
+            case 'n':
+                *p++ = '\n';
+                break;
+            case 't':
+                *p++ = '\t';
+                break;
+            case 'r':
+                *p++ = '\r';
+                break;
+            case 'b':
+                *p++ = '\b';
+                break;
+            case 'f':
+                *p++ = '\f';
+                break;
+            default:
+                *p++ = *src;
+            }
+
+            src++;
+            continue;
+        }
+
+        if (last - src < 5) {
+            break;
+        }
+
+        n = ngx_hextoi(src + 1, 4);
+        if (n == NGX_ERROR) {
+            break;
+        }
+
+        u = (uint32_t) n;
+        src += 5;
+
+        if (u >= 0xd800 && u <= 0xdbff && last - src >= 6
+            && src[0] == '\\' && src[1] == 'u')
+        {
+            n = ngx_hextoi(src + 2, 4);
+            if (n != NGX_ERROR && n >= 0xdc00 && n <= 0xdfff) {
+                lo = (uint32_t) n;
+                u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+                src += 6;
+            }
+        }
+
+        if (u < 0x80) {
+            *p++ = (u_char) u;
+
+        } else if (u < 0x800) {
+            *p++ = (u_char) (0xc0 | (u >> 6));
+            *p++ = (u_char) (0x80 | (u & 0x3f));
+
+        } else if (u < 0x10000) {
+            *p++ = (u_char) (0xe0 | (u >> 12));
+            *p++ = (u_char) (0x80 | ((u >> 6) & 0x3f));
+            *p++ = (u_char) (0x80 | (u & 0x3f));
+
+        } else {
+            *p++ = (u_char) (0xf0 | (u >> 18));
+            for (i = 3; i > 0; i--) {
+                *p++ = (u_char) (0x80 | ((u >> (6 * (i - 1))) & 0x3f));
+            }
+        }
+    }
+
+    return p - dst;
 }

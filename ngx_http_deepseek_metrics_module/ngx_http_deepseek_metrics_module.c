@@ -143,7 +143,7 @@ ngx_module_t  ngx_http_deepseek_metrics_module = {
     ngx_http_dsm_commands,                 /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_dsm_zone_init_module,         /* init module */
     ngx_http_dsm_init_process,             /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -244,9 +244,10 @@ ngx_http_dsm_postconfiguration(ngx_conf_t *cf)
 
         if (zones[i]->shm_zone == NULL) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "deepseek_metrics: unknown zone \"%V\", "
-                          "declare it with \"deepseek_metrics_zone\"",
-                          &zones[i]->name);
+                          "\"%s\" directive: unknown zone \"%V\", "
+                          "declare it with \"deepseek_metrics_zone\" "
+                          "in %V:%ui", zones[i]->directive, &zones[i]->name,
+                          &zones[i]->file, zones[i]->line);
             return NGX_ERROR;
         }
     }
@@ -405,7 +406,7 @@ ngx_http_dsm_exit_process(ngx_cycle_t *cycle)
 
 
 ngx_http_dsm_zone_t *
-ngx_http_dsm_zone_lookup(ngx_conf_t *cf, ngx_str_t *name)
+ngx_http_dsm_zone_lookup(ngx_conf_t *cf, ngx_str_t *name, char *directive)
 {
     ngx_uint_t                 i;
     ngx_http_dsm_zone_t       *zone, **zones, **zp;
@@ -431,6 +432,9 @@ ngx_http_dsm_zone_lookup(ngx_conf_t *cf, ngx_str_t *name)
     }
 
     zone->name = *name;
+    zone->directive = directive;
+    zone->file = cf->conf_file->file.name;
+    zone->line = cf->conf_file->line;
 
     zp = ngx_array_push(&dmcf->zones);
     if (zp == NULL) {
@@ -603,7 +607,7 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
-    zone = ngx_http_dsm_zone_lookup(cf, &name);
+    zone = ngx_http_dsm_zone_lookup(cf, &name, "deepseek_metrics_zone");
     if (zone == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -691,7 +695,7 @@ ngx_http_dsm_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
-    dlcf->zone = ngx_http_dsm_zone_lookup(cf, &value[1]);
+    dlcf->zone = ngx_http_dsm_zone_lookup(cf, &value[1], "deepseek_metrics");
     if (dlcf->zone == NULL) {
         return NGX_CONF_ERROR;
     }

@@ -79,6 +79,8 @@ typedef struct {
     ngx_uint_t   state;        /* SSE framing state */
     ngx_uint_t   jstate;       /* JSON state */
     ngx_uint_t   depth;        /* current JSON nesting depth */
+    ngx_uint_t   ck;           /* kind of the current level */
+    ngx_uint_t   ca;           /* the current level is an array */
     uint64_t     arrays;       /* bit (d - 1): level d is an array */
     ngx_uint_t   key;          /* action for the pending value */
     ngx_uint_t   idx;          /* literal / pattern match index */
@@ -91,7 +93,7 @@ typedef struct {
     ngx_uint_t   umask;        /* usage fields of the usage being read */
     uint64_t     u[NGX_HTTP_DSM_USAGE_NFIELDS];
     u_char       kind[NGX_HTTP_DSM_PARSE_KINDS];
-    u_char       kbuf[NGX_HTTP_DSM_PARSE_KEYBUF];
+    u_char       kbuf[NGX_HTTP_DSM_PARSE_KEYBUF + 1];
     unsigned     in_doc:1;     /* SSE: a JSON doc of this event is open */
     unsigned     doc_done:1;   /* SSE: this event's JSON doc is complete */
     unsigned     ping:1;       /* Anthropic SSE: "event: ping" event */

@@ -21,6 +21,11 @@ static char *ngx_http_dsm_price_names[] = {
 };
 
 
+static ngx_int_t  ngx_http_dsm_month_days[] = {
+    31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31
+};
+
+
 static char *ngx_http_dsm_day_names[] = {
     "sun", "mon", "tue", "wed", "thu", "fri", "sat", NULL
 };
@@ -341,7 +346,10 @@ ngx_http_dsm_holidays(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         d = ngx_atoi(p + 8, 2);
 
         if (y == NGX_ERROR || m == NGX_ERROR || d == NGX_ERROR
-            || y < 1970 || m < 1 || m > 12 || d < 1 || d > 31)
+            || y < 1970 || m < 1 || m > 12 || d < 1
+            || d > ngx_http_dsm_month_days[m - 1]
+            || (m == 2 && d == 29
+                && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0))))
         {
             goto invalid;
         }

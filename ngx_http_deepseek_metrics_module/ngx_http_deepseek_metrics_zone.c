@@ -233,8 +233,8 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         zone->sh = sh;
 
-        (void) ngx_atomic_fetch_add(&sh->reloads, 1);
-        sh->last_reload = ngx_time();
+        /* counted in init_module, once the whole reload has succeeded */
+        zone->reused = 1;
 
         return NGX_OK;
     }
@@ -596,8 +596,8 @@ ngx_http_dsm_render(u_char *p, ngx_http_dsm_key_t *k)
 
 /*
  * Escapes a label value for both exposition formats and replaces invalid
- * UTF-8 with U+FFFD, so no input can make a scrape unparsable.  With
- * dst NULL it only returns the length.
+ * UTF-8 and control bytes other than LF with U+FFFD, so no input can make
+ * a scrape unparsable.  With dst NULL it only returns the length.
  */
 
 size_t
@@ -612,6 +612,11 @@ ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len)
 
     while (src < last) {
         c = *src;
+
+        if (c < 0x20 && c != '\n') {
+            /* a raw CR or other control byte trips some consumers */
+            goto replace;
+        }
 
         if (c < 0x80) {
             if (c == '\\' || c == '"' || c == '\n') {
@@ -684,6 +689,8 @@ ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len)
             src += need + 1;
             continue;
         }
+
+    replace:
 
         if (dst) {
             *dst++ = 0xef;
@@ -762,6 +769,36 @@ ngx_http_dsm_endpoint_get(ngx_http_dsm_zone_t *zone, ngx_str_t *name)
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return n;
+}
+
+
+ngx_int_t
+ngx_http_dsm_zone_init_module(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                 i;
+    ngx_http_dsm_zone_t      **zones;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module) == NULL) {
+        return NGX_OK;
+    }
+
+    dmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                             ngx_http_deepseek_metrics_module);
+    if (dmcf == NULL) {
+        return NGX_OK;
+    }
+
+    zones = dmcf->zones.elts;
+
+    for (i = 0; i < dmcf->zones.nelts; i++) {
+        if (zones[i]->reused) {
+            (void) ngx_atomic_fetch_add(&zones[i]->sh->reloads, 1);
+            zones[i]->sh->last_reload = ngx_time();
+        }
+    }
+
+    return NGX_OK;
 }
 
 

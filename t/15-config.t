@@ -121,14 +121,12 @@ bad('zone bad size', 'deepseek_metrics_zone', qr/invalid zone size "z:lots"/,
 # ---------------------------------------------------------------- unknown zones
 
 bad('unknown zone in deepseek_metrics', 'deepseek_metrics',
-    qr/deepseek_metrics: unknown zone "nosuch", declare it with "deepseek_metrics_zone"/,
+    qr/"deepseek_metrics" directive: unknown zone "nosuch", declare it with "deepseek_metrics_zone"/,
     loc => 'deepseek_metrics nosuch;');
 bad('unknown zone in deepseek_metrics_export', 'deepseek_metrics',
     qr/unknown zone "nosuch2", declare it with "deepseek_metrics_zone"/,
     export => 'deepseek_metrics_export z nosuch2;');
-TODO: {
-    local $TODO = 'module bug (minor): the unknown-zone error is logged after parsing, with no "in FILE:LINE" '
-        . 'and naming "deepseek_metrics" even when the reference is in deepseek_metrics_export';
+{
     $t->write_conf(conf(export => 'deepseek_metrics_export z nosuch3;'));
     my (undef, $out) = $t->nginx_t;
     my ($msg) = $out =~ /(\[emerg\][^\n]*)/;
