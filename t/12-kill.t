@@ -25,6 +25,7 @@ $t->write_conf(<<'EOF');
 %%COMMON%%
 http {
     deepseek_metrics_zone deepseek:10m;
+    deepseek_metrics_zone churn:4m;
 
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -33,11 +34,19 @@ http {
             proxy_pass http://127.0.0.1:%%MOCK_PORT%%;
             proxy_set_header Accept-Encoding "";
         }
+        # every request a new label set: a new series is created under the zone mutex
+        location /churn/ {
+            deepseek_metrics churn;
+            deepseek_metrics_label u $arg_u;
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%/;
+            proxy_set_header Accept-Encoding "";
+        }
     }
 
     server {
         listen 127.0.0.1:%%METRICS_PORT%%;
-        location = /metrics { deepseek_metrics_export; }
+        location = /metrics { deepseek_metrics_export deepseek; }
+        location = /metrics-churn { deepseek_metrics_export churn; }
     }
 }
 EOF
@@ -99,11 +108,12 @@ sub wait_kids {
 }
 
 # a scrape that must not hang: returns (metrics or undef, elapsed)
+# (elapsed: the HTTP exchange only, not the Perl parsing of a large exposition)
 sub quick_scrape {
     my $t0 = time;
     my $m = eval { $t->scrape(accept => 'text') };
     diag("scrape failed: $@") unless $m;
-    return ($m, time - $t0);
+    return ($m, $m ? $m->response->{elapsed} : time - $t0);
 }
 
 sub inflight {
@@ -343,6 +353,81 @@ while (time < $deadline) {
     sleep 0.1;
 }
 is_deeply(\@nz, [], 'in-flight 0 for every endpoint after the kills (dead slots reaped)');
+
+# ------------------------------------------------------------------ phase 3: kills while series are created
+# (the zone mutex is taken for every new label set: the best chance to kill a holder;
+# nginx's master then unlocks it and logs "was locked by"; nothing may hang)
+
+my $churn_until = time + 2.5;
+my @churn;
+for my $i (1 .. 4) {
+    my $f = $t->prefix . "/churn-$i.out";
+    push @churn, [ $f, spawn(sub {
+        my ($ok, $att) = (0, 0);
+        while (time < $churn_until) {
+            $att++;
+            my $r = eval { $t->http(GET => "/churn/v1/models?u=c$i-$att", timeout => 5) };
+            $ok++ if $r && $r->{status} == 200;
+            sleep 0.01;
+        }
+        open my $fh, '>', $f or return 1;
+        print $fh "$ok $att\n";
+        close $fh;
+        return 0;
+    }) ];
+}
+my $hung = 0;
+sleep 0.2;
+for my $round (1 .. 6) {
+    my @w = $t->worker_pids;
+    my $v = $w[ $round % (@w || 1) ] or last;
+    push @victims, $v if kill 'KILL', $v;
+    for my $path ('/metrics', '/metrics-churn') {
+        my $r = $t->http(GET => $path, port => $t->port('METRICS_PORT'), timeout => 10);
+        if ($r->{status} != 200 || $r->{elapsed} >= 2) {
+            $hung++;
+            diag(sprintf 'churn kill %d: %s status %d in %.2f s', $round, $path, $r->{status}, $r->{elapsed});
+        }
+    }
+    sleep 0.3;
+}
+is($hung, 0, 'label churn: every scrape right after a kill answered at once');
+ok(wait_kids([ map { $_->[1] } @churn ], 40), 'label churn clients ended');
+my ($cok, $catt) = (0, 0);
+for my $l (@churn) {
+    my ($o, $a) = split ' ', do { local $/; open my $f, '<', $l->[0] or die "$l->[0]: $!"; <$f> } // '0 0';
+    $cok += $o; $catt += $a;
+}
+note("label churn across 6 kills: $cok of $catt requests answered 200");
+cmp_ok($cok, '>', 100, 'label churn went on across the kills');
+
+$deadline = time + 10;
+while (time < $deadline) { @w = $t->worker_pids; last if @w == 2 && !grep { my $v = $_; grep { $_ == $v } @victims } @w; sleep 0.05 }
+is(scalar(@w), 2, 'two workers running again after the churn kills');
+
+# new label sets still get series (the mutex is free) and are counted exactly
+my $mc = $t->scrape(path => '/metrics-churn');
+my $used0 = $mc->value('deepseek_metrics_series', { state => 'used' });
+note("churn zone: $used0 series used");
+my $bad = 0;
+for my $i (1 .. 20) {
+    my $t0 = time;
+    my $r = $t->http(GET => "/churn/v1/models?u=after-$i", timeout => 5);
+    $bad++ unless $r->{status} == 200 && time - $t0 < 2;
+}
+is($bad, 0, '20 requests with new label sets after the kills: 200, no hang');
+sleep 0.3;
+$mc = $t->scrape(path => '/metrics-churn');
+is($mc->value('deepseek_requests_total', { endpoint => 'models', u => qr/^after-/ }), 20, 'each counted once in its own series');
+is($mc->count('deepseek_requests_total', { u => qr/^after-/ }), 20, '... 20 series');
+is($mc->value('deepseek_metrics_series', { state => 'used' }), $used0 + 20, 'series used grew by exactly 20');
+is($mc->value('deepseek_requests_total'), $mc->value('deepseek_request_latency_seconds_count'),
+   'churn zone: requests_total == latency _count');
+cmp_ok($mc->value('deepseek_requests_total'), '<=', $catt + 20, 'churn zone: counted <= attempted');
+cmp_ok($mc->value('deepseek_requests_total'), '>=', $cok + 20 - 6 * 4, 'churn zone: counted >= answered - kills x clients');
+is($mc->value('deepseek_requests_in_flight'), 0, 'churn zone: in-flight 0 after the churn kills');
+($m) = quick_scrape();
+is($m->value('deepseek_requests_in_flight'), 0, 'main zone: in-flight 0 after the churn kills');
 
 my $lt = $t->log_since($log_off);
 for my $v (@victims) {
