@@ -22,6 +22,12 @@ sub have { system("command -v $_[0] >/dev/null 2>&1") == 0 }
 
 # the examples are checked with Debian's nginx and the dynamic module, also in the
 # static (ASan) run of the suite, where DSM_MODULE is empty
+# node packages of dashboards/ (pinned by its package-lock.json), also used by tools/
+if (have('node') && have('npm') && !-d 'dashboards/node_modules/yaml') {
+    my ($rc, $out) = run('cd dashboards && npm ci --no-audit --no-fund --loglevel=error');
+    diag "npm ci in dashboards/ failed:\n$out" if $rc;
+}
+
 my $MODULE = $ENV{DSM_MODULE} || "$REPO/build/modules/ngx_http_deepseek_metrics_module.so";
 
 # ------------------------------------------------------------------ rules
