@@ -7,6 +7,13 @@
 # are counted.
 #
 #   bench/parser-bytes.sh [MBYTES [BUFSIZE]]     (default 8 MB, 8192)
+#
+# The parser is compiled with gcc at nginx's default optimisation (-O);
+# BENCH_CC=clang and/or BENCH_OPT=-O2 select another build.  The bodies
+# come from t/parser/bench.c (deterministic generator): the SSE stream is
+# ~28000 chunk events of ~300 bytes (id, object, created, model,
+# system_fingerprint, choices[index, delta, logprobs, finish_reason],
+# usage:null), reasoning_content for the first third, then content.
 
 set -e
 

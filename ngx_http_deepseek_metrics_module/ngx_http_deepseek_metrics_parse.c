@@ -16,6 +16,14 @@
 #include "ngx_http_deepseek_metrics_parse.h"
 
 
+/* the key recognisers must be inlined even at nginx's default -O */
+#if (defined __GNUC__ || defined __clang__)
+#define ngx_http_dsm_inline  __attribute__((always_inline)) ngx_inline
+#else
+#define ngx_http_dsm_inline  ngx_inline
+#endif
+
+
 /* SSE framing states */
 enum {
     sw_line = 0,
@@ -151,23 +159,8 @@ static const char  *ngx_http_dsm_lits[] = { "null", "true", "false" };
 static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 
 
-#if (NGX_HAVE_LITTLE_ENDIAN && (defined __GNUC__ || defined __clang__))
-#define NGX_HTTP_DSM_SWAR  1
-#define dsm_ones           0x0101010101010101ULL
-#define dsm_highs          0x8080808080808080ULL
-/* the lowest set bit marks the first zero byte exactly */
-#define dsm_zero(x)        (((x) - dsm_ones) & ~(x) & dsm_highs)
-#endif
-
-
 #define dsm_ws(ch)  ((ch) == ' ' || (ch) == '\n' || (ch) == '\r'             \
                      || (ch) == '\t')
-
-#define dsm_kind(p)                                                          \
-    (((p)->depth && (p)->depth <= NGX_HTTP_DSM_PARSE_KINDS)                  \
-     ? (ngx_uint_t) (p)->kind[(p)->depth - 1] : (ngx_uint_t) k_other)
-
-#define dsm_is_array(p)  (((p)->arrays >> ((p)->depth - 1)) & 1)
 
 #define dsm_streq(s, l, lit)                                                 \
     ((l) == sizeof(lit) - 1 && ngx_http_dsm_eq(s, lit, sizeof(lit) - 1))
@@ -177,13 +170,13 @@ static u_char *ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_int_t ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
-static ngx_inline u_char *ngx_http_dsm_str_end(
-    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
-static u_char *ngx_http_dsm_str_end_long(
-    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
+static u_char *ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p,
+    u_char *pos, u_char *last);
+static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_probe(ngx_uint_t kind,
+    u_char *k, u_char *last, size_t *len);
 static ngx_uint_t ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len);
-static ngx_inline ngx_uint_t ngx_http_dsm_eq(u_char *a, const char *b,
-    size_t n);
+static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_eq(u_char *a,
+    const char *b, size_t n);
 static void ngx_http_dsm_append(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static void ngx_http_dsm_enum(ngx_http_deepseek_metrics_parse_t *p);
@@ -274,7 +267,7 @@ static ngx_int_t
 ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
     u_char *last)
 {
-    u_char      ch, *q, *end;
+    u_char      ch, *q;
     const char  *pat;
 
     for ( ;; ) {
@@ -290,6 +283,22 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
         case sw_line:
 
             if (ch == 'd') {
+                if (last - pos >= 7 && ngx_http_dsm_eq(pos, "data: {", 7)
+                    && !p->in_doc && !p->doc_done && !p->ping)
+                {
+                    /* the common case: an event's JSON document starts */
+
+                    pos += 6;
+                    p->events++;
+                    p->first_data = 1;
+                    p->in_doc = 1;
+                    p->depth = 0;
+                    p->key = key_doc;
+                    p->jstate = sw_j_value;
+                    p->state = sw_data_json;
+                    goto data_json;
+                }
+
                 if (last - pos >= 5 && ngx_http_dsm_eq(pos, "data:", 5)) {
                     pos += 5;
                     p->state = sw_data_start;
@@ -423,10 +432,8 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             goto invalid;
 
         case sw_data_json:
-            q = memchr(pos, '\n', last - pos);
-            end = q ? q + 1 : last;
-
-            pos = ngx_http_dsm_json(p, pos, end);
+        data_json:
+            pos = ngx_http_dsm_json(p, pos, last);
 
             if (pos == NULL) {
                 return NGX_ERROR;
@@ -439,12 +446,9 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 break;
             }
 
-            if (q) {
-                if (p->jstate >= sw_j_key_str) {
-                    /* a line break inside a string */
-                    goto invalid;
-                }
-
+            if (pos < last) {
+                /* a line break between tokens: the document goes on */
+                pos++;
                 p->state = sw_line;
             }
 
@@ -528,19 +532,31 @@ invalid:
  *
  * The scanner jumps between labels while bytes are available; its state
  * is saved in p->jstate only when it runs out of input (dsm_need()), and
- * the switch at the top resumes there.
+ * the switch at the top resumes there.  A string whose opening quote is
+ * in this buffer takes a fast path (memchr(), then one look at the byte
+ * before the quote); strings resumed across buffers or holding escaped
+ * quotes take ngx_http_dsm_str_end().
  */
+
+/*
+ * SSE: a line break between tokens ends the data line; the SSE layer takes
+ * it and resumes the document on the next "data:" line.  (A raw line break
+ * inside a string, invalid JSON, is not looked for: string contents are
+ * not validated.)
+ */
+
+#define dsm_eol(st)                                                          \
+    if (ch == '\n' && (p->mode & NGX_HTTP_DSM_PARSE_MODE_SSE)) {             \
+        p->jstate = st;                                                      \
+        return pos;                                                          \
+    }
+
 
 #define dsm_need(st)                                                         \
     if (pos == last) {                                                       \
         p->jstate = st;                                                      \
         return pos;                                                          \
     }
-
-
-/* the closing quote in [pos, last), or NULL; the common case inline */
-
-#define dsm_str_end(q)  q = ngx_http_dsm_str_end(p, pos, last)
 
 
 static u_char *
@@ -625,39 +641,54 @@ value:
 
     if (ch == '"') {
         pos++;
-        p->esc = 0;
 
         switch (p->key) {
 
         case key_model:
             if (!p->model_set) {
+                p->esc = 0;
                 goto str_model;
             }
 
-            goto str_skip;
+            break;
 
         case key_content:
         case key_reasoning:
+            p->esc = 0;
             goto str_first;
 
         case key_finish:
         case key_stop:
         case key_a_type:
+            p->esc = 0;
             p->klen = 0;
             goto str_enum;
 
         case key_error:
             p->error = 1;
-            goto str_skip;
+            break;
+        }
 
-        default:
+        /* a string nobody needs, its opening quote in this buffer */
+
+        q = memchr(pos, '"', last - pos);
+
+        if (q == NULL || q[-1] == '\\') {
+            p->esc = 0;
             goto str_skip;
         }
+
+        pos = q + 1;
+
+        if (last - pos > 1 && pos[0] == ',' && pos[1] == '"' && !p->ca) {
+            pos++;
+            goto key_open;
+        }
+
+        goto after;
     }
 
-    switch (ch) {
-
-    case '{':
+    if (ch == '{') {
         pos++;
         d = ++p->depth;
 
@@ -683,11 +714,40 @@ value:
 
         if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
             p->kind[d - 1] = (u_char) kind;
+
+        } else {
+            kind = k_other;
         }
 
-        goto obj_start;
+        p->ck = kind;
+        p->ca = 0;
 
-    case '[':
+        goto obj_start;
+    }
+
+    if (ch == 'n') {
+        if (last - pos >= 4 && ngx_http_dsm_eq(pos, "null", 4)) {
+            pos += 4;
+            goto after;
+        }
+
+        p->lit = 0;
+        goto lit_start;
+    }
+
+    if ((ch >= '0' && ch <= '9') || ch == '-') {
+        p->slot = p->key - key_u;
+
+        if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS) {
+            p->num = 0;
+            p->num_bad = 0;
+            goto num;
+        }
+
+        goto skip_num;
+    }
+
+    if (ch == '[') {
         pos++;
         d = ++p->depth;
 
@@ -698,19 +758,25 @@ value:
 
         p->arrays |= (uint64_t) 1 << (d - 1);
 
-        if (p->key == key_choices) {
-            kind = k_choices;
-
-        } else if (p->key == key_a_content) {
-            kind = k_a_blocks;
+        if (d > NGX_HTTP_DSM_PARSE_KINDS) {
+            kind = k_other;
 
         } else {
-            kind = k_other;
-        }
+            if (p->key == key_choices) {
+                kind = k_choices;
 
-        if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
+            } else if (p->key == key_a_content) {
+                kind = k_a_blocks;
+
+            } else {
+                kind = k_other;
+            }
+
             p->kind[d - 1] = (u_char) kind;
         }
+
+        p->ck = kind;
+        p->ca = 1;
 
         if (p->key == key_tool_calls) {
             p->key = key_none;
@@ -719,57 +785,37 @@ value:
 
         p->key = ngx_http_dsm_elem_key[kind];
         goto arr_start;
+    }
 
-    case 'n':
-        if (last - pos >= 4 && ngx_http_dsm_eq(pos, "null", 4)) {
-            pos += 4;
-            goto after;
-        }
-
-        p->lit = 0;
-        break;
-
-    case 't':
+    if (ch == 't') {
         if (last - pos >= 4 && ngx_http_dsm_eq(pos, "true", 4)) {
             pos += 4;
             goto after;
         }
 
         p->lit = 1;
-        break;
+        goto lit_start;
+    }
 
-    case 'f':
+    if (ch == 'f') {
         if (last - pos >= 5 && ngx_http_dsm_eq(pos, "false", 5)) {
             pos += 5;
             goto after;
         }
 
         p->lit = 2;
-        break;
+        goto lit_start;
+    }
 
-    case ' ':
-    case '\n':
-    case '\r':
-    case '\t':
+    if (dsm_ws(ch)) {
+        dsm_eol(sw_j_value);
         pos++;
         goto value;
-
-    default:
-
-        if ((ch < '0' || ch > '9') && ch != '-') {
-            goto invalid;
-        }
-
-        p->num = 0;
-        p->num_bad = 0;
-        p->slot = p->key - key_u;
-
-        if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS) {
-            goto num;
-        }
-
-        goto skip_num;
     }
+
+    goto invalid;
+
+lit_start:
 
     /* a literal split across buffers */
 
@@ -796,19 +842,35 @@ skip_num:
 
     /* a number nobody needs */
 
-    for ( ;; ) {
-        dsm_need(sw_j_skip_num);
+    while (last - pos >= 8) {
+        ngx_memcpy(&v, pos, 8);
 
-        ch = *pos;
+        /* all 8 bytes are '0'..'9' */
 
-        if ((ch < '0' || ch > '9') && ch != '.' && ch != 'e' && ch != 'E'
-            && ch != '-' && ch != '+')
+        if (((v & 0xf0f0f0f0f0f0f0f0ULL)
+             | (((v + 0x0606060606060606ULL) & 0xf0f0f0f0f0f0f0f0ULL) >> 4))
+            != 0x3333333333333333ULL)
         {
-            goto after;
+            break;
         }
 
+        pos += 8;
+    }
+
+    while (pos < last && (u_char) (*pos - '0') <= 9) {
         pos++;
     }
+
+    dsm_need(sw_j_skip_num);
+
+    ch = *pos;
+
+    if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-' || ch == '+') {
+        pos++;
+        goto skip_num;
+    }
+
+    goto after;
 
 num:
 
@@ -846,7 +908,7 @@ num:
         pos++;
     }
 
-    if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS && !p->num_bad) {
+    if (!p->num_bad) {
         p->u[p->slot] = v;
         p->umask |= (ngx_uint_t) 1 << p->slot;
     }
@@ -868,6 +930,7 @@ obj_start:
     }
 
     if (dsm_ws(ch)) {
+        dsm_eol(sw_j_obj_start);
         pos++;
         goto obj_start;
     }
@@ -885,6 +948,7 @@ key:
     }
 
     if (dsm_ws(ch)) {
+        dsm_eol(sw_j_key);
         pos++;
         goto key;
     }
@@ -893,18 +957,71 @@ key:
 
 key_open:
 
+    /* pos is at the opening quote of a key */
+
     pos++;
-    p->esc = 0;
-    p->klen = 0;
+
+    p->key = ngx_http_dsm_probe(p->ck, pos, last, &n);
+
+    if (n) {
+        q = pos + n;
+
+    } else {
+        /* an unknown key */
+
+        q = memchr(pos, '"', last - pos);
+
+        if (q == NULL || q[-1] == '\\') {
+            p->esc = 0;
+            p->klen = 0;
+            goto key_str;
+        }
+    }
+
+    pos = q + 1;
+
+    if (pos < last && *pos == ':') {
+        pos++;
+
+        if (last - pos >= 4 && pos[0] == 'n'
+            && ngx_http_dsm_eq(pos, "null", 4))
+        {
+            /* null never matters */
+            pos += 4;
+            goto after;
+        }
+
+        if (p->key == key_none && pos < last && *pos == '"') {
+
+            /* "unneeded":"string": skip it right here */
+
+            q = memchr(pos + 1, '"', last - pos - 1);
+
+            if (q == NULL || q[-1] == '\\') {
+                goto value;
+            }
+
+            pos = q + 1;
+
+            if (last - pos > 1 && pos[0] == ',' && pos[1] == '"') {
+                pos++;
+                goto key_open;
+            }
+
+            goto after;
+        }
+
+        goto value;
+    }
+
+    goto colon;
 
 key_str:
 
-    kind = dsm_kind(p);
-
-    dsm_str_end(q);
+    q = ngx_http_dsm_str_end(p, pos, last);
 
     if (q == NULL) {
-        if (kind != k_other) {
+        if (p->ck != k_other) {
             ngx_http_dsm_append(p, pos, last);
         }
 
@@ -912,15 +1029,22 @@ key_str:
         return last;
     }
 
-    if (kind == k_other) {
+    if (p->ck == k_other) {
         p->key = key_none;
 
     } else if (p->klen == 0) {
-        p->key = ngx_http_dsm_key(kind, pos, q - pos);
+        p->key = ngx_http_dsm_key(p->ck, pos, q - pos);
 
     } else {
         ngx_http_dsm_append(p, pos, q);
-        p->key = ngx_http_dsm_key(kind, p->kbuf, p->klen);
+
+        if (p->klen <= NGX_HTTP_DSM_PARSE_KEYBUF) {
+            p->kbuf[p->klen] = '"';
+            p->key = ngx_http_dsm_key(p->ck, p->kbuf, p->klen);
+
+        } else {
+            p->key = key_none;
+        }
     }
 
     pos = q + 1;
@@ -937,6 +1061,7 @@ colon:
     }
 
     if (dsm_ws(ch)) {
+        dsm_eol(sw_j_colon);
         pos++;
         goto colon;
     }
@@ -952,8 +1077,8 @@ after:
     if (ch == ',') {
         pos++;
 
-        if (dsm_is_array(p)) {
-            p->key = ngx_http_dsm_elem_key[dsm_kind(p)];
+        if (p->ca) {
+            p->key = ngx_http_dsm_elem_key[p->ck];
             goto value;
         }
 
@@ -969,6 +1094,7 @@ after:
     }
 
     if (dsm_ws(ch)) {
+        dsm_eol(sw_j_after);
         pos++;
         goto after;
     }
@@ -984,6 +1110,7 @@ tools:
     ch = *pos;
 
     if (dsm_ws(ch)) {
+        dsm_eol(sw_j_tools);
         pos++;
         goto tools;
     }
@@ -1003,6 +1130,7 @@ arr_start:
     }
 
     if (dsm_ws(ch)) {
+        dsm_eol(sw_j_arr_start);
         pos++;
         goto arr_start;
     }
@@ -1011,7 +1139,7 @@ arr_start:
 
 str_skip:
 
-    dsm_str_end(q);
+    q = ngx_http_dsm_str_end(p, pos, last);
 
     if (q == NULL) {
         p->jstate = sw_j_str_skip;
@@ -1033,11 +1161,21 @@ str_first:
     }
 
     ngx_http_dsm_token(p, p->key == key_content);
-    goto str_skip;
+
+    /* *pos is not '"', so q[-1] below is inside [pos, last) */
+
+    q = memchr(pos, '"', last - pos);
+
+    if (q == NULL || q[-1] == '\\') {
+        goto str_skip;
+    }
+
+    pos = q + 1;
+    goto after;
 
 str_model:
 
-    dsm_str_end(q);
+    q = ngx_http_dsm_str_end(p, pos, last);
 
     n = (q ? q : last) - pos;
     if (n > sizeof(p->model) - 1 - p->model_len) {
@@ -1064,7 +1202,7 @@ str_model:
 
 str_enum:
 
-    dsm_str_end(q);
+    q = ngx_http_dsm_str_end(p, pos, last);
 
     ngx_http_dsm_append(p, pos, q ? q : last);
 
@@ -1084,7 +1222,11 @@ deep:
     for ( ;; ) {
         dsm_need(sw_j_deep);
 
-        ch = *pos++;
+        ch = *pos;
+
+        dsm_eol(sw_j_deep);
+
+        pos++;
 
         if (ch == '"') {
             p->esc = 0;
@@ -1103,7 +1245,7 @@ deep:
 
 deep_str:
 
-    dsm_str_end(q);
+    q = ngx_http_dsm_str_end(p, pos, last);
 
     if (q == NULL) {
         p->jstate = sw_j_deep_str;
@@ -1117,22 +1259,24 @@ close:
 
     /* ch is '}' or ']' closing the current level */
 
-    if (dsm_is_array(p) != (ngx_uint_t) (ch == ']')) {
+    if (p->ca != (ngx_uint_t) (ch == ']')) {
         goto invalid;
     }
 
-    kind = dsm_kind(p);
-
-    if (kind == k_usage || kind == k_a_usage) {
+    if (p->ck == k_usage || p->ck == k_a_usage) {
         ngx_http_dsm_commit(p);
     }
 
     pos++;
+    d = --p->depth;
 
-    if (--p->depth == 0) {
+    if (d == 0) {
         p->jstate = sw_j_end;
         return pos;
     }
+
+    p->ck = (d <= NGX_HTTP_DSM_PARSE_KINDS) ? p->kind[d - 1] : k_other;
+    p->ca = (ngx_uint_t) (p->arrays >> (d - 1)) & 1;
 
     goto after;
 
@@ -1146,83 +1290,10 @@ invalid:
 /*
  * Finds the closing quote of a string in [pos, last), honouring
  * backslash escapes, with p->esc carrying an escape across buffers.
- * Short strings are scanned 8 bytes at a time for '"' or '\\'; past
- * 32 bytes memchr() takes over (ngx_http_dsm_str_end_long()).
  */
 
-static ngx_inline u_char *
-ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
-    u_char *last)
-{
-    u_char    *q;
-#if (NGX_HTTP_DSM_SWAR)
-    uint64_t   w, t;
-#endif
-
-    q = pos;
-
-    if (p->esc) {
-        if (q == last) {
-            return NULL;
-        }
-
-        p->esc = 0;
-        q++;
-    }
-
-    for ( ;; ) {
-
-#if (NGX_HTTP_DSM_SWAR)
-
-        if (last - q >= 8) {
-            ngx_memcpy(&w, q, 8);
-
-            t = dsm_zero(w ^ (dsm_ones * '"'))
-                | dsm_zero(w ^ (dsm_ones * '\\'));
-
-            if (t == 0) {
-                q += 8;
-
-                if (q - pos >= 32) {
-                    return ngx_http_dsm_str_end_long(p, q, last);
-                }
-
-                continue;
-            }
-
-            q += __builtin_ctzll(t) >> 3;
-
-        } else
-
-#endif
-        {
-            while (q < last && *q != '"' && *q != '\\') {
-                q++;
-            }
-
-            if (q == last) {
-                return NULL;
-            }
-        }
-
-        if (*q == '"') {
-            return q;
-        }
-
-        /* a backslash: skip the escaped byte */
-
-        if (last - q < 2) {
-            p->esc = 1;
-            return NULL;
-        }
-
-        q += 2;
-    }
-}
-
-
 static u_char *
-ngx_http_dsm_str_end_long(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
     u_char *last)
 {
     u_char      *s, *q, *b;
@@ -1270,107 +1341,225 @@ ngx_http_dsm_str_end_long(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 }
 
 
-static ngx_uint_t
-ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len)
+/*
+ * Recognises a key at k by its first byte, length and bytes, without
+ * scanning for its end: a known name followed by '"' in [k, last).  Known
+ * names include the common keys nobody needs (key_none), so that only
+ * unknown keys are scanned for.  Returns the action and sets *len to the
+ * key length, or to 0 if the key is unknown.  A name holds no '"' or '\',
+ * so a match always ends at the real closing quote.
+ */
+
+static ngx_http_dsm_inline ngx_uint_t
+ngx_http_dsm_probe(ngx_uint_t kind, u_char *k, u_char *last, size_t *len)
 {
-#define dsm_k(s, r)                                                          \
-    if (len == sizeof(s) - 1 && ngx_http_dsm_eq(k, s, sizeof(s) - 1)) {      \
+    size_t  n;
+
+    n = last - k;
+
+#define dsm_p(s, r)                                                          \
+    if (n > sizeof(s) - 1 && k[sizeof(s) - 1] == '"'                         \
+        && ngx_http_dsm_eq(k, s, sizeof(s) - 1))                             \
+    {                                                                        \
+        *len = sizeof(s) - 1;                                                \
         return r;                                                            \
     }
 
-    switch (kind) {
+/* one jump on the level kind and the low bits of the first byte */
+#define dsm_c(kind, c)  (((kind) << 5) | ((c) & 0x1f))
 
-    case k_top:
-        dsm_k("model", key_model);
-        dsm_k("usage", key_usage);
-        dsm_k("choices", key_choices);
-        dsm_k("error", key_error);
+    *len = 0;
+
+    if (n == 0) {
+        return key_none;
+    }
+
+    switch (dsm_c(kind, k[0])) {
+
+    case dsm_c(k_top, 'i'):
+        dsm_p("id", key_none);
+        break;
+    case dsm_c(k_top, 'o'):
+        dsm_p("object", key_none);
+        break;
+    case dsm_c(k_top, 'c'):
+        dsm_p("created", key_none);
+        dsm_p("choices", key_choices);
+        break;
+    case dsm_c(k_top, 'm'):
+        dsm_p("model", key_model);
+        break;
+    case dsm_c(k_top, 's'):
+        dsm_p("system_fingerprint", key_none);
+        break;
+    case dsm_c(k_top, 'u'):
+        dsm_p("usage", key_usage);
+        break;
+    case dsm_c(k_top, 'e'):
+        dsm_p("error", key_error);
         break;
 
-    case k_choice:
-        dsm_k("delta", key_delta);
-        dsm_k("finish_reason", key_finish);
-        dsm_k("message", key_delta);
-        dsm_k("text", key_content);
+    case dsm_c(k_choice, 'i'):
+        dsm_p("index", key_none);
+        break;
+    case dsm_c(k_choice, 'd'):
+        dsm_p("delta", key_delta);
+        break;
+    case dsm_c(k_choice, 'l'):
+        dsm_p("logprobs", key_none);
+        break;
+    case dsm_c(k_choice, 'f'):
+        dsm_p("finish_reason", key_finish);
+        break;
+    case dsm_c(k_choice, 'm'):
+        dsm_p("message", key_delta);
+        break;
+    case dsm_c(k_choice, 't'):
+        dsm_p("text", key_content);
         break;
 
-    case k_delta:
-        dsm_k("content", key_content);
-        dsm_k("reasoning_content", key_reasoning);
-        dsm_k("tool_calls", key_tool_calls);
+    case dsm_c(k_delta, 'c'):
+        dsm_p("content", key_content);
+        break;
+    case dsm_c(k_delta, 'r'):
+        dsm_p("reasoning_content", key_reasoning);
+        dsm_p("role", key_none);
+        break;
+    case dsm_c(k_delta, 't'):
+        dsm_p("tool_calls", key_tool_calls);
         break;
 
-    case k_usage:
-        dsm_k("prompt_tokens", key_u + u_prompt);
-        dsm_k("completion_tokens", key_u + u_completion);
-        dsm_k("total_tokens", key_u + u_total);
-        dsm_k("prompt_cache_hit_tokens", key_u + u_hit);
-        dsm_k("prompt_cache_miss_tokens", key_u + u_miss);
-        dsm_k("completion_tokens_details", key_ctd);
-        dsm_k("prompt_tokens_details", key_ptd);
+    case dsm_c(k_usage, 'p'):
+        dsm_p("prompt_tokens", key_u + u_prompt);
+        dsm_p("prompt_cache_hit_tokens", key_u + u_hit);
+        dsm_p("prompt_cache_miss_tokens", key_u + u_miss);
+        dsm_p("prompt_tokens_details", key_ptd);
+        break;
+    case dsm_c(k_usage, 'c'):
+        dsm_p("completion_tokens", key_u + u_completion);
+        dsm_p("completion_tokens_details", key_ctd);
+        break;
+    case dsm_c(k_usage, 't'):
+        dsm_p("total_tokens", key_u + u_total);
         break;
 
-    case k_ctd:
-        dsm_k("reasoning_tokens", key_u + u_reasoning);
+    case dsm_c(k_ctd, 'r'):
+        dsm_p("reasoning_tokens", key_u + u_reasoning);
         break;
 
-    case k_ptd:
-        dsm_k("cached_tokens", key_u + u_cached);
+    case dsm_c(k_ptd, 'c'):
+        dsm_p("cached_tokens", key_u + u_cached);
         break;
 
-    case k_a_top:
-    case k_a_message:
-        dsm_k("model", key_model);
-        dsm_k("usage", key_a_usage);
-        dsm_k("content", key_a_content);
-        dsm_k("stop_reason", key_stop);
-
-        if (kind == k_a_top) {
-            dsm_k("delta", key_a_block);
-            dsm_k("message", key_a_message);
-            dsm_k("content_block", key_a_block);
-            dsm_k("error", key_error);
-        }
-
+    case dsm_c(k_a_top, 't'):
+    case dsm_c(k_a_message, 't'):
+        dsm_p("type", key_none);
+        break;
+    case dsm_c(k_a_top, 'i'):
+    case dsm_c(k_a_message, 'i'):
+        dsm_p("index", key_none);
+        dsm_p("id", key_none);
+        break;
+    case dsm_c(k_a_top, 'm'):
+        dsm_p("model", key_model);
+        dsm_p("message", key_a_message);
+        break;
+    case dsm_c(k_a_message, 'm'):
+        dsm_p("model", key_model);
+        break;
+    case dsm_c(k_a_top, 'u'):
+    case dsm_c(k_a_message, 'u'):
+        dsm_p("usage", key_a_usage);
+        break;
+    case dsm_c(k_a_top, 'c'):
+        dsm_p("content", key_a_content);
+        dsm_p("content_block", key_a_block);
+        break;
+    case dsm_c(k_a_message, 'c'):
+        dsm_p("content", key_a_content);
+        break;
+    case dsm_c(k_a_top, 's'):
+    case dsm_c(k_a_message, 's'):
+        dsm_p("stop_reason", key_stop);
+        break;
+    case dsm_c(k_a_top, 'd'):
+        dsm_p("delta", key_a_block);
+        break;
+    case dsm_c(k_a_top, 'e'):
+        dsm_p("error", key_error);
         break;
 
-    case k_a_usage:
-        dsm_k("input_tokens", key_u + u_input);
-        dsm_k("output_tokens", key_u + u_output);
-        dsm_k("cache_read_input_tokens", key_u + u_cache_read);
-        dsm_k("cache_creation_input_tokens", key_u + u_cache_creation);
+    case dsm_c(k_a_usage, 'i'):
+        dsm_p("input_tokens", key_u + u_input);
+        break;
+    case dsm_c(k_a_usage, 'o'):
+        dsm_p("output_tokens", key_u + u_output);
+        break;
+    case dsm_c(k_a_usage, 'c'):
+        dsm_p("cache_read_input_tokens", key_u + u_cache_read);
+        dsm_p("cache_creation_input_tokens", key_u + u_cache_creation);
         break;
 
-    case k_a_block:
-        dsm_k("text", key_content);
-        dsm_k("type", key_a_type);
-        dsm_k("thinking", key_reasoning);
-        dsm_k("stop_reason", key_stop);
-        dsm_k("partial_json", key_content);
+    case dsm_c(k_a_block, 't'):
+        dsm_p("type", key_a_type);
+        dsm_p("text", key_content);
+        dsm_p("thinking", key_reasoning);
+        break;
+    case dsm_c(k_a_block, 'p'):
+        dsm_p("partial_json", key_content);
+        break;
+    case dsm_c(k_a_block, 's'):
+        dsm_p("stop_reason", key_stop);
         break;
     }
 
-#undef dsm_k
+#undef dsm_p
+#undef dsm_c
 
     return key_none;
 }
 
 
-/* compares n bytes; inlined with word loads for constant n */
+/* the action of a complete key [k, k + len) followed by '"' */
 
-static ngx_inline ngx_uint_t
+static ngx_uint_t
+ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len)
+{
+    size_t      n;
+    ngx_uint_t  key;
+
+    key = ngx_http_dsm_probe(kind, k, k + len + 1, &n);
+
+    return (n == len) ? key : key_none;
+}
+
+
+/*
+ * Compares n bytes (n is a constant at every call site, at most 32) with
+ * overlapping word loads: straight-line code once inlined.
+ */
+
+static ngx_http_dsm_inline ngx_uint_t
 ngx_http_dsm_eq(u_char *a, const char *b, size_t n)
 {
+    size_t    i;
     uint64_t  x, y;
     uint32_t  x4, y4;
 
-    for ( /* void */ ; n >= 8; a += 8, b += 8, n -= 8) {
-        ngx_memcpy(&x, a, 8);
-        ngx_memcpy(&y, b, 8);
+    if (n >= 8) {
+        for (i = 0; i + 8 < n; i += 8) {
+            ngx_memcpy(&x, a + i, 8);
+            ngx_memcpy(&y, b + i, 8);
 
-        if (x != y) {
-            return 0;
+            if (x != y) {
+                return 0;
+            }
         }
+
+        ngx_memcpy(&x, a + n - 8, 8);
+        ngx_memcpy(&y, b + n - 8, 8);
+
+        return x == y;
     }
 
     if (n >= 4) {
@@ -1381,13 +1570,14 @@ ngx_http_dsm_eq(u_char *a, const char *b, size_t n)
             return 0;
         }
 
-        a += 4;
-        b += 4;
-        n -= 4;
+        ngx_memcpy(&x4, a + n - 4, 4);
+        ngx_memcpy(&y4, b + n - 4, 4);
+
+        return x4 == y4;
     }
 
-    for ( /* void */ ; n; a++, b++, n--) {
-        if (*a != (u_char) *b) {
+    for (i = 0; i < n; i++) {
+        if (a[i] != (u_char) b[i]) {
             return 0;
         }
     }

@@ -1,12 +1,56 @@
 
 /*
  * ngx_http_deepseek_metrics_module: request-free resumable scanner of
- * DeepSeek (OpenAI-compatible and Anthropic-format) response bodies.
+ * DeepSeek (OpenAI-compatible) and Anthropic-format bodies.
  *
- * The scanner keeps a bounded, fixed-size state (no pointers into the
- * input, no allocations) and may be fed the body split at any byte.
- * It uses nginx types and macros only, no nginx functions, so it links
- * alone (unit driver, fuzzer).
+ * The scanner keeps a bounded, fixed-size state (432 bytes on 64-bit, no
+ * pointers into the input, no allocations, no copy of the body: only the
+ * model name, digits and keys split across buffers, at most 32 bytes, are
+ * kept) and may be fed the body split at any byte.  It uses nginx types
+ * and macros only, no nginx functions, so it links alone (unit driver,
+ * fuzzer).
+ *
+ * Rules for the caller:
+ *
+ * - Mode: NGX_HTTP_DSM_PARSE_SSE if the response Content-Type is
+ *   text/event-stream, else _JSON; OR in NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC
+ *   for the Anthropic Messages endpoint (.../messages).  A request body:
+ *   NGX_HTTP_DSM_PARSE_REQUEST (JSON; NGX_DONE once the top-level "model"
+ *   string is read, then model/model_len hold it).  Call init() once per
+ *   body; the struct may live in the request ctx (ngx_pcalloc()ed or not).
+ * - Call parse() with each in-memory buffer of the body in order (a body
+ *   filter: cl->buf->pos .. cl->buf->last, before anything consumes them).
+ *   After each call, flags that went from 0 to 1 happened in this call:
+ *   timestamp them then.  first_data flips on the '{' (or '[' of [DONE])
+ *   that starts the first SSE data event (Anthropic "ping" events do not
+ *   count) or on the first non-blank byte of a JSON body; first_token on
+ *   the first byte of the first non-empty content / reasoning_content /
+ *   text / thinking / partial_json string, or the first element of a
+ *   non-empty tool_calls array, or an Anthropic "type":"tool_use" block;
+ *   first_answer likewise without reasoning_content / thinking.
+ * - NGX_DONE: the body is complete ([DONE], message_stop, or the JSON
+ *   document closed); NGX_ERROR: invalid; either way further calls return
+ *   at once and cost nothing, and all results stay readable.  Usage and
+ *   model read before an error stay valid (usage_seen tells whether any
+ *   usage was read).
+ * - At the end of the body (last_buf, or upstream EOF/abort) call
+ *   ngx_http_deepseek_metrics_parse_outcome() for the in-band failure
+ *   reason; only meaningful for a 200 response.
+ * - Token counts: use the *_tokens fields (already derived: for OpenAI
+ *   hit = prompt_cache_hit_tokens, else prompt_tokens_details.cached_tokens,
+ *   else 0; miss = prompt_cache_miss_tokens, else prompt - hit; for
+ *   Anthropic hit = cache_read_input_tokens, miss = input_tokens +
+ *   cache_creation_input_tokens, prompt = hit + miss, completion =
+ *   output_tokens); they are the last non-null "usage" (OpenAI), or the
+ *   fields merged over message_start and message_delta (Anthropic).
+ *   usage_seen == 0 means no usage at all (deepseek_usage_missing_total).
+ *   Numbers saturate at 2^64-1; a non-integer number counts as absent.
+ * - model holds the raw JSON string bytes (escapes not decoded), truncated
+ *   to 63 bytes: validate it against the allowlist before using it as a
+ *   label value.
+ * - Line endings: LF and CRLF (a bare CR is not a line end).  String
+ *   contents are not validated: a raw line break inside a JSON string
+ *   (invalid JSON) is not taken as an SSE line end.
  */
 
 
@@ -55,7 +99,16 @@
 
 #define NGX_HTTP_DSM_USAGE_NFIELDS              11
 
-/* ngx_http_deepseek_metrics_parse_outcome() */
+/*
+ * ngx_http_deepseek_metrics_parse_outcome(), checked in this order:
+ * invalid_json; error_body (a top-level "error" member, e.g. an in-band
+ * error event); content_filter and insufficient_system_resource (last
+ * finish_reason / stop_reason, even if the stream then broke off);
+ * truncated (not done after at least one data event / a started JSON
+ * document) or queue_timeout (not done, nothing but comments, pings or
+ * blank lines); empty_response (done, but no content, reasoning_content
+ * or tool_calls at all); complete.
+ */
 #define NGX_HTTP_DSM_OUTCOME_COMPLETE           0
 #define NGX_HTTP_DSM_OUTCOME_TRUNCATED          1
 #define NGX_HTTP_DSM_OUTCOME_QUEUE_TIMEOUT      2
@@ -93,7 +146,7 @@ typedef struct {
     ngx_uint_t   umask;        /* usage fields of the usage being read */
     uint64_t     u[NGX_HTTP_DSM_USAGE_NFIELDS];
     u_char       kind[NGX_HTTP_DSM_PARSE_KINDS];
-    u_char       kbuf[NGX_HTTP_DSM_PARSE_KEYBUF + 1];
+    u_char       kbuf[NGX_HTTP_DSM_PARSE_KEYBUF + 1];  /* a split key */
     unsigned     in_doc:1;     /* SSE: a JSON doc of this event is open */
     unsigned     doc_done:1;   /* SSE: this event's JSON doc is complete */
     unsigned     ping:1;       /* Anthropic SSE: "event: ping" event */

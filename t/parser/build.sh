@@ -48,7 +48,7 @@ build() {
             $inc "$src" "$root/fuzz/parse_fuzzer.c" -o "$out/parse-fuzzer"
         ;;
     bench)
-        gcc $gccflags ${BENCH_OPT:--O} $inc "$src" "$root/t/parser/bench.c" \
+        ${BENCH_CC:-gcc} $gccflags -gdwarf-4 ${BENCH_OPT:--O} $inc "$src" "$root/t/parser/bench.c" \
             -o "$out/bench"
         ;;
     esac
