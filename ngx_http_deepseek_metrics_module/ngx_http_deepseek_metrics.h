@@ -324,6 +324,8 @@ size_t ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_http_dsm_preaccess_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_dsm_log_handler(ngx_http_request_t *r);
 ngx_http_dsm_ctx_t *ngx_http_dsm_get_ctx(ngx_http_request_t *r);
+void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
+    ngx_http_dsm_main_conf_t *dmcf);
 ngx_http_dsm_ctx_t *ngx_http_dsm_create_ctx(ngx_http_request_t *r,
     ngx_http_dsm_loc_conf_t *dlcf);
 ngx_int_t ngx_http_dsm_filter_init(ngx_conf_t *cf);

@@ -293,7 +293,6 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 {
     u_char                             *s;
     uint64_t                            n, cost;
-    ngx_str_t                           model;
     ngx_msec_t                          t;
     ngx_http_dsm_ctx_t                 *ctx;
     ngx_http_dsm_price_t               *price;
@@ -353,17 +352,19 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     case NGX_HTTP_DSM_VAR_COST:
         dmcf = ngx_http_get_module_main_conf(r,
                                              ngx_http_deepseek_metrics_module);
-        price = NULL;
 
-        if (dmcf->prices && p->usage_fields && p->model_set) {
-            price = ctx->price;
-
-            if (price == NULL) {
-                model.len = p->model_len;
-                model.data = p->model;
-                price = ngx_http_dsm_price_find(dmcf, &model);
-            }
+        if (dmcf->prices == NULL || p->usage_fields == 0) {
+            v->not_found = 1;
+            return NGX_OK;
         }
+
+        /* access logs run before our log handler: resolve the model here */
+
+        if (ctx->price == NULL) {
+            ngx_http_dsm_model(r->main, ctx, dmcf);
+        }
+
+        price = ctx->price;
 
         if (price == NULL) {
             v->not_found = 1;

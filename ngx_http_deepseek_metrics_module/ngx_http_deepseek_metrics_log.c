@@ -11,8 +11,6 @@
 static void ngx_http_dsm_cleanup(void *data);
 static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
 static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
-static void ngx_http_dsm_model(ngx_http_request_t *r,
-    ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_main_conf_t *dmcf);
 static ngx_int_t ngx_http_dsm_key(ngx_http_request_t *r,
     ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_key_t *k);
 static void ngx_http_dsm_count_body(ngx_http_request_t *r,
@@ -299,7 +297,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
 /* the model label: from the response, else the request body; allowlisted */
 
-static void
+void
 ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_dsm_main_conf_t *dmcf)
 {

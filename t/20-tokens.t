@@ -361,8 +361,6 @@ is($bad, 0, 'access log: $deepseek_* variables match the mock usage of every req
 {
     # the metric charges a request priced by its label (model from the request body
     # when the response has none); the variable should report that same cost
-    local $TODO = 'module bug: $deepseek_cost is "-" when the response carries no "model" '
-                . '(cost taken from the request body model is counted in deepseek_cost_total)';
     is($bad_cost, 0, 'access log: $deepseek_cost equals the per-request cost (9 decimals)');
 }
 {
