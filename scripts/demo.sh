@@ -306,6 +306,13 @@ else
   sleep "$(( DEMO_SECONDS < 15 ? DEMO_SECONDS : 15 ))"
 fi
 sleep 7   # one more scrape and rule evaluation
+# an alert firing but not delivered yet: give Alertmanager a moment (bounded)
+for _ in $(seq 1 30); do
+  [ -s "$D/webhook/alerts.log" ] && break
+  curl -s --get "$PROM/api/v1/query" --data-urlencode 'query=ALERTS{alertstate="firing",severity="critical"}' \
+    | jq -e '.data.result | length > 0' >/dev/null 2>&1 || break
+  sleep 1
+done
 
 # ------------------------------------------------------------------ results
 q() { curl -s --get "$PROM/api/v1/query" --data-urlencode "query=$1"; }
