@@ -337,6 +337,7 @@ EOC
         [ "garbage\r\n\r\n",                                     400, 'junk request line' ],
         [ "\x16\x03\x01\x00\x05hello\r\n\r\n",                    400, 'TLS handshake on a plain port' ],
         [ "GET / HTTP/9.9\r\nHost: a\r\n\r\n",                   505, 'unsupported HTTP version' ],
+        [ "GET /" . ('a' x 9000) . " HTTP/1.1\r\nHost: a\r\n\r\n", 414, 'request line too long' ],
         [ "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",          400, 'duplicate Host (request line valid)' ],
     );
     my %exp;
@@ -355,7 +356,7 @@ EOC
     my @crashes = grep { /worker process \d+ exited (?:on signal|with code [1-9])/ } split /\n/, $t2->read_log('error.log');
     TODO: {
         local $TODO = 'module bug: ngx_http_dsm_classify() reads $uri[len-1] with an empty $uri '
-                    . '(invalid request line): the worker dies with SIGSEGV in the log phase';
+                    . '(invalid, unsupported-version or too long request line): the worker dies with SIGSEGV in the log phase';
         is(scalar(@crashes), 0, 'no worker crashed on invalid requests') or diag join "\n", @crashes;
         is_deeply([ $t2->worker_pids ], \@w0, 'same workers as before the invalid requests');
         is_deeply(\%got, \%exp, 'each rejected request counted once as endpoint "other" with its status');
