@@ -166,6 +166,35 @@ for my $q (@article) {
     is($raw->{status}, 'success', 'article query evaluates: rate(deepseek_requests_total[5m]) > 100');
 }
 
+# ------------------------------------------------------------------ names in sync with the module
+# Every deepseek_* name used by the dashboard, the rules, the cookbook and the
+# examples is a metric the module exports (or a _bucket/_sum/_count of one),
+# and the dashboard shows every family the module exports.
+{
+    my $m = $t->scrape(accept => 'openmetrics');
+    my %fam = map { $_ => 1 } $m->families;
+    my %sample = map { $_->{name} => 1 } $m->all_samples;
+    my %known = (%fam, %sample);
+    my @files = ("$REPO/dashboards/deepseek.json", glob("$REPO/alerting/rules/*.yml"),
+                 "$REPO/docs/promql-cookbook.md", "$REPO/alerting/runbook.md", "$REPO/scripts/demo.sh");
+    my %unknown;
+    for my $f (@files) {
+        my $text = DSM::Stack::slurp($f);
+        # (recording rule names level:metric:ops are not metric names)
+        for my $name ($text =~ /(?<![:\w])(deepseek_[a-z_]+)(?![:\w])/g) {
+            next if $name =~ /^deepseek_metrics(_(zone|price|label|endpoint|export))?$/;   # directives
+            next if $name =~ /^deepseek_(api|metrics_module|proxy)/;                      # file/host names
+            $unknown{"$name ($f)"}++ unless $known{$name} || $known{"${name}_total"};
+        }
+    }
+    ok(!%unknown, 'every deepseek_* metric name used in dashboards/rules/docs is exported by the module')
+        or diag join "\n", sort keys %unknown;
+    my $dash = DSM::Stack::slurp("$REPO/dashboards/deepseek.json");
+    my @unused = grep { $dash !~ /\b\Q$_\E(_bucket|_sum|_count|_total)?\b/ } sort keys %fam;
+    ok(!@unused, 'the dashboard uses every family the module exports (' . scalar(keys %fam) . ')')
+        or diag "not on the dashboard: @unused";
+}
+
 # ------------------------------------------------------------------ zone reset (annotation)
 # A new zone size on reload gives a fresh zone: the "zone resets" annotation must see it.
 my $start0 = $prom->value('deepseek_metrics_zone_start_time_seconds');
