@@ -156,6 +156,12 @@ SKIP: {
     is($rc, 0, 'Kubernetes manifests consistent') or diag $out;
     ($rc, $out) = run('node tools/k8s-manifests.js rules --check');
     is($rc, 0, 'PrometheusRule matches alerting/rules') or diag $out;
+    SKIP: {
+        skip 'promtool not installed', 1 unless have('promtool');
+        my $d2 = tempdir(CLEANUP => 1);
+        ($rc, $out) = run("node tools/k8s-manifests.js rules-extract $d2/rules.yml && promtool check rules $d2/rules.yml");
+        is($rc, 0, 'the PrometheusRule\'s rules pass promtool check rules') or diag $out;
+    }
 }
 
 # ------------------------------------------------------------------ docs

@@ -5,6 +5,7 @@
 //   node tools/k8s-manifests.js rules            # rewrite examples/kubernetes/prometheusrule.yaml
 //   node tools/k8s-manifests.js rules --check    # exit 1 if it is stale
 //   node tools/k8s-manifests.js nginx-conf DIR   # write the ConfigMap's nginx.conf to DIR (for nginx -t)
+//   node tools/k8s-manifests.js rules-extract F  # the PrometheusRule's groups as a rule file (promtool)
 //
 // No cluster is needed (and none is available in CI): the checks parse every
 // document strictly and cross-check what would otherwise fail silently in a
@@ -141,12 +142,17 @@ if (cmd === 'check') {
     fs.writeFileSync(RULE_OUT, text);
     console.log(`wrote ${RULE_OUT}`);
   }
+} else if (cmd === 'rules-extract' && arg) {
+  // the PrometheusRule's groups as a plain rule file, for `promtool check rules`
+  const pr = loadDocs().find((d) => d.o.kind === 'PrometheusRule');
+  fs.writeFileSync(arg, YAML.stringify({ groups: pr.o.spec.groups }, { lineWidth: 0 }));
+  console.log(arg);
 } else if (cmd === 'nginx-conf' && arg) {
   const cm = loadDocs().find((d) => d.o.kind === 'ConfigMap' && d.o.data && d.o.data['nginx.conf']);
   fs.mkdirSync(arg, { recursive: true });
   fs.writeFileSync(path.join(arg, 'nginx.conf'), cm.o.data['nginx.conf']);
   console.log(path.join(arg, 'nginx.conf'));
 } else {
-  console.error('usage: k8s-manifests.js check | rules [--check] | nginx-conf DIR');
+  console.error('usage: k8s-manifests.js check | rules [--check] | rules-extract FILE | nginx-conf DIR');
   process.exit(2);
 }
