@@ -383,6 +383,11 @@ for (const v of json.templating.list) {
 for (const p of json.panels) {
   if (p.type === 'table' && p.options) delete p.options.footer;
 }
+// stack the two small module stats on the right of the "Metrics module" row
+const zoneAge = json.panels.find((p) => p.title === 'Zone age');
+const reloads = json.panels.find((p) => p.title === 'Reloads');
+zoneAge.gridPos = { ...zoneAge.gridPos, w: 6 };
+reloads.gridPos = { x: zoneAge.gridPos.x, y: zoneAge.gridPos.y + 4, w: 6, h: 4 };
 json.version = 1;
 
 const text = JSON.stringify(json, null, 2) + '\n';
