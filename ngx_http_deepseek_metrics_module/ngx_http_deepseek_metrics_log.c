@@ -150,6 +150,12 @@ ngx_http_dsm_classify(ngx_str_t *uri)
     p = uri->data;
     len = uri->len;
 
+    /* a request nginx rejected before parsing its line has no $uri */
+
+    if (len == 0) {
+        return NGX_HTTP_DSM_EP_OTHER;
+    }
+
     if (len > 1 && p[len - 1] == '/') {
         len--;
     }
