@@ -338,11 +338,11 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         goto found;
 
     case NGX_HTTP_DSM_VAR_TTFT:
-        t = ctx->first_token;
+        t = ctx->stream ? ctx->first_token : 0;
         goto time;
 
     case NGX_HTTP_DSM_VAR_ANSWER:
-        t = ctx->first_answer;
+        t = ctx->stream ? ctx->first_answer : 0;
         goto time;
 
     case NGX_HTTP_DSM_VAR_QUEUE:

@@ -571,7 +571,16 @@ count:
                            ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_INBAND, inband));
     }
 
-    if (missing < NGX_HTTP_DSM_NMISSING && p->usage_fields == 0) {
+    /*
+     * An Anthropic stream carries input usage first and output usage last:
+     * cut in between, what was read is partial.
+     */
+
+    if (missing < NGX_HTTP_DSM_NMISSING
+        && (p->usage_fields == 0
+            || (missing == NGX_HTTP_DSM_MISSING_TRUNCATED
+                && (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC))))
+    {
         ngx_http_dsm_count(sh, s,
                          ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_MISSING, missing));
     }
