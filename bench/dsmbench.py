@@ -750,11 +750,13 @@ def sec_summary():
             "", None, "~20,000")
         row("added Ir/request, counting (1 set)", "%+d" % round(s["add_a"]),
             "<= 300", s["add_a"] <= 300, "vts +6,379, lua +30,452")
-        row("added Ir/request, 1,000 sets",
-            "%+d" % round(s["add_b1000"]),
-            "flat (vs %+d)" % round(s["add_b1"]),
-            s["add_b1000"] <= 300 and
-            s["add_b1000"] - s["add_b1"] <= max(30, 0.1 * s["add_b1"]))
+        row("added Ir/request, user label: 1 set", "%+d" % round(s["add_b1"]),
+            "<= 300", s["add_b1"] <= 300)
+        row("added Ir/request, user label: 1,000 sets",
+            "%+d" % round(s["add_b1000"]), "flat (<= +5%)",
+            s["add_b1000"] - s["add_b1"] <= 0.05 * abs(s["add_b1"]))
+        row("added Ir/request, module loaded but off",
+            "%+d" % round(s["loaded_off"]), "", None)
         row("added Ir, 1 KB JSON incl. parse", "%+d" % round(s["add_c"]),
             "<= 1,500", s["add_c"] <= 1500)
         row("added Ir, SSE 30 events (unbuffered)", "%+d" % round(s["add_d"]),
