@@ -223,6 +223,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                   zones;         /* ngx_http_dsm_zone_t * */
     ngx_array_t                  *models;        /* ngx_str_t, allowlist */
+    uint32_t                     *model_hashes;
     ngx_array_t                  *prices;        /* ngx_http_dsm_price_t */
     ngx_http_dsm_schedule_t       schedule;
     ngx_uint_t                    hist_default;
@@ -259,18 +260,24 @@ typedef struct {
 } ngx_http_dsm_key_t;
 
 
-/* per request; kept in a pool cleanup so internal redirects keep it */
+/*
+ * Per request; kept in a pool cleanup so internal redirects keep it.  Small
+ * on purpose: the scanner state is allocated only for responses it reads.
+ */
 
 typedef struct {
     ngx_http_dsm_zone_t          *zone;
     ngx_http_dsm_loc_conf_t      *dlcf;
     ngx_http_dsm_slot_t          *slot;
     ngx_http_dsm_price_t         *price;
-    ngx_uint_t                    endpoint;      /* index in the zone */
-    ngx_str_t                     endpoint_value;
-    ngx_uint_t                    builtin;       /* built-in endpoint kind */
+    ngx_http_deepseek_metrics_parse_t  *parse;
 
-    ngx_http_deepseek_metrics_parse_t  parse;
+    ngx_str_t                     endpoint_value;
+    ngx_str_t                     model;         /* label value */
+    uint32_t                      endpoint_hash;
+    uint32_t                      model_hash;
+    ngx_uint_t                    endpoint;      /* index in the zone */
+    ngx_uint_t                    builtin;       /* built-in endpoint kind */
 
     ngx_msec_t                    start;         /* ms since the epoch */
     ngx_msec_t                    first_data;    /* 0: not seen */
@@ -278,24 +285,31 @@ typedef struct {
     ngx_msec_t                    first_answer;
     ngx_msec_t                    last_byte;
 
-    uint64_t                      cost;          /* 1e-12 units */
-    ngx_str_t                     model;         /* label value */
-    ngx_str_t                     currency;
-
     unsigned                      in_flight:1;
     unsigned                      counted:1;
     unsigned                      parsing:1;     /* body filter active */
     unsigned                      stream:1;      /* SSE */
     unsigned                      parse_done:1;  /* done or invalid */
     unsigned                      compressed:1;
-    unsigned                      body_seen:1;
     unsigned                      last_buf:1;
-    unsigned                      usage:1;       /* usage read */
 } ngx_http_dsm_ctx_t;
 
 
 extern ngx_module_t  ngx_http_deepseek_metrics_module;
 extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
+extern uint32_t      ngx_http_dsm_builtin_hashes[];
+
+
+
+/* combines precomputed string hashes into a series key hash */
+
+static ngx_inline uint32_t
+ngx_http_dsm_mix(uint32_t h, uint32_t x)
+{
+    h = (h ^ x) * 0x9e3779b1;
+
+    return h ^ (h >> 16);
+}
 
 
 /* zone */
@@ -323,6 +337,7 @@ size_t ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len);
 /* request handlers */
 ngx_int_t ngx_http_dsm_preaccess_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_dsm_log_handler(ngx_http_request_t *r);
+void ngx_http_dsm_log_init(void);
 ngx_http_dsm_ctx_t *ngx_http_dsm_get_ctx(ngx_http_request_t *r);
 void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_dsm_main_conf_t *dmcf);

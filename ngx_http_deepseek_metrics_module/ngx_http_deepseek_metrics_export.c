@@ -686,19 +686,44 @@ ngx_http_dsm_open(u_char *p, ngx_str_t *name, ngx_http_dsm_snap_t *snap,
     (64 + (snap)->prefix.len + (e)->s->text_len + 64)
 
 
+/* decimal, two digits a step: the exporter prints millions of numbers */
+
 static u_char *
 ngx_http_dsm_u64(u_char *p, uint64_t n)
 {
+    size_t   len;
     u_char   tmp[NGX_INT64_LEN], *t;
+
+    static u_char  digits[] =
+        "00010203040506070809101112131415161718192021222324"
+        "25262728293031323334353637383940414243444546474849"
+        "50515253545556575859606162636465666768697071727374"
+        "75767778798081828384858687888990919293949596979899";
+
+    if (n < 10) {
+        *p++ = (u_char) ('0' + n);
+        return p;
+    }
 
     t = tmp + NGX_INT64_LEN;
 
-    do {
-        *--t = (u_char) (n % 10 + '0');
-        n /= 10;
-    } while (n);
+    while (n >= 100) {
+        t -= 2;
+        ngx_memcpy(t, &digits[(n % 100) * 2], 2);
+        n /= 100;
+    }
 
-    return ngx_cpymem(p, t, tmp + NGX_INT64_LEN - t);
+    if (n >= 10) {
+        t -= 2;
+        ngx_memcpy(t, &digits[n * 2], 2);
+
+    } else {
+        *--t = (u_char) ('0' + n);
+    }
+
+    len = tmp + NGX_INT64_LEN - t;
+
+    return ngx_cpymem(p, t, len);
 }
 
 

@@ -109,10 +109,11 @@ ngx_http_dsm_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_dsm_header_filter(ngx_http_request_t *r)
 {
-    ngx_str_t                *ce, *ct;
-    ngx_uint_t                mode;
-    ngx_http_dsm_ctx_t       *ctx;
-    ngx_http_dsm_loc_conf_t  *dlcf;
+    ngx_str_t                          *ce, *ct;
+    ngx_uint_t                          mode;
+    ngx_http_dsm_ctx_t                 *ctx;
+    ngx_http_dsm_loc_conf_t            *dlcf;
+    ngx_http_deepseek_metrics_parse_t  *p;
 
     if (r != r->main || r->headers_out.status != NGX_HTTP_OK
         || r->header_only)
@@ -120,7 +121,7 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    ctx = ngx_http_dsm_get_ctx(r);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
 
     if (ctx == NULL) {
         dlcf = ngx_http_get_module_loc_conf(r,
@@ -129,9 +130,13 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
             return ngx_http_next_header_filter(r);
         }
 
-        ctx = ngx_http_dsm_create_ctx(r, dlcf);
+        ctx = ngx_http_dsm_get_ctx(r);
+
         if (ctx == NULL) {
-            return ngx_http_next_header_filter(r);
+            ctx = ngx_http_dsm_create_ctx(r, dlcf);
+            if (ctx == NULL) {
+                return ngx_http_next_header_filter(r);
+            }
         }
     }
 
@@ -180,7 +185,14 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         mode = ctx->stream ? NGX_HTTP_DSM_PARSE_SSE : NGX_HTTP_DSM_PARSE_JSON;
     }
 
-    ngx_http_deepseek_metrics_parse_init(&ctx->parse, mode);
+    p = ngx_palloc(r->pool, sizeof(ngx_http_deepseek_metrics_parse_t));
+    if (p == NULL) {
+        /* not read: counted as usage absent, the response is not harmed */
+        return ngx_http_next_header_filter(r);
+    }
+
+    ngx_http_deepseek_metrics_parse_init(p, mode);
+    ctx->parse = p;
     ctx->parsing = 1;
 
     /* file buffers (proxy temp files) are read for us by the copy filter */
@@ -223,7 +235,7 @@ ngx_http_dsm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    p = &ctx->parse;
+    p = ctx->parse;
 
     for (cl = in; cl; cl = cl->next) {
 
@@ -306,7 +318,7 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         return NGX_OK;
     }
 
-    p = &ctx->parse;
+    p = ctx->parse;
     t = 0;
     n = 0;
 

@@ -18,10 +18,24 @@ static void ngx_http_dsm_count_body(ngx_http_request_t *r,
     ngx_http_dsm_series_t *s);
 
 
+static ngx_http_deepseek_metrics_parse_t  ngx_http_dsm_noparse;
+
 static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
 static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
+static uint32_t   ngx_http_dsm_other_hash;
+static uint32_t   ngx_http_dsm_unknown_hash;
 static ngx_str_t  ngx_http_dsm_label_endpoint = ngx_string("endpoint");
 static ngx_str_t  ngx_http_dsm_label_model = ngx_string("model");
+
+
+void
+ngx_http_dsm_log_init(void)
+{
+    ngx_http_dsm_other_hash = ngx_murmur_hash2(ngx_http_dsm_other.data,
+                                               ngx_http_dsm_other.len);
+    ngx_http_dsm_unknown_hash = ngx_murmur_hash2(ngx_http_dsm_unknown.data,
+                                                 ngx_http_dsm_unknown.len);
+}
 
 
 ngx_http_dsm_ctx_t *
@@ -70,9 +84,13 @@ ngx_http_dsm_create_ctx(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf)
     ctx->dlcf = dlcf;
     ctx->start = (ngx_msec_t) r->start_sec * 1000 + r->start_msec;
 
+    /* read-only zeros until the header filter decides to read the body */
+    ctx->parse = &ngx_http_dsm_noparse;
+
     ctx->builtin = ngx_http_dsm_classify(&r->uri);
     ctx->endpoint = ctx->builtin;
     ctx->endpoint_value = ngx_http_dsm_builtin_endpoints[ctx->builtin];
+    ctx->endpoint_hash = ngx_http_dsm_builtin_hashes[ctx->builtin];
 
     if (dlcf->endpoint) {
         if (ngx_http_complex_value(r, dlcf->endpoint, &value) == NGX_OK
@@ -83,6 +101,7 @@ ngx_http_dsm_create_ctx(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf)
             }
 
             ctx->endpoint_value = value;
+            ctx->endpoint_hash = ngx_murmur_hash2(value.data, value.len);
             ctx->endpoint = ngx_http_dsm_endpoint_get(ctx->zone, &value);
         }
     }
@@ -315,8 +334,8 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_dsm_price_t               *price;
     ngx_http_deepseek_metrics_parse_t  *p;
 
-    model = ctx->parse.model;
-    len = ctx->parse.model_set ? ctx->parse.model_len : 0;
+    model = ctx->parse->model;
+    len = ctx->parse->model_set ? ctx->parse->model_len : 0;
 
     if (len == 0 && ctx->dlcf->request_body
         && r->request_body && r->request_body->bufs)
@@ -350,6 +369,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     }
 
     ctx->model = ngx_http_dsm_unknown;
+    ctx->model_hash = ngx_http_dsm_unknown_hash;
 
     if (len && ngx_strlchr(model, model + len, '\\')) {
         len = ngx_http_dsm_unescape(buf, model, len);
@@ -358,11 +378,13 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
 
     if (len) {
         ctx->model = ngx_http_dsm_other;
+        ctx->model_hash = ngx_http_dsm_other_hash;
 
         m = dmcf->models->elts;
         for (i = 0; i < dmcf->models->nelts; i++) {
             if (m[i].len == len && ngx_memcmp(m[i].data, model, len) == 0) {
                 ctx->model = m[i];
+                ctx->model_hash = dmcf->model_hashes[i];
                 break;
             }
         }
@@ -372,7 +394,6 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
         price = ngx_http_dsm_price_find(dmcf, &ctx->model);
         if (price) {
             ctx->price = price;
-            ctx->currency = price->currency;
         }
     }
 }
@@ -389,6 +410,7 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_dsm_key_t *k)
 {
     u_char                   *p;
+    uint32_t                  hash;
     ngx_str_t                 value;
     ngx_uint_t                i;
     ngx_http_dsm_label_t     *label;
@@ -396,6 +418,9 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
 
     dlcf = ctx->dlcf;
     p = k->buf;
+
+    hash = ngx_http_dsm_mix(dlcf->labels_id, ctx->endpoint_hash);
+    hash = ngx_http_dsm_mix(hash, ctx->model_hash);
 
     *(uint32_t *) p = dlcf->labels_id;
     p += sizeof(uint32_t);
@@ -428,13 +453,16 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
             k->names[k->nvalues] = label[i].name;
             k->values[k->nvalues++] = value;
 
+            hash = ngx_http_dsm_mix(hash,
+                                    ngx_murmur_hash2(value.data, value.len));
+
             *p++ = (u_char) value.len;
             p = ngx_cpymem(p, value.data, value.len);
         }
     }
 
     k->len = p - k->buf;
-    k->hash = ngx_murmur_hash2(k->buf, k->len);
+    k->hash = hash;
 
     return NGX_OK;
 }
@@ -453,7 +481,7 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_deepseek_metrics_parse_t  *p;
 
     status = r->err_status ? r->err_status : r->headers_out.status;
-    p = &ctx->parse;
+    p = ctx->parse;
 
     if (ctx->first_token && ctx->stream) {
         ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TTFT,
@@ -494,9 +522,7 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
             cost = ngx_http_dsm_cost(dmcf, ctx->price, r->start_sec,
                                      p->cache_hit_tokens,
                                      p->cache_miss_tokens, out);
-            ctx->cost = cost;
-
-            if (ngx_http_dsm_currency(ctx->zone, s, &ctx->currency)
+            if (ngx_http_dsm_currency(ctx->zone, s, &ctx->price->currency)
                 == NGX_OK)
             {
                 (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_COST],

@@ -310,7 +310,8 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_dsm_main_conf_t *dmcf = conf;
 
-    ngx_str_t  *s, *m;
+    ngx_str_t   *s, *m;
+    ngx_uint_t   i;
 
     if (dmcf->models == NULL) {
         dmcf->models = ngx_array_create(cf->pool, 8, sizeof(ngx_str_t));
@@ -326,6 +327,27 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
 
             *s = *m;
         }
+    }
+
+    /* the hot path combines these instead of hashing label values */
+
+    dmcf->model_hashes = ngx_palloc(cf->pool,
+                                    dmcf->models->nelts * sizeof(uint32_t));
+    if (dmcf->model_hashes == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    s = dmcf->models->elts;
+    for (i = 0; i < dmcf->models->nelts; i++) {
+        dmcf->model_hashes[i] = ngx_murmur_hash2(s[i].data, s[i].len);
+    }
+
+    ngx_http_dsm_log_init();
+
+    for (i = 0; i < NGX_HTTP_DSM_NEP_BUILTIN; i++) {
+        ngx_http_dsm_builtin_hashes[i] =
+                       ngx_murmur_hash2(ngx_http_dsm_builtin_endpoints[i].data,
+                                        ngx_http_dsm_builtin_endpoints[i].len);
     }
 
     return NGX_CONF_OK;

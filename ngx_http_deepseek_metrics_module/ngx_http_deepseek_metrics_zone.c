@@ -30,6 +30,9 @@ ngx_str_t  ngx_http_dsm_builtin_endpoints[] = {
 };
 
 
+uint32_t  ngx_http_dsm_builtin_hashes[NGX_HTTP_DSM_NEP_BUILTIN];
+
+
 static ngx_str_t  ngx_http_dsm_overflow = ngx_string("__overflow__");
 
 
