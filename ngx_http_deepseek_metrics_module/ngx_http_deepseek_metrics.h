@@ -261,43 +261,62 @@ typedef struct {
 
 
 /*
- * Per request; kept in a pool cleanup so internal redirects keep it.  Small
- * on purpose: the scanner state is allocated only for responses it reads.
+ * What a counted request needs until its log phase lives in the value slot
+ * of a hidden indexed variable: it survives internal redirects (r->ctx does
+ * not) and costs no allocation.  len holds the endpoint index, flags and
+ * the built-in endpoint kind; data the location configuration that started
+ * counting, or the ngx_http_dsm_ctx_t once one is needed.
  */
 
+#define NGX_HTTP_DSM_ST_ENDPOINT      0x003f
+#define NGX_HTTP_DSM_ST_IN_FLIGHT     0x0040
+#define NGX_HTTP_DSM_ST_COUNTED       0x0080
+#define NGX_HTTP_DSM_ST_CTX           0x0100
+#define NGX_HTTP_DSM_ST_KIND_SHIFT    12
+
+
+/* a response being read, or an endpoint the zone's table could not hold */
+
 typedef struct {
-    ngx_http_dsm_zone_t          *zone;
     ngx_http_dsm_loc_conf_t      *dlcf;
-    ngx_http_dsm_slot_t          *slot;
-    ngx_http_dsm_price_t         *price;
-    ngx_http_deepseek_metrics_parse_t  *parse;
-
-    ngx_str_t                     endpoint_value;
-    ngx_str_t                     model;         /* label value */
+    ngx_str_t                     endpoint;      /* with ext only */
     uint32_t                      endpoint_hash;
-    uint32_t                      model_hash;
-    ngx_uint_t                    endpoint;      /* index in the zone */
-    ngx_uint_t                    builtin;       /* built-in endpoint kind */
 
-    ngx_msec_t                    start;         /* ms since the epoch */
     ngx_msec_t                    first_data;    /* 0: not seen */
     ngx_msec_t                    first_token;
     ngx_msec_t                    first_answer;
-    ngx_msec_t                    last_byte;
 
-    unsigned                      in_flight:1;
-    unsigned                      counted:1;
+    unsigned                      ext:1;
     unsigned                      parsing:1;     /* body filter active */
     unsigned                      stream:1;      /* SSE */
     unsigned                      parse_done:1;  /* done or invalid */
     unsigned                      compressed:1;
     unsigned                      last_buf:1;
+
+    ngx_http_deepseek_metrics_parse_t  parse;
 } ngx_http_dsm_ctx_t;
+
+
+/* a request resolved for counting, on the stack */
+
+typedef struct {
+    ngx_http_dsm_loc_conf_t      *dlcf;
+    ngx_http_dsm_zone_t          *zone;
+    ngx_http_dsm_ctx_t           *ctx;           /* NULL: nothing read */
+    ngx_http_deepseek_metrics_parse_t  *parse;   /* never NULL */
+    ngx_http_dsm_price_t         *price;
+    ngx_str_t                     endpoint;
+    ngx_str_t                     model;
+    uint32_t                      endpoint_hash;
+    uint32_t                      model_hash;
+    ngx_uint_t                    endpoint_index;
+    ngx_uint_t                    kind;          /* built-in endpoint kind */
+} ngx_http_dsm_req_t;
 
 
 extern ngx_module_t  ngx_http_deepseek_metrics_module;
 extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
-extern uint32_t      ngx_http_dsm_builtin_hashes[];
+extern ngx_int_t     ngx_http_dsm_state_index;
 
 
 
@@ -338,11 +357,14 @@ size_t ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_http_dsm_preaccess_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_dsm_log_handler(ngx_http_request_t *r);
 void ngx_http_dsm_log_init(void);
-ngx_http_dsm_ctx_t *ngx_http_dsm_get_ctx(ngx_http_request_t *r);
-void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
+ngx_http_variable_value_t *ngx_http_dsm_state(ngx_http_request_t *r);
+void ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
+    ngx_http_variable_value_t *st);
+ngx_int_t ngx_http_dsm_resolve(ngx_http_request_t *r,
+    ngx_http_dsm_req_t *q);
+ngx_http_dsm_ctx_t *ngx_http_dsm_ctx(ngx_http_request_t *r);
+void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf);
-ngx_http_dsm_ctx_t *ngx_http_dsm_create_ctx(ngx_http_request_t *r,
-    ngx_http_dsm_loc_conf_t *dlcf);
 ngx_int_t ngx_http_dsm_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_dsm_add_variables(ngx_conf_t *cf);
 

@@ -14,6 +14,12 @@ static ngx_int_t ngx_http_dsm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static ngx_int_t ngx_http_dsm_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_dsm_state_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+static ngx_str_t  ngx_http_dsm_state_name =
+    ngx_string("deepseek_metrics_internal_state");
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -109,11 +115,11 @@ ngx_http_dsm_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_dsm_header_filter(ngx_http_request_t *r)
 {
-    ngx_str_t                          *ce, *ct;
-    ngx_uint_t                          mode;
-    ngx_http_dsm_ctx_t                 *ctx;
-    ngx_http_dsm_loc_conf_t            *dlcf;
-    ngx_http_deepseek_metrics_parse_t  *p;
+    ngx_str_t                  *ce, *ct;
+    ngx_uint_t                  mode, kind;
+    ngx_http_dsm_ctx_t         *ctx;
+    ngx_http_dsm_loc_conf_t    *dlcf;
+    ngx_http_variable_value_t  *st;
 
     if (r != r->main || r->headers_out.status != NGX_HTTP_OK
         || r->header_only)
@@ -121,35 +127,36 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
+    st = ngx_http_dsm_state(r);
 
-    if (ctx == NULL) {
+    if (!st->valid) {
         dlcf = ngx_http_get_module_loc_conf(r,
                                             ngx_http_deepseek_metrics_module);
         if (dlcf->zone == NULL || dlcf->zone->sh == NULL) {
             return ngx_http_next_header_filter(r);
         }
 
-        ctx = ngx_http_dsm_get_ctx(r);
-
-        if (ctx == NULL) {
-            ctx = ngx_http_dsm_create_ctx(r, dlcf);
-            if (ctx == NULL) {
-                return ngx_http_next_header_filter(r);
-            }
-        }
+        ngx_http_dsm_start(r, dlcf, st);
     }
 
-    if (ctx->counted || ctx->parsing || ctx->compressed) {
+    if (st->len & NGX_HTTP_DSM_ST_COUNTED) {
         return ngx_http_next_header_filter(r);
     }
 
-    switch (ctx->builtin) {
+    kind = st->len >> NGX_HTTP_DSM_ST_KIND_SHIFT;
+
+    switch (kind) {
     case NGX_HTTP_DSM_EP_CHAT:
     case NGX_HTTP_DSM_EP_COMPLETIONS:
     case NGX_HTTP_DSM_EP_MESSAGES:
         break;
     default:
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_dsm_ctx(r);
+
+    if (ctx == NULL || ctx->parsing || ctx->compressed) {
         return ngx_http_next_header_filter(r);
     }
 
@@ -177,7 +184,7 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         ctx->stream = 1;
     }
 
-    if (ctx->builtin == NGX_HTTP_DSM_EP_MESSAGES) {
+    if (kind == NGX_HTTP_DSM_EP_MESSAGES) {
         mode = ctx->stream ? NGX_HTTP_DSM_PARSE_ANTHROPIC_SSE
                            : NGX_HTTP_DSM_PARSE_ANTHROPIC_JSON;
 
@@ -185,15 +192,11 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         mode = ctx->stream ? NGX_HTTP_DSM_PARSE_SSE : NGX_HTTP_DSM_PARSE_JSON;
     }
 
-    p = ngx_palloc(r->pool, sizeof(ngx_http_deepseek_metrics_parse_t));
-    if (p == NULL) {
-        /* not read: counted as usage absent, the response is not harmed */
-        return ngx_http_next_header_filter(r);
-    }
-
-    ngx_http_deepseek_metrics_parse_init(p, mode);
-    ctx->parse = p;
+    ngx_http_deepseek_metrics_parse_init(&ctx->parse, mode);
     ctx->parsing = 1;
+
+    /* the body filter's quick way in */
+    ngx_http_set_ctx(r, ctx, ngx_http_deepseek_metrics_module);
 
     /* file buffers (proxy temp files) are read for us by the copy filter */
     r->filter_need_in_memory = 1;
@@ -231,11 +234,11 @@ ngx_http_dsm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
 
-    if (ctx == NULL || !ctx->parsing || ctx->counted) {
+    if (ctx == NULL || !ctx->parsing) {
         return ngx_http_next_body_filter(r, in);
     }
 
-    p = ctx->parse;
+    p = &ctx->parse;
 
     for (cl = in; cl; cl = cl->next) {
 
@@ -295,6 +298,32 @@ ngx_http_dsm_add_variables(ngx_conf_t *cf)
         var->data = v->data;
     }
 
+    /* the request state's slot: never evaluated, only written by us */
+
+    var = ngx_http_add_variable(cf, &ngx_http_dsm_state_name,
+                                NGX_HTTP_VAR_NOHASH|NGX_HTTP_VAR_NOCACHEABLE);
+    if (var == NULL) {
+        return NGX_ERROR;
+    }
+
+    var->get_handler = ngx_http_dsm_state_variable;
+
+    ngx_http_dsm_state_index = ngx_http_get_variable_index(cf,
+                                                    &ngx_http_dsm_state_name);
+    if (ngx_http_dsm_state_index == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dsm_state_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    v->not_found = 1;
+
     return NGX_OK;
 }
 
@@ -305,29 +334,37 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 {
     u_char                             *s;
     uint64_t                            n, cost;
-    ngx_msec_t                          t;
+    ngx_msec_t                          t, start;
+    ngx_http_dsm_req_t                  q;
     ngx_http_dsm_ctx_t                 *ctx;
-    ngx_http_dsm_price_t               *price;
     ngx_http_dsm_main_conf_t           *dmcf;
     ngx_http_deepseek_metrics_parse_t  *p;
 
-    ctx = ngx_http_dsm_get_ctx(r->main);
-
-    if (ctx == NULL) {
+    if (ngx_http_dsm_state_index == NGX_ERROR
+        || ngx_http_dsm_resolve(r->main, &q) != NGX_OK)
+    {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    p = ctx->parse;
+    if (data == NGX_HTTP_DSM_VAR_ENDPOINT) {
+        v->data = q.endpoint.data;
+        v->len = q.endpoint.len;
+        goto found;
+    }
+
+    ctx = q.ctx;
+
+    if (ctx == NULL || !ctx->parsing) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = &ctx->parse;
     t = 0;
     n = 0;
 
     switch (data) {
-
-    case NGX_HTTP_DSM_VAR_ENDPOINT:
-        v->data = ctx->endpoint_value.data;
-        v->len = ctx->endpoint_value.len;
-        goto found;
 
     case NGX_HTTP_DSM_VAR_MODEL:
         if (!p->model_set) {
@@ -372,18 +409,14 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
         /* access logs run before our log handler: resolve the model here */
 
-        if (ctx->price == NULL) {
-            ngx_http_dsm_model(r->main, ctx, dmcf);
-        }
+        ngx_http_dsm_model(r->main, &q, dmcf);
 
-        price = ctx->price;
-
-        if (price == NULL) {
+        if (q.price == NULL) {
             v->not_found = 1;
             return NGX_OK;
         }
 
-        cost = ngx_http_dsm_cost(dmcf, price, r->main->start_sec,
+        cost = ngx_http_dsm_cost(dmcf, q.price, r->main->start_sec,
                                  p->cache_hit_tokens, p->cache_miss_tokens,
                                  p->completion_tokens);
 
@@ -442,7 +475,8 @@ time:
         return NGX_OK;
     }
 
-    t = t > ctx->start ? t - ctx->start : 0;
+    start = (ngx_msec_t) r->main->start_sec * 1000 + r->main->start_msec;
+    t = t > start ? t - start : 0;
 
     s = ngx_pnalloc(r->pool, NGX_TIME_T_LEN + 4);
     if (s == NULL) {

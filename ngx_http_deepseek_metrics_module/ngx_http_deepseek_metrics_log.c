@@ -1,29 +1,31 @@
 
 /*
- * The hot path: the per-request context, the in-flight gauge (preaccess
- * phase and pool cleanup) and counting a finished request (log phase).
+ * The hot path: the request state, the in-flight gauge (preaccess phase,
+ * given back in the log phase) and counting a finished request.
  */
 
 
 #include "ngx_http_deepseek_metrics.h"
 
 
-static void ngx_http_dsm_cleanup(void *data);
 static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
 static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
 static ngx_int_t ngx_http_dsm_key(ngx_http_request_t *r,
-    ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_key_t *k);
+    ngx_http_dsm_req_t *q, ngx_http_dsm_key_t *k);
 static void ngx_http_dsm_count_body(ngx_http_request_t *r,
-    ngx_http_dsm_ctx_t *ctx, ngx_http_dsm_layout_t *l,
-    ngx_http_dsm_series_t *s);
+    ngx_http_dsm_req_t *q, ngx_http_dsm_series_t *s, ngx_msec_t now);
 
+
+ngx_int_t  ngx_http_dsm_state_index = NGX_ERROR;
 
 static ngx_http_deepseek_metrics_parse_t  ngx_http_dsm_noparse;
 
 static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
 static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
+static ngx_str_t  ngx_http_dsm_overflow_ep = ngx_string("__overflow__");
 static uint32_t   ngx_http_dsm_other_hash;
 static uint32_t   ngx_http_dsm_unknown_hash;
+static uint32_t   ngx_http_dsm_overflow_hash;
 static ngx_str_t  ngx_http_dsm_label_endpoint = ngx_string("endpoint");
 static ngx_str_t  ngx_http_dsm_label_model = ngx_string("model");
 
@@ -35,100 +37,160 @@ ngx_http_dsm_log_init(void)
                                                ngx_http_dsm_other.len);
     ngx_http_dsm_unknown_hash = ngx_murmur_hash2(ngx_http_dsm_unknown.data,
                                                  ngx_http_dsm_unknown.len);
+    ngx_http_dsm_overflow_hash =
+                         ngx_murmur_hash2(ngx_http_dsm_overflow_ep.data,
+                                          ngx_http_dsm_overflow_ep.len);
 }
 
 
-ngx_http_dsm_ctx_t *
-ngx_http_dsm_get_ctx(ngx_http_request_t *r)
+ngx_http_variable_value_t *
+ngx_http_dsm_state(ngx_http_request_t *r)
 {
-    ngx_pool_cleanup_t  *cln;
-    ngx_http_dsm_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
-    if (ctx) {
-        return ctx;
-    }
-
-    /* an internal redirect clears r->ctx; the cleanup keeps ours */
-
-    for (cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == ngx_http_dsm_cleanup) {
-            ctx = cln->data;
-            ngx_http_set_ctx(r, ctx, ngx_http_deepseek_metrics_module);
-            return ctx;
-        }
-    }
-
-    return NULL;
+    return &r->main->variables[ngx_http_dsm_state_index];
 }
 
 
-ngx_http_dsm_ctx_t *
-ngx_http_dsm_create_ctx(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf)
-{
-    ngx_str_t            value;
-    ngx_pool_cleanup_t  *cln;
-    ngx_http_dsm_ctx_t  *ctx;
+/* the request's context, allocated on first need and found from anywhere */
 
-    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_dsm_ctx_t));
-    if (cln == NULL) {
+ngx_http_dsm_ctx_t *
+ngx_http_dsm_ctx(ngx_http_request_t *r)
+{
+    ngx_http_dsm_ctx_t         *ctx;
+    ngx_http_variable_value_t  *st;
+
+    st = ngx_http_dsm_state(r);
+
+    if (!st->valid) {
         return NULL;
     }
 
-    ctx = cln->data;
-    ngx_memzero(ctx, sizeof(ngx_http_dsm_ctx_t));
-
-    cln->handler = ngx_http_dsm_cleanup;
-
-    ctx->zone = dlcf->zone;
-    ctx->dlcf = dlcf;
-    ctx->start = (ngx_msec_t) r->start_sec * 1000 + r->start_msec;
-
-    /* read-only zeros until the header filter decides to read the body */
-    ctx->parse = &ngx_http_dsm_noparse;
-
-    ctx->builtin = ngx_http_dsm_classify(&r->uri);
-    ctx->endpoint = ctx->builtin;
-    ctx->endpoint_value = ngx_http_dsm_builtin_endpoints[ctx->builtin];
-    ctx->endpoint_hash = ngx_http_dsm_builtin_hashes[ctx->builtin];
-
-    if (dlcf->endpoint) {
-        if (ngx_http_complex_value(r, dlcf->endpoint, &value) == NGX_OK
-            && value.len)
-        {
-            if (value.len > NGX_HTTP_DSM_MAX_VALUE) {
-                value.len = NGX_HTTP_DSM_MAX_VALUE;
-            }
-
-            ctx->endpoint_value = value;
-            ctx->endpoint_hash = ngx_murmur_hash2(value.data, value.len);
-            ctx->endpoint = ngx_http_dsm_endpoint_get(ctx->zone, &value);
-        }
+    if (st->len & NGX_HTTP_DSM_ST_CTX) {
+        return (ngx_http_dsm_ctx_t *) st->data;
     }
 
-    ngx_http_set_ctx(r, ctx, ngx_http_deepseek_metrics_module);
+    ctx = ngx_palloc(r->main->pool, sizeof(ngx_http_dsm_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    /* the scanner state is initialised only if the body is read */
+    ngx_memzero(ctx, offsetof(ngx_http_dsm_ctx_t, parse));
+
+    ctx->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
+
+    st->data = (u_char *) ctx;
+    st->len |= NGX_HTTP_DSM_ST_CTX;
 
     return ctx;
 }
 
 
-static void
-ngx_http_dsm_cleanup(void *data)
-{
-    ngx_http_dsm_ctx_t  *ctx = data;
+/* the endpoint, once per request, when the location starts counting it */
 
-    if (ctx->in_flight) {
-        ctx->in_flight = 0;
-        (void) ngx_atomic_fetch_add(&ctx->slot->in_flight[ctx->endpoint], -1);
+void
+ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
+    ngx_http_variable_value_t *st)
+{
+    ngx_str_t            value;
+    ngx_uint_t           kind, index;
+    ngx_http_dsm_ctx_t  *ctx;
+
+    kind = ngx_http_dsm_classify(&r->uri);
+    index = kind;
+
+    st->valid = 1;
+    st->no_cacheable = 1;
+    st->not_found = 0;
+    st->data = (u_char *) dlcf;
+
+    if (dlcf->endpoint
+        && ngx_http_complex_value(r, dlcf->endpoint, &value) == NGX_OK
+        && value.len)
+    {
+        if (value.len > NGX_HTTP_DSM_MAX_VALUE) {
+            value.len = NGX_HTTP_DSM_MAX_VALUE;
+        }
+
+        index = ngx_http_dsm_endpoint_get(dlcf->zone, &value);
+
+        if (index == NGX_HTTP_DSM_MAX_ENDPOINTS) {
+
+            /* the endpoint table is full: the request keeps the value */
+
+            st->len = index | kind << NGX_HTTP_DSM_ST_KIND_SHIFT;
+
+            ctx = ngx_http_dsm_ctx(r);
+            if (ctx) {
+                ctx->ext = 1;
+                ctx->endpoint = value;
+                ctx->endpoint_hash = ngx_murmur_hash2(value.data, value.len);
+            }
+
+            return;
+        }
     }
+
+    st->len = index | kind << NGX_HTTP_DSM_ST_KIND_SHIFT;
+}
+
+
+/* everything the state says, with no allocation */
+
+ngx_int_t
+ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
+{
+    ngx_uint_t                  i;
+    ngx_http_dsm_endpoint_t    *ep;
+    ngx_http_variable_value_t  *st;
+
+    st = ngx_http_dsm_state(r);
+
+    if (!st->valid) {
+        return NGX_DECLINED;
+    }
+
+    if (st->len & NGX_HTTP_DSM_ST_CTX) {
+        q->ctx = (ngx_http_dsm_ctx_t *) st->data;
+        q->dlcf = q->ctx->dlcf;
+        q->parse = q->ctx->parsing ? &q->ctx->parse : &ngx_http_dsm_noparse;
+
+    } else {
+        q->ctx = NULL;
+        q->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
+        q->parse = &ngx_http_dsm_noparse;
+    }
+
+    q->zone = q->dlcf->zone;
+    q->kind = st->len >> NGX_HTTP_DSM_ST_KIND_SHIFT;
+    q->price = NULL;
+
+    i = st->len & NGX_HTTP_DSM_ST_ENDPOINT;
+    q->endpoint_index = i;
+
+    if (i < NGX_HTTP_DSM_MAX_ENDPOINTS) {
+        ep = &q->zone->sh->endpoints[i];
+        q->endpoint.data = ep->name;
+        q->endpoint.len = ep->len;
+        q->endpoint_hash = ep->hash;
+
+    } else if (q->ctx && q->ctx->ext) {
+        q->endpoint = q->ctx->endpoint;
+        q->endpoint_hash = q->ctx->endpoint_hash;
+
+    } else {
+        q->endpoint = ngx_http_dsm_overflow_ep;
+        q->endpoint_hash = ngx_http_dsm_overflow_hash;
+    }
+
+    return NGX_OK;
 }
 
 
 ngx_int_t
 ngx_http_dsm_preaccess_handler(ngx_http_request_t *r)
 {
-    ngx_http_dsm_ctx_t       *ctx;
-    ngx_http_dsm_loc_conf_t  *dlcf;
+    ngx_http_dsm_loc_conf_t    *dlcf;
+    ngx_http_variable_value_t  *st;
 
     if (r != r->main) {
         return NGX_DECLINED;
@@ -140,19 +202,21 @@ ngx_http_dsm_preaccess_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    if (ngx_http_dsm_get_ctx(r)) {
+    st = ngx_http_dsm_state(r);
+
+    /* an internal redirect runs this phase again */
+
+    if (st->valid) {
         return NGX_DECLINED;
     }
 
-    ctx = ngx_http_dsm_create_ctx(r, dlcf);
-    if (ctx == NULL) {
-        return NGX_DECLINED;
-    }
+    ngx_http_dsm_start(r, dlcf, st);
 
-    ctx->slot = dlcf->zone->slot;
-    ctx->in_flight = 1;
+    st->len |= NGX_HTTP_DSM_ST_IN_FLIGHT;
 
-    (void) ngx_atomic_fetch_add(&ctx->slot->in_flight[ctx->endpoint], 1);
+    (void) ngx_atomic_fetch_add(
+               &dlcf->zone->slot->in_flight[st->len & NGX_HTTP_DSM_ST_ENDPOINT],
+               1);
 
     return NGX_DECLINED;
 }
@@ -247,52 +311,59 @@ ngx_http_dsm_observe(ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s,
 ngx_int_t
 ngx_http_dsm_log_handler(ngx_http_request_t *r)
 {
-    ngx_uint_t                 status;
-    ngx_msec_t                 now;
-    ngx_time_t                *tp;
-    ngx_http_dsm_key_t         k;
-    ngx_http_dsm_ctx_t        *ctx;
-    ngx_http_dsm_zone_t       *zone;
-    ngx_http_dsm_series_t     *s;
-    ngx_http_dsm_loc_conf_t   *dlcf;
-    ngx_http_dsm_main_conf_t  *dmcf;
+    ngx_uint_t                  status;
+    ngx_msec_t                  now, start;
+    ngx_time_t                 *tp;
+    ngx_http_dsm_req_t          q;
+    ngx_http_dsm_key_t          k;
+    ngx_http_dsm_zone_t        *zone;
+    ngx_http_dsm_series_t      *s;
+    ngx_http_dsm_loc_conf_t    *dlcf;
+    ngx_http_dsm_main_conf_t   *dmcf;
+    ngx_http_variable_value_t  *st;
 
     if (r != r->main) {
         return NGX_OK;
     }
 
-    ctx = ngx_http_dsm_get_ctx(r);
+    st = ngx_http_dsm_state(r);
 
-    if (ctx == NULL) {
+    if (!st->valid) {
+
+        /* ended before the preaccess phase: a bad request, a rewrite */
+
         dlcf = ngx_http_get_module_loc_conf(r,
                                             ngx_http_deepseek_metrics_module);
         if (dlcf->zone == NULL || dlcf->zone->sh == NULL) {
             return NGX_OK;
         }
 
-        ctx = ngx_http_dsm_create_ctx(r, dlcf);
-        if (ctx == NULL) {
-            return NGX_OK;
-        }
+        ngx_http_dsm_start(r, dlcf, st);
     }
 
-    if (ctx->counted) {
+    if (st->len & NGX_HTTP_DSM_ST_COUNTED) {
         return NGX_OK;
     }
 
-    ctx->counted = 1;
-    zone = ctx->zone;
+    st->len |= NGX_HTTP_DSM_ST_COUNTED;
+
+    (void) ngx_http_dsm_resolve(r, &q);
+
+    zone = q.zone;
+
+    if (st->len & NGX_HTTP_DSM_ST_IN_FLIGHT) {
+        st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
+        (void) ngx_atomic_fetch_add(&zone->slot->in_flight[q.endpoint_index],
+                                    -1);
+    }
 
     tp = ngx_timeofday();
     now = (ngx_msec_t) tp->sec * 1000 + tp->msec;
-
-    if (ctx->last_byte == 0) {
-        ctx->last_byte = now;
-    }
+    start = (ngx_msec_t) r->start_sec * 1000 + r->start_msec;
 
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
 
-    ngx_http_dsm_model(r, ctx, dmcf);
+    ngx_http_dsm_model(r, &q, dmcf);
 
     status = r->err_status ? r->err_status : r->headers_out.status;
 
@@ -300,7 +371,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
         status = 0;
     }
 
-    if (ngx_http_dsm_key(r, ctx, &k) != NGX_OK) {
+    if (ngx_http_dsm_key(r, &q, &k) != NGX_OK) {
         return NGX_OK;
     }
 
@@ -310,10 +381,10 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
                        ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, status));
 
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
-                         now > ctx->start ? (now - ctx->start) * 1000 : 0);
+                         now > start ? (now - start) * 1000 : 0);
 
-    if (ctx->parsing || ctx->compressed) {
-        ngx_http_dsm_count_body(r, ctx, &zone->layout, s);
+    if (q.ctx && (q.ctx->parsing || q.ctx->compressed)) {
+        ngx_http_dsm_count_body(r, &q, s, now);
     }
 
     return NGX_OK;
@@ -323,7 +394,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 /* the model label: from the response, else the request body; allowlisted */
 
 void
-ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
+ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf)
 {
     u_char                             *model, buf[64];
@@ -334,10 +405,10 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_dsm_price_t               *price;
     ngx_http_deepseek_metrics_parse_t  *p;
 
-    model = ctx->parse->model;
-    len = ctx->parse->model_set ? ctx->parse->model_len : 0;
+    model = q->parse->model;
+    len = q->parse->model_set ? q->parse->model_len : 0;
 
-    if (len == 0 && ctx->dlcf->request_body
+    if (len == 0 && q->dlcf->request_body
         && r->request_body && r->request_body->bufs)
     {
         /* the scan stops as soon as the top-level "model" is read */
@@ -368,8 +439,8 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
         }
     }
 
-    ctx->model = ngx_http_dsm_unknown;
-    ctx->model_hash = ngx_http_dsm_unknown_hash;
+    q->model = ngx_http_dsm_unknown;
+    q->model_hash = ngx_http_dsm_unknown_hash;
 
     if (len && ngx_strlchr(model, model + len, '\\')) {
         len = ngx_http_dsm_unescape(buf, model, len);
@@ -377,23 +448,23 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     }
 
     if (len) {
-        ctx->model = ngx_http_dsm_other;
-        ctx->model_hash = ngx_http_dsm_other_hash;
+        q->model = ngx_http_dsm_other;
+        q->model_hash = ngx_http_dsm_other_hash;
 
         m = dmcf->models->elts;
         for (i = 0; i < dmcf->models->nelts; i++) {
             if (m[i].len == len && ngx_memcmp(m[i].data, model, len) == 0) {
-                ctx->model = m[i];
-                ctx->model_hash = dmcf->model_hashes[i];
+                q->model = m[i];
+                q->model_hash = dmcf->model_hashes[i];
                 break;
             }
         }
     }
 
     if (dmcf->prices) {
-        price = ngx_http_dsm_price_find(dmcf, &ctx->model);
+        price = ngx_http_dsm_price_find(dmcf, &q->model);
         if (price) {
-            ctx->price = price;
+            q->price = price;
         }
     }
 }
@@ -406,7 +477,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
  */
 
 static ngx_int_t
-ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
+ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_key_t *k)
 {
     u_char                   *p;
@@ -416,25 +487,25 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
     ngx_http_dsm_label_t     *label;
     ngx_http_dsm_loc_conf_t  *dlcf;
 
-    dlcf = ctx->dlcf;
+    dlcf = q->dlcf;
     p = k->buf;
 
-    hash = ngx_http_dsm_mix(dlcf->labels_id, ctx->endpoint_hash);
-    hash = ngx_http_dsm_mix(hash, ctx->model_hash);
+    hash = ngx_http_dsm_mix(dlcf->labels_id, q->endpoint_hash);
+    hash = ngx_http_dsm_mix(hash, q->model_hash);
 
     *(uint32_t *) p = dlcf->labels_id;
     p += sizeof(uint32_t);
 
     k->names[0] = ngx_http_dsm_label_endpoint;
-    k->values[0] = ctx->endpoint_value;
+    k->values[0] = q->endpoint;
     k->names[1] = ngx_http_dsm_label_model;
-    k->values[1] = ctx->model;
+    k->values[1] = q->model;
     k->nvalues = 2;
 
-    *p++ = (u_char) ctx->endpoint_value.len;
-    p = ngx_cpymem(p, ctx->endpoint_value.data, ctx->endpoint_value.len);
-    *p++ = (u_char) ctx->model.len;
-    p = ngx_cpymem(p, ctx->model.data, ctx->model.len);
+    *p++ = (u_char) q->endpoint.len;
+    p = ngx_cpymem(p, q->endpoint.data, q->endpoint.len);
+    *p++ = (u_char) q->model.len;
+    p = ngx_cpymem(p, q->model.data, q->model.len);
 
     if (dlcf->labels) {
         label = dlcf->labels->elts;
@@ -471,37 +542,45 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
 /* what the body filter read: timings, tokens, cost, failures */
 
 static void
-ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
-    ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s)
+ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+    ngx_http_dsm_series_t *s, ngx_msec_t now)
 {
     uint64_t                            out, cost;
+    ngx_msec_t                          start;
     ngx_uint_t                          status, outcome, missing, inband;
     ngx_http_dsm_sh_t                  *sh;
+    ngx_http_dsm_ctx_t                 *ctx;
+    ngx_http_dsm_layout_t              *l;
     ngx_http_dsm_main_conf_t           *dmcf;
     ngx_http_deepseek_metrics_parse_t  *p;
 
     status = r->err_status ? r->err_status : r->headers_out.status;
-    p = ctx->parse;
+    ctx = q->ctx;
+    p = q->parse;
+    l = &q->zone->layout;
+    start = (ngx_msec_t) r->start_sec * 1000 + r->start_msec;
 
-    if (ctx->first_token && ctx->stream) {
-        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TTFT,
-                             (ctx->first_token - ctx->start) * 1000);
-    }
+    if (ctx->stream) {
+        if (ctx->first_token) {
+            ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TTFT,
+                                 (ctx->first_token - start) * 1000);
+        }
 
-    if (ctx->first_answer && ctx->stream) {
-        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_ANSWER,
-                             (ctx->first_answer - ctx->start) * 1000);
-    }
+        if (ctx->first_answer) {
+            ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_ANSWER,
+                                 (ctx->first_answer - start) * 1000);
+        }
 
-    if (ctx->first_data && ctx->stream) {
-        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_QUEUE,
-                             (ctx->first_data - ctx->start) * 1000);
-    }
+        if (ctx->first_data) {
+            ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_QUEUE,
+                                 (ctx->first_data - start) * 1000);
+        }
 
-    if (ctx->first_token && ctx->stream && p->completion_tokens > 1) {
-        ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TPOT,
-                             (ctx->last_byte - ctx->first_token) * 1000
-                             / (p->completion_tokens - 1));
+        if (ctx->first_token && p->completion_tokens > 1) {
+            ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TPOT,
+                                 (now - ctx->first_token) * 1000
+                                 / (p->completion_tokens - 1));
+        }
     }
 
     if (p->usage_fields) {
@@ -515,14 +594,14 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
         (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_REASONING],
                                     p->reasoning_tokens);
 
-        if (ctx->price) {
+        if (q->price) {
             dmcf = ngx_http_get_module_main_conf(r,
                                              ngx_http_deepseek_metrics_module);
 
-            cost = ngx_http_dsm_cost(dmcf, ctx->price, r->start_sec,
+            cost = ngx_http_dsm_cost(dmcf, q->price, r->start_sec,
                                      p->cache_hit_tokens,
                                      p->cache_miss_tokens, out);
-            if (ngx_http_dsm_currency(ctx->zone, s, &ctx->price->currency)
+            if (ngx_http_dsm_currency(q->zone, s, &q->price->currency)
                 == NGX_OK)
             {
                 (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_COST],
@@ -590,7 +669,7 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_ctx_t *ctx,
 
 count:
 
-    sh = ctx->zone->sh;
+    sh = q->zone->sh;
 
     if (inband < NGX_HTTP_DSM_NINBAND) {
         ngx_http_dsm_count(sh, s,

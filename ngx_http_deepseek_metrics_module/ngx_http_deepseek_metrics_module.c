@@ -344,12 +344,6 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_http_dsm_log_init();
 
-    for (i = 0; i < NGX_HTTP_DSM_NEP_BUILTIN; i++) {
-        ngx_http_dsm_builtin_hashes[i] =
-                       ngx_murmur_hash2(ngx_http_dsm_builtin_endpoints[i].data,
-                                        ngx_http_dsm_builtin_endpoints[i].len);
-    }
-
     return NGX_CONF_OK;
 }
 

@@ -30,9 +30,6 @@ ngx_str_t  ngx_http_dsm_builtin_endpoints[] = {
 };
 
 
-uint32_t  ngx_http_dsm_builtin_hashes[NGX_HTTP_DSM_NEP_BUILTIN];
-
-
 static ngx_str_t  ngx_http_dsm_overflow = ngx_string("__overflow__");
 
 
@@ -292,6 +289,9 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         sh->endpoints[i].text = ngx_http_dsm_builtin_endpoints[i].data;
         sh->endpoints[i].len = ngx_http_dsm_builtin_endpoints[i].len;
         sh->endpoints[i].text_len = ngx_http_dsm_builtin_endpoints[i].len;
+        sh->endpoints[i].hash =
+                       ngx_murmur_hash2(ngx_http_dsm_builtin_endpoints[i].data,
+                                        ngx_http_dsm_builtin_endpoints[i].len);
     }
 
     sh->nendpoints = i;

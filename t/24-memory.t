@@ -73,12 +73,14 @@ sub big_request {
     my $sel = IO::Select->new($s);
     my ($bytes, $tail, $head, $max, @samples) = (0, '', '', 0);
     my $t0 = time;
-    my ($next, $deadline) = ($t0, $t0 + 50);
+    my ($next, $deadline, $lastb) = ($t0, $t0 + 50, 0);
     while (time < $deadline) {
-        if (time >= $next) {
+        # every 50 ms, and every 2 MB received: a fast transfer is sampled too
+        if (time >= $next || $bytes - $lastb >= 2 * 1048576) {
             my $r = rss_kb();
             if (defined $r) { push @samples, $r; $max = $r if $r > $max }
             $next = time + 0.05;
+            $lastb = $bytes;
         }
         next if $pause && time < $t0 + $pause && sleep 0.05;
         next unless $sel->can_read(0.05);
