@@ -190,6 +190,8 @@ typedef struct {
     ngx_shm_zone_t               *shm_zone;
     ngx_http_dsm_layout_t         layout;
     ngx_http_dsm_slot_t          *slot;          /* this worker's */
+    ngx_http_dsm_series_t       **cache;         /* [endpoint][model] */
+    ngx_uint_t                    cache_models;
     ngx_uint_t                    nslots;
     ngx_uint_t                    max_series_set;
     ngx_uint_t                    currency_logged;
@@ -310,6 +312,7 @@ typedef struct {
     uint32_t                      endpoint_hash;
     uint32_t                      model_hash;
     ngx_uint_t                    endpoint_index;
+    ngx_uint_t                    model_index;   /* allowlist, other, unknown */
     ngx_uint_t                    kind;          /* built-in endpoint kind */
 } ngx_http_dsm_req_t;
 
@@ -318,6 +321,13 @@ extern ngx_module_t  ngx_http_deepseek_metrics_module;
 extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
 extern ngx_int_t     ngx_http_dsm_state_index;
 
+
+
+static ngx_inline ngx_http_variable_value_t *
+ngx_http_dsm_state(ngx_http_request_t *r)
+{
+    return &r->main->variables[ngx_http_dsm_state_index];
+}
 
 
 /* combines precomputed string hashes into a series key hash */
@@ -357,7 +367,6 @@ size_t ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_http_dsm_preaccess_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_dsm_log_handler(ngx_http_request_t *r);
 void ngx_http_dsm_log_init(void);
-ngx_http_variable_value_t *ngx_http_dsm_state(ngx_http_request_t *r);
 void ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     ngx_http_variable_value_t *st);
 ngx_int_t ngx_http_dsm_resolve(ngx_http_request_t *r,

@@ -12,6 +12,7 @@
 static ngx_int_t ngx_http_dsm_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
+static void ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_dsm_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_dsm_state_variable(ngx_http_request_t *r,
@@ -218,25 +219,31 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
 }
 
 
+/* every response passes here: the check must be cheap */
+
 static ngx_int_t
 ngx_http_dsm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_http_dsm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
+
+    if (ctx && ctx->parsing && in) {
+        ngx_http_dsm_body_read(ctx, in);
+    }
+
+    return ngx_http_next_body_filter(r, in);
+}
+
+
+static void
+ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
 {
     ngx_int_t                           rc;
     ngx_msec_t                          now;
     ngx_time_t                         *tp;
     ngx_chain_t                        *cl;
-    ngx_http_dsm_ctx_t                 *ctx;
     ngx_http_deepseek_metrics_parse_t  *p;
-
-    if (in == NULL || r != r->main) {
-        return ngx_http_next_body_filter(r, in);
-    }
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
-
-    if (ctx == NULL || !ctx->parsing) {
-        return ngx_http_next_body_filter(r, in);
-    }
 
     p = &ctx->parse;
 
@@ -278,8 +285,6 @@ ngx_http_dsm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
             }
         }
     }
-
-    return ngx_http_next_body_filter(r, in);
 }
 
 

@@ -43,13 +43,6 @@ ngx_http_dsm_log_init(void)
 }
 
 
-ngx_http_variable_value_t *
-ngx_http_dsm_state(ngx_http_request_t *r)
-{
-    return &r->main->variables[ngx_http_dsm_state_index];
-}
-
-
 /* the request's context, allocated on first need and found from anywhere */
 
 ngx_http_dsm_ctx_t *
@@ -317,7 +310,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
     ngx_http_dsm_req_t          q;
     ngx_http_dsm_key_t          k;
     ngx_http_dsm_zone_t        *zone;
-    ngx_http_dsm_series_t      *s;
+    ngx_http_dsm_series_t      *s, **cache;
     ngx_http_dsm_loc_conf_t    *dlcf;
     ngx_http_dsm_main_conf_t   *dmcf;
     ngx_http_variable_value_t  *st;
@@ -371,11 +364,32 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
         status = 0;
     }
 
-    if (ngx_http_dsm_key(r, &q, &k) != NGX_OK) {
-        return NGX_OK;
+    /*
+     * Without user labels a series is fixed by (endpoint, model): this
+     * worker remembers it, series never move or go away.
+     */
+
+    cache = NULL;
+    s = NULL;
+
+    if (q.dlcf->labels == NULL && q.endpoint_index < NGX_HTTP_DSM_MAX_ENDPOINTS)
+    {
+        cache = &zone->cache[q.endpoint_index * zone->cache_models
+                             + q.model_index];
+        s = *cache;
     }
 
-    s = ngx_http_dsm_series_get(zone, &k);
+    if (s == NULL) {
+        if (ngx_http_dsm_key(r, &q, &k) != NGX_OK) {
+            return NGX_OK;
+        }
+
+        s = ngx_http_dsm_series_get(zone, &k);
+
+        if (cache && !s->overflow) {
+            *cache = s;
+        }
+    }
 
     ngx_http_dsm_count(zone->sh, s,
                        ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, status));
@@ -441,6 +455,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
 
     q->model = ngx_http_dsm_unknown;
     q->model_hash = ngx_http_dsm_unknown_hash;
+    q->model_index = dmcf->models->nelts + 1;
 
     if (len && ngx_strlchr(model, model + len, '\\')) {
         len = ngx_http_dsm_unescape(buf, model, len);
@@ -450,12 +465,14 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     if (len) {
         q->model = ngx_http_dsm_other;
         q->model_hash = ngx_http_dsm_other_hash;
+        q->model_index = dmcf->models->nelts;
 
         m = dmcf->models->elts;
         for (i = 0; i < dmcf->models->nelts; i++) {
             if (m[i].len == len && ngx_memcmp(m[i].data, model, len) == 0) {
                 q->model = m[i];
                 q->model_hash = dmcf->model_hashes[i];
+                q->model_index = i;
                 break;
             }
         }

@@ -242,6 +242,17 @@ ngx_http_dsm_postconfiguration(ngx_conf_t *cf)
     for (i = 0; i < dmcf->zones.nelts; i++) {
         zones[i]->nslots = 4 * workers + 8;
 
+        /* per-worker memory of the series without user labels */
+
+        zones[i]->cache_models = dmcf->models->nelts + 2;
+        zones[i]->cache = ngx_pcalloc(cf->pool,
+                                      NGX_HTTP_DSM_MAX_ENDPOINTS
+                                      * zones[i]->cache_models
+                                      * sizeof(ngx_http_dsm_series_t *));
+        if (zones[i]->cache == NULL) {
+            return NGX_ERROR;
+        }
+
         if (zones[i]->shm_zone == NULL) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "\"%s\" directive: unknown zone \"%V\", "

@@ -109,7 +109,7 @@ $main->write_conf(conf(''));
 $main->start;
 
 # peak instance: utc_offset=+05:45; the peak range is [this minute, the next minute
-# at least 6 s away) in local time, every day: requests sent now are peak, those
+# at least 20 s away) in local time, every day: requests sent now are peak, those
 # sent after the boundary off-peak.
 my $OFF_B = 5 * 3600 + 45 * 60;
 my ($boundary_utc, $range);
@@ -118,7 +118,7 @@ for (1 .. 3) {   # bounded: at most one wait past local midnight
     my $local = $now + $OFF_B;
     my $start = floor($local / 60) * 60;
     my $nb = $start + 60;
-    $nb += 60 if $nb - $local < 6;
+    $nb += 60 if $nb - $local < 20;   # room for starting two instances under load
     my $sod0 = $start % 86400;
     my $sod1 = $sod0 + ($nb - $start);
     if ($sod1 > 86400) { sleep(86400 - ($local % 86400) + 1); next }   # would cross local midnight
