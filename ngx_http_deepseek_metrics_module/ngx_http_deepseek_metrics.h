@@ -371,6 +371,7 @@ void ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     ngx_http_variable_value_t *st);
 ngx_int_t ngx_http_dsm_resolve(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q);
+void ngx_http_dsm_resolve_endpoint(ngx_http_dsm_req_t *q);
 ngx_http_dsm_ctx_t *ngx_http_dsm_ctx(ngx_http_request_t *r);
 void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf);

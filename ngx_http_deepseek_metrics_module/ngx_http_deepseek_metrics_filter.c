@@ -353,6 +353,7 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     }
 
     if (data == NGX_HTTP_DSM_VAR_ENDPOINT) {
+        ngx_http_dsm_resolve_endpoint(&q);
         v->data = q.endpoint.data;
         v->len = q.endpoint.len;
         goto found;

@@ -132,8 +132,6 @@ ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
 ngx_int_t
 ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
 {
-    ngx_uint_t                  i;
-    ngx_http_dsm_endpoint_t    *ep;
     ngx_http_variable_value_t  *st;
 
     st = ngx_http_dsm_state(r);
@@ -155,13 +153,23 @@ ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
 
     q->zone = q->dlcf->zone;
     q->kind = st->len >> NGX_HTTP_DSM_ST_KIND_SHIFT;
+    q->endpoint_index = st->len & NGX_HTTP_DSM_ST_ENDPOINT;
     q->price = NULL;
+    q->endpoint.len = 0;
 
-    i = st->len & NGX_HTTP_DSM_ST_ENDPOINT;
-    q->endpoint_index = i;
+    return NGX_OK;
+}
 
-    if (i < NGX_HTTP_DSM_MAX_ENDPOINTS) {
-        ep = &q->zone->sh->endpoints[i];
+
+/* the endpoint label value: needed for a new series, not to count */
+
+void
+ngx_http_dsm_resolve_endpoint(ngx_http_dsm_req_t *q)
+{
+    ngx_http_dsm_endpoint_t  *ep;
+
+    if (q->endpoint_index < NGX_HTTP_DSM_MAX_ENDPOINTS) {
+        ep = &q->zone->sh->endpoints[q->endpoint_index];
         q->endpoint.data = ep->name;
         q->endpoint.len = ep->len;
         q->endpoint_hash = ep->hash;
@@ -174,8 +182,6 @@ ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
         q->endpoint = ngx_http_dsm_overflow_ep;
         q->endpoint_hash = ngx_http_dsm_overflow_hash;
     }
-
-    return NGX_OK;
 }
 
 
@@ -380,6 +386,8 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
     }
 
     if (s == NULL) {
+        ngx_http_dsm_resolve_endpoint(&q);
+
         if (ngx_http_dsm_key(r, &q, &k) != NGX_OK) {
             return NGX_OK;
         }
