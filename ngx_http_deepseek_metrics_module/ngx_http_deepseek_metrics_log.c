@@ -20,6 +20,10 @@ ngx_int_t  ngx_http_dsm_state_index = NGX_ERROR;
 
 static ngx_http_deepseek_metrics_parse_t  ngx_http_dsm_noparse;
 
+static ngx_http_variable_value_t  ngx_http_dsm_state_init = {
+    0, 1, 1, 0, 0, NULL
+};
+
 static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
 static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
 static ngx_str_t  ngx_http_dsm_overflow_ep = ngx_string("__overflow__");
@@ -91,9 +95,7 @@ ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     kind = ngx_http_dsm_classify(&r->uri);
     index = kind;
 
-    st->valid = 1;
-    st->no_cacheable = 1;
-    st->not_found = 0;
+    *st = ngx_http_dsm_state_init;
     st->data = (u_char *) dlcf;
 
     if (dlcf->endpoint
@@ -242,9 +244,11 @@ ngx_http_dsm_classify(ngx_str_t *uri)
         len--;
     }
 
+/* memcmp() of a constant length against 0 compiles to a few loads */
+
 #define ngx_http_dsm_ends(s)                                                 \
     (len >= sizeof(s) - 1                                                    \
-     && ngx_strncmp(p + len - (sizeof(s) - 1), s, sizeof(s) - 1) == 0)
+     && ngx_memcmp(p + len - (sizeof(s) - 1), s, sizeof(s) - 1) == 0)
 
     switch (p[len - 1]) {
 
