@@ -159,6 +159,11 @@ static const char  *ngx_http_dsm_lits[] = { "null", "true", "false" };
 static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 
 
+/* the usual end of an OpenAI chunk, from the '}' closing the delta */
+#define NGX_HTTP_DSM_TAIL                                                    \
+    "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}"
+
+
 #define dsm_ws(ch)  ((ch) == ' ' || (ch) == '\n' || (ch) == '\r'             \
                      || (ch) == '\t')
 
@@ -169,6 +174,8 @@ static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 static u_char *ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_int_t ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p,
+    u_char *pos, u_char *last);
+static u_char *ngx_http_dsm_head(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static u_char *ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
@@ -689,6 +696,21 @@ value:
     }
 
     if (ch == '{') {
+
+        if (p->key == key_doc
+            && (p->mode & (NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC
+                           |NGX_HTTP_DSM_PARSE_MODE_REQUEST)) == 0)
+        {
+            /* the usual OpenAI head, up to the message or delta object */
+
+            q = ngx_http_dsm_head(p, pos, last);
+
+            if (q != NULL) {
+                pos = q;
+                goto obj_start;
+            }
+        }
+
         pos++;
         d = ++p->depth;
 
@@ -1259,6 +1281,26 @@ close:
 
     /* ch is '}' or ']' closing the current level */
 
+    if (p->ck == k_delta
+        && last - pos >= (ssize_t) sizeof(NGX_HTTP_DSM_TAIL) - 1
+        && ngx_http_dsm_eq(pos, NGX_HTTP_DSM_TAIL,
+                           sizeof(NGX_HTTP_DSM_TAIL) - 1))
+    {
+        /*
+         * the usual end of a chunk: the delta, choice, choices and the
+         * document close, logprobs, finish_reason and usage are null;
+         * k_delta is only ever level 4, in a choice in "choices"
+         */
+
+        p->depth = 0;
+        p->ck = k_top;
+        p->ca = 0;
+        p->key = key_usage;
+        p->jstate = sw_j_end;
+
+        return pos + sizeof(NGX_HTTP_DSM_TAIL) - 1;
+    }
+
     if (p->ca != (ngx_uint_t) (ch == ']')) {
         goto invalid;
     }
@@ -1284,6 +1326,119 @@ invalid:
 
     p->invalid = 1;
     return NULL;
+}
+
+
+/*
+ * The usual head of an OpenAI-format document, all in [pos, last):
+ *
+ *   {"id":"...","object":"chat.completion[.chunk]","created":DIGITS,
+ *   "model":"...",["system_fingerprint":"...",]
+ *   "choices":[{"index":0,"delta" or "message":{
+ *
+ * with no backslash before the closing quotes of the strings.  If it is
+ * there, sets the state the general scanner would have after it (levels
+ * 1..4: top, choices, choice, delta; the model read) and returns the
+ * position after the last '{'; else returns NULL and changes nothing.
+ */
+
+static u_char *
+ngx_http_dsm_head(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+    u_char *last)
+{
+    u_char  *s, *q, *m;
+    size_t   n, mlen;
+
+#define dsm_lit(l)                                                           \
+    if ((size_t) (last - s) < sizeof(l) - 1                                  \
+        || !ngx_http_dsm_eq(s, l, sizeof(l) - 1))                            \
+    {                                                                        \
+        return NULL;                                                         \
+    }                                                                        \
+    s += sizeof(l) - 1;
+
+/* s is after an opening quote: q is the closing one, s is set to it */
+#define dsm_str()                                                            \
+    q = memchr(s, '"', last - s);                                            \
+    if (q == NULL || q[-1] == '\\') {                                        \
+        return NULL;                                                         \
+    }                                                                        \
+    s = q;
+
+    s = pos;
+
+    dsm_lit("{\"id\":\"");
+    dsm_str();
+    dsm_lit("\",\"object\":\"chat.completion");
+
+    if (last - s > 6 && ngx_http_dsm_eq(s, ".chunk", 6)) {
+        s += 6;
+    }
+
+    dsm_lit("\",\"created\":");
+
+    q = s;
+
+    while (s < last && (u_char) (*s - '0') <= 9) {
+        s++;
+    }
+
+    if (s == q) {
+        return NULL;
+    }
+
+    dsm_lit(",\"model\":\"");
+    m = s;
+    dsm_str();
+    mlen = s - m;
+    dsm_lit("\",\"");
+
+    if ((size_t) (last - s) > sizeof("system_fingerprint\":\"") - 1
+        && ngx_http_dsm_eq(s, "system_fingerprint\":\"",
+                           sizeof("system_fingerprint\":\"") - 1))
+    {
+        s += sizeof("system_fingerprint\":\"") - 1;
+        dsm_str();
+        dsm_lit("\",\"");
+    }
+
+    dsm_lit("choices\":[{\"index\":0,\"");
+
+    if ((size_t) (last - s) >= sizeof("delta\":{") - 1
+        && ngx_http_dsm_eq(s, "delta\":{", sizeof("delta\":{") - 1))
+    {
+        s += sizeof("delta\":{") - 1;
+
+    } else {
+        dsm_lit("message\":{");
+    }
+
+#undef dsm_lit
+#undef dsm_str
+
+    if (!p->model_set) {
+        n = sizeof(p->model) - 1 - p->model_len;
+
+        if (mlen < n) {
+            n = mlen;
+        }
+
+        ngx_memcpy(p->model + p->model_len, m, n);
+        p->model_len += n;
+        p->model_set = 1;
+    }
+
+    p->depth = 4;
+    p->arrays = (p->arrays & ~(uint64_t) 0xf) | 2;
+    p->kind[0] = k_top;
+    p->kind[1] = k_choices;
+    p->kind[2] = k_choice;
+    p->kind[3] = k_delta;
+    p->ck = k_delta;
+    p->ca = 0;
+    p->key = key_delta;
+
+    return s;
 }
 
 

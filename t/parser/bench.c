@@ -7,6 +7,8 @@
  * parser's instructions (memchr etc. called from it included).
  *
  *   bench sse|json [MBYTES [BUFSIZE]]
+ *   bench file PATH [REPS]      (a JSON body from a file, parsed REPS times
+ *                                whole, default 1000)
  */
 
 #include <stdio.h>
@@ -124,6 +126,49 @@ gen_json(char *b, size_t size)
 }
 
 
+static int
+bench_file(const char *path, long reps)
+{
+    char                               *body;
+    long                                i;
+    size_t                              len;
+    FILE                               *f;
+    ngx_int_t                           rc;
+    ngx_http_deepseek_metrics_parse_t   p;
+
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        return 1;
+    }
+
+    body = malloc(1024 * 1024);
+    if (body == NULL) {
+        fclose(f);
+        return 1;
+    }
+
+    len = fread(body, 1, 1024 * 1024, f);
+    fclose(f);
+
+    rc = NGX_OK;
+    memset(&p, 0, sizeof(p));
+
+    for (i = 0; i < reps; i++) {
+        ngx_http_deepseek_metrics_parse_init(&p, NGX_HTTP_DSM_PARSE_JSON);
+        rc = ngx_http_deepseek_metrics_parse(&p, (u_char *) body,
+                                             (u_char *) body + len);
+    }
+
+    printf("bytes=%lu reps=%ld rc=%ld outcome=%lu completion=%llu "
+           "model=%.*s\n", (unsigned long) len, reps, (long) rc,
+           (unsigned long) ngx_http_deepseek_metrics_parse_outcome(&p),
+           (unsigned long long) p.completion_tokens,
+           (int) p.model_len, p.model);
+
+    return (rc == NGX_DONE) ? 0 : 1;
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -144,6 +189,10 @@ main(int argc, char **argv)
     body = malloc(size + 8192);
     if (body == NULL) {
         return 1;
+    }
+
+    if (strcmp(argv[1], "file") == 0 && argc > 2) {
+        return bench_file(argv[2], argc > 3 ? atol(argv[3]) : 1000);
     }
 
     if (strcmp(argv[1], "sse") == 0) {
