@@ -481,7 +481,7 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     size_t                  size;
     ngx_str_t              *value, name, s;
     ngx_int_t               n;
-    ngx_uint_t              i, j, max_series, hist;
+    ngx_uint_t              i, j, h, max_series, hist;
     ngx_http_dsm_zone_t    *zone;
     ngx_http_dsm_layout_t   layout;
 
@@ -549,28 +549,21 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        h = NGX_HTTP_DSM_NHIST;
+
         if (ngx_strncmp(value[i].data, "buckets=", 8) == 0) {
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
+            h = NGX_HTTP_DSM_H_LATENCY;
 
-            if (ngx_http_dsm_parse_buckets(cf, &s,
-                                  &layout.nbuckets[NGX_HTTP_DSM_H_LATENCY],
-                                  layout.bounds[NGX_HTTP_DSM_H_LATENCY])
-                != NGX_CONF_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
+        } else if (ngx_strncmp(value[i].data, "tpot_buckets=", 13) == 0) {
+            h = NGX_HTTP_DSM_H_TPOT;
         }
 
-        if (ngx_strncmp(value[i].data, "tpot_buckets=", 13) == 0) {
-            s.data = value[i].data + 13;
-            s.len = value[i].len - 13;
+        if (h != NGX_HTTP_DSM_NHIST) {
+            s.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            s.len = value[i].data + value[i].len - s.data;
 
-            if (ngx_http_dsm_parse_buckets(cf, &s,
-                                  &layout.nbuckets[NGX_HTTP_DSM_H_TPOT],
-                                  layout.bounds[NGX_HTTP_DSM_H_TPOT])
+            if (ngx_http_dsm_parse_buckets(cf, &s, &layout.nbuckets[h],
+                                           layout.bounds[h])
                 != NGX_CONF_OK)
             {
                 return NGX_CONF_ERROR;
