@@ -228,7 +228,7 @@ typedef struct {
     uint32_t                     *model_hashes;
     ngx_array_t                  *prices;        /* ngx_http_dsm_price_t */
     ngx_http_dsm_schedule_t       schedule;
-    ngx_uint_t                    hist_default;
+    ngx_int_t                     state_index;   /* the request state slot */
 } ngx_http_dsm_main_conf_t;
 
 
@@ -319,14 +319,19 @@ typedef struct {
 
 extern ngx_module_t  ngx_http_deepseek_metrics_module;
 extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
-extern ngx_int_t     ngx_http_dsm_state_index;
 
 
 
 static ngx_inline ngx_http_variable_value_t *
 ngx_http_dsm_state(ngx_http_request_t *r)
 {
-    return &r->main->variables[ngx_http_dsm_state_index];
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    /* the index lives in the configuration: a failed reload must not move it */
+
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
+
+    return &r->main->variables[dmcf->state_index];
 }
 
 

@@ -291,7 +291,8 @@ ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
 ngx_int_t
 ngx_http_dsm_add_variables(ngx_conf_t *cf)
 {
-    ngx_http_variable_t  *var, *v;
+    ngx_http_variable_t       *var, *v;
+    ngx_http_dsm_main_conf_t  *dmcf;
 
     for (v = ngx_http_dsm_vars; v->name.len; v++) {
         var = ngx_http_add_variable(cf, &v->name, v->flags);
@@ -313,9 +314,12 @@ ngx_http_dsm_add_variables(ngx_conf_t *cf)
 
     var->get_handler = ngx_http_dsm_state_variable;
 
-    ngx_http_dsm_state_index = ngx_http_get_variable_index(cf,
+    dmcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_deepseek_metrics_module);
+
+    dmcf->state_index = ngx_http_get_variable_index(cf,
                                                     &ngx_http_dsm_state_name);
-    if (ngx_http_dsm_state_index == NGX_ERROR) {
+    if (dmcf->state_index == NGX_ERROR) {
         return NGX_ERROR;
     }
 
@@ -345,8 +349,7 @@ ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     ngx_http_dsm_main_conf_t           *dmcf;
     ngx_http_deepseek_metrics_parse_t  *p;
 
-    if (ngx_http_dsm_state_index == NGX_ERROR
-        || ngx_http_dsm_resolve(r->main, &q) != NGX_OK)
+    if (ngx_http_dsm_resolve(r->main, &q) != NGX_OK)
     {
         v->not_found = 1;
         return NGX_OK;

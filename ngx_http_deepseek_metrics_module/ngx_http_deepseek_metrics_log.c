@@ -16,8 +16,6 @@ static void ngx_http_dsm_count_body(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q, ngx_http_dsm_series_t *s, ngx_msec_t now);
 
 
-ngx_int_t  ngx_http_dsm_state_index = NGX_ERROR;
-
 static ngx_http_deepseek_metrics_parse_t  ngx_http_dsm_noparse;
 
 static ngx_http_variable_value_t  ngx_http_dsm_state_init = {
@@ -354,12 +352,6 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
     zone = q.zone;
 
-    if (st->len & NGX_HTTP_DSM_ST_IN_FLIGHT) {
-        st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
-        (void) ngx_atomic_fetch_add(&zone->slot->in_flight[q.endpoint_index],
-                                    -1);
-    }
-
     tp = ngx_timeofday();
     now = (ngx_msec_t) tp->sec * 1000 + tp->msec;
     start = (ngx_msec_t) r->start_sec * 1000 + r->start_msec;
@@ -393,7 +385,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
         ngx_http_dsm_resolve_endpoint(&q);
 
         if (ngx_http_dsm_key(r, &q, &k) != NGX_OK) {
-            return NGX_OK;
+            goto done;
         }
 
         s = ngx_http_dsm_series_get(zone, &k);
@@ -411,6 +403,16 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
     if (q.ctx && (q.ctx->parsing || q.ctx->compressed)) {
         ngx_http_dsm_count_body(r, &q, s, now);
+    }
+
+done:
+
+    /* given back last: once a request is not in flight, it is counted */
+
+    if (st->len & NGX_HTTP_DSM_ST_IN_FLIGHT) {
+        st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
+        (void) ngx_atomic_fetch_add(&zone->slot->in_flight[q.endpoint_index],
+                                    -1);
     }
 
     return NGX_OK;
