@@ -41,7 +41,7 @@ for my $i (1 .. 3) {
     is($r->{status}, 200, "request $i: 200");
 }
 
-my $m = $t->scrape(accept => 'text');
+my $m = $t->scrape_settled(accept => 'text');
 like($m->response->{headers}{'content-type'} // '', qr{^text/plain; version=0\.0\.4}, 'text content type');
 is($m->value('deepseek_requests_total', { endpoint => 'chat_completions', status => '200' }), 3,
    'deepseek_requests_total{endpoint="chat_completions",status="200"} == 3');

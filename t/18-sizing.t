@@ -96,7 +96,7 @@ EOF
     }
     is($ok, $n + 10, "$name: " . ($n + 10) . ' requests answered');
 
-    my $m = $t->scrape;
+    my $m = $t->scrape_settled;
     is($m->value('deepseek_metrics_series', { zone => 'z', state => 'used' }), $n,
        "$name: all $n label sets fit");
     is($m->value('deepseek_metrics_series', { zone => 'z', state => 'capacity' }), $n,

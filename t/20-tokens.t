@@ -289,7 +289,7 @@ note(sprintf('%d requests (%d ok, %d errors) in %.1f s; cases: %s', $N, $n_ok, $
 ok($seen_case{$_}, "case $_ exercised") for qw(response served_differs served_other request_body request_other unknown);
 
 # ------------------------------------------------------------------ main: assertions
-my $m = $main->scrape(accept => 'openmetrics');
+my $m = $main->scrape_settled(accept => 'openmetrics');
 for my $ep (sort keys %req) {
     for my $model (sort keys %{ $req{$ep} }) {
         for my $st (sort keys %{ $req{$ep}{$model} }) {
@@ -374,7 +374,7 @@ is($bad, 0, 'access log: $deepseek_* variables match the mock usage of every req
 }
 
 # ------------------------------------------------------------------ holiday
-my $mh = $hol->scrape;
+my $mh = $hol->scrape_settled;
 my @hs = $mh->samples('deepseek_cost_total', { endpoint => 'chat_completions', model => 'deepseek-flash' });
 is(scalar @hs, 1, 'holiday: one cost series');
 is(dec_units(raw_value($mh, $hs[0])), $hol_exp{units}, "holiday $holiday (utc_offset=$off_c_str): off-peak rates")
@@ -393,7 +393,7 @@ for my $u (@PEAK_USAGE) {
     $peak_exp{$id} = cost_units('deepseek-v4-pro', $x, 1);
     $peak_exp{units} += $peak_exp{$id};
 }
-my $mp = $peak->scrape;
+my $mp = $peak->scrape_settled;
 my @ps = $mp->samples('deepseek_cost_total', { endpoint => 'chat_completions', model => 'deepseek-v4-pro' });
 is(scalar @ps, 1, 'peak: one cost series');
 SKIP: {

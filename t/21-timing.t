@@ -112,7 +112,7 @@ note(sprintf('%d concurrent requests in %.1f s', scalar(keys %$res), time - $t0)
 
 my %log;
 for (split /\n/, $t->read_log('dsm.log')) { my @f = split /\|/; $log{$f[0]} = \@f }
-my $m = $t->scrape(accept => 'openmetrics');
+my $m = $t->scrape_settled(accept => 'openmetrics');
 
 sub bucket {
     my ($fam, $v, $model, $le) = @_;

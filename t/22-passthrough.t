@@ -190,7 +190,7 @@ for my $sc (@SC) {
 }
 
 # the module did read what went through the metrics locations (else this test is vacuous)
-my $m = $t->scrape;
+my $m = $t->scrape_settled;
 is($m->value('deepseek_requests_total'), $counted, "requests_total == $counted (module-on locations only)");
 cmp_ok($m->value('deepseek_tokens_total'), '>', 0, 'tokens were counted on the module-on locations');
 is($m->value('deepseek_usage_missing_total', { reason => 'compressed' }), 2 * 2 + 4 * 2,

@@ -129,7 +129,7 @@ note(sprintf('all variants in %.1f s', time - $t_all));
 }
 
 # the usage at the end of each 50 MB body was read (mock defaults: hit 8, miss 12, output 30)
-my $m = $t->scrape;
+my $m = $t->scrape_settled;
 for my $v (qw(off on buffered json)) {
     for my $ty ([ 'input_cache_hit', 8 ], [ 'input_cache_miss', 12 ], [ 'output', 30 ]) {
         my $d = $m->value('deepseek_tokens_total', { variant => $v, type => $ty->[0] })

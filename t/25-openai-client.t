@@ -87,7 +87,7 @@ for my $c (@calls) {
 }
 ok(scalar(grep { $_->{mode} eq 'stream' && $_->{usage} } @calls) >= 8, 'streams without stream_options still carried usage');
 
-my $m = $t->scrape;
+my $m = $t->scrape_settled;
 for my $ep (sort keys %sum) {
     for my $model (sort keys %{ $sum{$ep} }) {
         my $k = $sum{$ep}{$model};

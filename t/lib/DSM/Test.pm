@@ -797,6 +797,20 @@ sub scrape {
 
 sub DSM::Metrics::response { $_[0]{response} }
 
+# A client may read the end of a response before nginx runs the log phase
+# (lingering close); the module gives the in-flight count back only after the
+# request is counted, so scraping until nothing is in flight gives exact counts
+# (bounded: 5 s, or settle => N).
+sub scrape_settled {
+    my ($self, %o) = @_;
+    my $deadline = time + (delete $o{settle} // 5);
+    while (1) {
+        my $m = $self->scrape(%o);
+        return $m if $m->value('deepseek_requests_in_flight') == 0 || time > $deadline;
+        sleep 0.05;
+    }
+}
+
 sub promtool_check {
     my ($self, $text) = @_;
     my $r = _run_capture([ 'promtool', 'check', 'metrics' ], $text, 60);
