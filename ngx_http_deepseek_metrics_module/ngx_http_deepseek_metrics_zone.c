@@ -775,26 +775,40 @@ ngx_http_dsm_endpoint_get(ngx_http_dsm_zone_t *zone, ngx_str_t *name)
 }
 
 
-ngx_int_t
-ngx_http_dsm_zone_init_module(ngx_cycle_t *cycle)
+/* the zones of a cycle, none when it has no http{} or no zones */
+
+static ngx_http_dsm_zone_t **
+ngx_http_dsm_cycle_zones(ngx_cycle_t *cycle, ngx_uint_t *n)
 {
-    ngx_uint_t                 i;
-    ngx_http_dsm_zone_t      **zones;
     ngx_http_dsm_main_conf_t  *dmcf;
 
+    *n = 0;
+
     if (ngx_get_conf(cycle->conf_ctx, ngx_http_module) == NULL) {
-        return NGX_OK;
+        return NULL;
     }
 
     dmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                              ngx_http_deepseek_metrics_module);
     if (dmcf == NULL) {
-        return NGX_OK;
+        return NULL;
     }
 
-    zones = dmcf->zones.elts;
+    *n = dmcf->zones.nelts;
 
-    for (i = 0; i < dmcf->zones.nelts; i++) {
+    return dmcf->zones.elts;
+}
+
+
+ngx_int_t
+ngx_http_dsm_zone_init_module(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                 i, n;
+    ngx_http_dsm_zone_t      **zones;
+
+    zones = ngx_http_dsm_cycle_zones(cycle, &n);
+
+    for (i = 0; i < n; i++) {
         if (zones[i]->reused) {
             (void) ngx_atomic_fetch_add(&zones[i]->sh->reloads, 1);
             zones[i]->sh->last_reload = ngx_time();
@@ -808,25 +822,14 @@ ngx_http_dsm_zone_init_module(ngx_cycle_t *cycle)
 ngx_int_t
 ngx_http_dsm_zone_init_process(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                 i, j;
+    ngx_uint_t                 i, j, n;
     ngx_http_dsm_sh_t         *sh;
     ngx_http_dsm_slot_t       *slot;
     ngx_http_dsm_zone_t      **zones;
-    ngx_http_dsm_main_conf_t  *dmcf;
 
-    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module) == NULL) {
-        return NGX_OK;
-    }
+    zones = ngx_http_dsm_cycle_zones(cycle, &n);
 
-    dmcf = ngx_http_cycle_get_module_main_conf(cycle,
-                                             ngx_http_deepseek_metrics_module);
-    if (dmcf == NULL) {
-        return NGX_OK;
-    }
-
-    zones = dmcf->zones.elts;
-
-    for (i = 0; i < dmcf->zones.nelts; i++) {
+    for (i = 0; i < n; i++) {
         sh = zones[i]->sh;
 
         if (sh == NULL) {
@@ -863,23 +866,12 @@ ngx_http_dsm_zone_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_dsm_zone_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                 i;
+    ngx_uint_t                 i, n;
     ngx_http_dsm_zone_t      **zones;
-    ngx_http_dsm_main_conf_t  *dmcf;
 
-    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module) == NULL) {
-        return;
-    }
+    zones = ngx_http_dsm_cycle_zones(cycle, &n);
 
-    dmcf = ngx_http_cycle_get_module_main_conf(cycle,
-                                             ngx_http_deepseek_metrics_module);
-    if (dmcf == NULL) {
-        return;
-    }
-
-    zones = dmcf->zones.elts;
-
-    for (i = 0; i < dmcf->zones.nelts; i++) {
+    for (i = 0; i < n; i++) {
         if (zones[i]->slot == NULL
             || zones[i]->slot == &zones[i]->sh->slots[zones[i]->sh->nslots])
         {
