@@ -243,15 +243,34 @@ sub _detect_binary {
         $ENV{UBSAN_OPTIONS} = 'print_stacktrace=1' unless defined $ENV{UBSAN_OPTIONS};
         $ENV{LSAN_OPTIONS}  //= '';
         # suppressions for findings in stock nginx 1.22.1 code (see the files)
+        # workers run as nobody and may not enter the checkout (a 0700 clone): they read
+        # copies in a world-readable directory
         for ([ 'UBSAN_OPTIONS', 'ubsan.supp' ], [ 'LSAN_OPTIONS', 'lsan.supp' ]) {
             my ($var, $file) = @$_;
             next if $ENV{$var} =~ /suppressions=/;
-            $ENV{$var} = join(':', grep { length } $ENV{$var}, "suppressions=$REPO/t/lib/sanitizer/$file");
+            $ENV{$var} = join(':', grep { length } $ENV{$var}, 'suppressions=' . _readable_copy($file));
         }
     }
 }
 
 # ------------------------------------------------------------------ helpers
+
+my $SUPP_DIR;
+
+sub _readable_copy {
+    my ($file) = @_;
+    unless ($SUPP_DIR) {
+        $SUPP_DIR = tempdir('dsm-supp-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+        chmod 0755, $SUPP_DIR;
+    }
+    my $dst = "$SUPP_DIR/$file";
+    open my $in, '<', "$REPO/t/lib/sanitizer/$file" or die "$file: $!";
+    open my $out, '>', $dst or die "$dst: $!";
+    print $out do { local $/; <$in> };
+    close $out;
+    chmod 0644, $dst;
+    return $dst;
+}
 
 # run a command, capture stdout+stderr; optional stdin text. Returns {code, out}
 sub _run_capture {
