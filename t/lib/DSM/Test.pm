@@ -260,7 +260,7 @@ my $SUPP_DIR;
 sub _readable_copy {
     my ($file) = @_;
     unless ($SUPP_DIR) {
-        $SUPP_DIR = tempdir('dsm-supp-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+        $SUPP_DIR = tempdir('dsm-supp-XXXXXX', TMPDIR => 1, CLEANUP => 0);   # read until the last worker exits
         chmod 0755, $SUPP_DIR;
     }
     my $dst = "$SUPP_DIR/$file";
