@@ -7,6 +7,9 @@
 #   make test        deps + build + asan, then the whole suite twice: Debian nginx + .so,
 #                    and the ASan nginx (static). Fails if either run fails.
 #   make test-dynamic / test-asan   one of the two runs (builds what it needs)
+#   make mutants     scripts/mutants.sh: plant each defect of mutants/*.mut, rebuild, run its
+#                    tests; prints killed/total, fails unless every mutant is killed
+#                    (MUTANTS=id1,id2 to pick some; MUTANT_FILES=...; docs/testing.md)
 #   make demo        scripts/demo.sh          make bench   bench/run.sh
 #   make clean       remove module build trees (keeps the fetched nginx source); distclean: all of build/
 #
@@ -23,7 +26,7 @@ ASAN_NGINX := $(REPO)/build/asan/sbin/nginx
 PROVE      := prove -I t/lib -j$(PROVE_JOBS) --timer $(PROVE_ARGS)
 
 .PHONY: all deps build build-clang asan test check test-dynamic test-asan \
-        run-dynamic run-asan demo bench clean distclean
+        run-dynamic run-asan mutants demo bench clean distclean
 
 all: build
 
@@ -64,6 +67,10 @@ run-asan:
 	@echo "== test suite: $(ASAN_NGINX) (ASan+UBSan, module static)"
 	DSM_NGINX=$(ASAN_NGINX) DSM_MODULE= $(PROVE) $(TESTS)
 
+# needs no prior build: the runner builds its own scratch copy (build/mutants)
+mutants:
+	scripts/mutants.sh
+
 demo:
 	scripts/demo.sh
 
@@ -71,7 +78,7 @@ bench:
 	bench/run.sh
 
 clean:
-	rm -rf build/nginx-dev build/nginx-dev-* build/modules build/asan build/asan-*
+	rm -rf build/nginx-dev build/nginx-dev-* build/modules build/asan build/asan-* build/mutants
 
 distclean:
 	rm -rf build

@@ -50,6 +50,7 @@
 //   empty=1 makes completion default 0
 //   keepalive_every_ms=200, split_delay_ms=30, delay_ms=0
 //   Anthropic usage: input_tokens=miss, cache_read_input_tokens=hit, output_tokens=completion
+//      (cache_creation=N: cache_creation_input_tokens=N and input_tokens=miss-N; both are misses)
 //
 // SCENARIO CONTROL: request header  X-Mock: key=value;key=value;...
 // (values are percent-decoded, so content=a%3Bb gives "a;b"). Keys:
@@ -195,6 +196,7 @@ function scenario(m, reqBody, kind) {
   const miss = num(m.miss, prompt - hit);
   const completion = num(m.completion, empty ? 0 : 30);
   const reasoning = num(m.reasoning, reasoner ? 12 : 0);
+  const cacheCreation = Math.min(num(m.cache_creation, 0), miss);
   let stream = !!(reqBody && reqBody.stream === true);
   if (m.stream !== undefined) stream = flag(m.stream);
   const s = {
@@ -215,7 +217,8 @@ function scenario(m, reqBody, kind) {
       completion_tokens_details: { reasoning_tokens: reasoning },
       prompt_cache_hit_tokens: hit,
     },
-    anthropicUsage: { input_tokens: miss, cache_creation_input_tokens: 0, cache_read_input_tokens: hit, output_tokens: completion },
+    anthropicUsage: { input_tokens: miss - cacheCreation, cache_creation_input_tokens: cacheCreation,
+                      cache_read_input_tokens: hit, output_tokens: completion },
     id: 'mock-' + (++traceSeq).toString(16).padStart(8, '0') + '-' + Date.now().toString(16),
     created: Math.floor(Date.now() / 1000),
   };

@@ -136,6 +136,12 @@ port => METRICS_PORT) >> - GET the metrics (Prometheus's exact Accept header for
 'openmetrics'), die unless 200, parse strictly by its Content-Type: a L<DSM::Metrics> object,
 with C<< ->response >> giving the HTTP response.
 
+C<< $t->scrape_settled(%scrape_opts, settle => 5) >> - scrape until C<deepseek_requests_in_flight>
+is 0 (exact counts right after traffic); a gauge still above 0 after C<settle> seconds adds a
+failing test. C<< $t->wait_until(sub { ... }, $seconds, $what) >> - poll a condition every 50 ms;
+on timeout add a failing test naming C<$what> and return false. Every waiting helper in t/*.t
+uses it (or fails the same way): a wait that runs out is never a silent pass.
+
 C<< $t->promtool_check($text) >> - C<promtool check metrics> on the text: C<(exit, output)>.
 
 =head1 MOCK
@@ -819,15 +825,37 @@ sub DSM::Metrics::response { $_[0]{response} }
 # A client may read the end of a response before nginx runs the log phase
 # (lingering close); the module gives the in-flight count back only after the
 # request is counted, so scraping until nothing is in flight gives exact counts
-# (bounded: 5 s, or settle => N).
+# (bounded: 5 s, or settle => N). A gauge still above 0 at the deadline is a
+# failed test (a leaked in-flight count), not a pass: the last scrape is
+# returned after the failure so the caller's checks still run.
 sub scrape_settled {
     my ($self, %o) = @_;
-    my $deadline = time + (delete $o{settle} // 5);
+    my $settle = delete $o{settle} // 5;
+    my $m;
+    $self->wait_until(sub {
+        $m = $self->scrape(%o);
+        return $m->value('deepseek_requests_in_flight') == 0;
+    }, $settle, 'deepseek_requests_in_flight back to 0 after the traffic',
+       sub { 'in flight: ' . join(', ', map { "$_->{labels}{endpoint}=$_->{value}" }
+                                        grep { $_->{value} } $m->samples('deepseek_requests_in_flight')) });
+    return $m;
+}
+
+# wait_until($cond, $seconds, $what, [$detail]): polls $cond every 50 ms until
+# it returns true; true on success. On timeout it adds a failing test
+# "timed out after N s waiting for: $what" (plus $detail->() as a diag) and
+# returns false: a wait that ran out is never a silent pass.
+sub wait_until {
+    my ($self, $cond, $seconds, $what, $detail) = @_;
+    my $deadline = time + $seconds;
     while (1) {
-        my $m = $self->scrape(%o);
-        return $m if $m->value('deepseek_requests_in_flight') == 0 || time > $deadline;
+        return 1 if $cond->();
+        last if time > $deadline;
         sleep 0.05;
     }
+    Test::More::fail(sprintf('timed out after %g s waiting for: %s', $seconds, $what));
+    Test::More::diag($detail->()) if $detail;
+    return 0;
 }
 
 sub promtool_check {
