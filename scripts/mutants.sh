@@ -153,8 +153,8 @@ my %pristine;
 sub sync_tree {
     my @paths;
     find({ no_chdir => 1, wanted => sub {
+        return if $File::Find::name eq $REPO;
         my $rel = substr($File::Find::name, length($REPO) + 1);
-        return if $rel eq '';
         if ($rel =~ m{^(build|\.git|node_modules)$} || $rel =~ m{(^|/)node_modules$}) {
             $File::Find::prune = 1;
             return;

@@ -214,7 +214,8 @@ for my $v (@V) {
     my $want_us = int($span_ms * 1000 / 29);
     is(sprintf('%.6f', hsum($TPOT, $v, $mr)), sprintf('%.6f', $want_us / 1e6),
        "$v/reasoner: TPOT sum == (\$request_time - \$deepseek_ttft) / 29 = ${span_ms} ms / 29");
-    cmp_ok($span_ms, '>=', 1000, "$v/reasoner: the span from the first token to the end is >= 1 s ($span_ms ms)");
+    cmp_ok($span_ms, '>=', 1000, "$v/reasoner: the span from the first token to the end is >= 1 s ($span_ms ms)")
+        unless $v eq 'buffered';
 
     # --- the module's first-token times equal what the client saw (within 150 ms),
     #     in every buffering mode, and are never earlier than the real token times
