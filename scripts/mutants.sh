@@ -20,7 +20,9 @@
 #     <exact source lines, occurring exactly once in the file>
 #     --- to
 #     <replacement lines: the planted defect>
-# "#" lines outside from/to are comments.
+# "#" lines outside from/to are comments; trailing blank lines and trailing
+# "# ..." lines of a from/to block (a comment before the next mutant) are
+# ignored.
 #
 # Results: KILLED (a listed test failed or timed out), SURVIVED (all passed),
 # BROKEN-ANCHOR (the from lines occur 0 or 2+ times, or from == to),
@@ -106,7 +108,8 @@ sub parse_file {
 
     for my $m (@m) {
         for my $s (qw(from to)) {
-            pop @{ $m->{$s} } while @{ $m->{$s} } && $m->{$s}[-1] =~ /^\s*$/;
+            # trailing blank lines, and "# " comment lines between blocks
+            pop @{ $m->{$s} } while @{ $m->{$s} } && $m->{$s}[-1] =~ /^(\s*|# .*|#)$/;
         }
         my $where = "$m->{src} ($m->{id})";
         die "mutants: $where: no file:\n" unless $m->{file};

@@ -119,12 +119,10 @@ sub h2load {
 sub scrape_until {
     my ($total, $path) = @_;
     my $m;
-    my $deadline = time + 5;
-    while (1) {
+    $t->wait_until(sub {
         $m = $t->scrape(accept => 'openmetrics', path => $path // '/metrics');
-        last if $m->value('deepseek_requests_total') >= $total || time > $deadline;
-        sleep 0.1;
-    }
+        $m->value('deepseek_requests_total') >= $total;
+    }, 5, "requests_total >= $total at " . ($path // '/metrics'));
     return $m;
 }
 

@@ -104,12 +104,7 @@ for (1 .. 2) { is($t->chat(path => '/b/chat/completions', model => 'deepseek-v4-
 # a client may see the end of its response before nginx ran the log phase (lingering
 # close): wait (bounded) until nothing is in flight before exact comparisons
 sub settle {
-    my $deadline = time + 5;
-    while (1) {
-        my $m = $t->scrape(path => '/metrics');
-        return $m if $m->value('deepseek_requests_in_flight') == 0 || time > $deadline;
-        select(undef, undef, undef, 0.05);
-    }
+    return $t->scrape_settled(path => '/metrics');   # fails the test on a timeout
 }
 settle();
 

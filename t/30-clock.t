@@ -17,24 +17,19 @@ use POSIX ();
 use Time::HiRes qw(sleep);
 use DSM::Test;
 
-my $LIB = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
-plan(skip_all => "libfaketime not installed ($LIB; apt-get install faketime)") unless -f $LIB;
+plan(skip_all => "libfaketime not installed ($DSM::Test::FAKETIME_LIB; apt-get install faketime)")
+    unless DSM::Test::has_faketime();
 
 my $t = DSM::Test->new(workers => 1);
 $t->mock_start;
-my $clock = $t->prefix . '/faketime';
-sub set_clock { my ($ts) = @_; $t->write_file('faketime', "$ts\n") }
+sub set_clock { $t->set_clock(@_) }
 set_clock('2026-12-07 01:00:00');
 
 # prices per 1M tokens; deepseek-v4-pro has no offpeak_ prices: they equal the peak ones
 $t->write_conf(<<'EOF');
 %%MODULE%%
 %%COMMON%%
-env LD_PRELOAD;
-env FAKETIME_TIMESTAMP_FILE;
-env FAKETIME_NO_CACHE;
-env DONT_FAKE_MONOTONIC;
-env TZ;
+%%FAKETIME%%
 http {
     deepseek_metrics_zone z:4m buckets=0.5,1,2 tpot_buckets=0.5,1,2;
     deepseek_metrics_price deepseek-flash USD hit=0.011 miss=0.13 output=1.7
@@ -60,17 +55,7 @@ http {
 }
 EOF
 
-{
-    # only nginx runs on the fake clock (set for its start, then taken back)
-    local $ENV{LD_PRELOAD} = $LIB;
-    local $ENV{FAKETIME_TIMESTAMP_FILE} = $clock;
-    local $ENV{FAKETIME_NO_CACHE} = 1;
-    local $ENV{DONT_FAKE_MONOTONIC} = 1;
-    local $ENV{TZ} = 'UTC';
-    local $ENV{ASAN_OPTIONS} = join(':', grep { length } $ENV{ASAN_OPTIONS} // '', 'verify_asan_link_order=0')
-        if $t->is_asan;
-    $t->start;
-}
+$t->start;
 
 # ------------------------------------------------------------------ price calendar
 # usage of every priced request: 1000 hit, 100 miss, 10 output tokens

@@ -85,6 +85,10 @@ C<< $t->write_conf($text) >> expands placeholders and writes C<conf/nginx.conf>:
     %%WORKERS%%       the workers option
     %%COMMON%%        main-context: daemon off; worker_processes (unless the conf sets it);
                       pid, error_log (level info) inside the prefix
+    %%FAKETIME%%      main-context: the env directives that keep nginx on a fake wall clock
+                      (libfaketime; set it with C<< $t->set_clock('2026-12-07 01:00:00') >> (UTC)
+                      before start and whenever it should jump; it stands still in between;
+                      timers run on the real monotonic clock). C<< DSM::Test::has_faketime >>.
     %%HTTP_COMMON%%   http-context: access_log and every *_temp_path inside the prefix.
                       Inserted automatically right after the first "http {" when absent.
 
@@ -179,6 +183,10 @@ use Socket qw(SOL_SOCKET SO_REUSEADDR);
 use DSM::Metrics;
 
 our @INSTANCES;
+
+# the fake wall clock of an instance whose conf has %%FAKETIME%% (libfaketime)
+our $FAKETIME_LIB = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+our @FAKETIME_ENV = qw(LD_PRELOAD FAKETIME_TIMESTAMP_FILE FAKETIME_NO_CACHE DONT_FAKE_MONOTONIC TZ);
 
 my $REPO = abs_path(File::Spec->catdir((File::Spec->splitpath(abs_path(__FILE__)))[1], '..', '..', '..'));
 
@@ -384,6 +392,7 @@ sub expand {
     $conf =~ s/%%MODULE%%/$module/g;
     $conf =~ s/%%COMMON%%/$common/g;
     $conf =~ s/%%HTTP_COMMON%%/$http_common/g;
+    $conf =~ s/%%FAKETIME%%/join('', map { "env $_;\n" } @FAKETIME_ENV)/ge;
     $conf =~ s/%%PREFIX%%/$p/g;
     $conf =~ s/%%WORKERS%%/$self->{workers}/g;
     $conf =~ s/%%MOCK_PORT%%/$self->mock_port/ge;
@@ -400,6 +409,7 @@ sub write_conf {
     if ($c =~ /^\s*worker_processes\s+(\d+)\s*;/m) { $self->{conf_workers} = $1 }
     elsif ($c =~ /^\s*worker_processes\s+auto/m) { $self->{conf_workers} = _ncpu() }
     $self->{conf_master_off} = $c =~ /^\s*master_process\s+off/m ? 1 : 0;
+    $self->{faketime} = $conf =~ /%%FAKETIME%%/ ? 1 : 0;
     $self->write_file('conf/nginx.conf', $c);
     return $c;
 }
@@ -419,9 +429,18 @@ sub nginx_t {
 
 sub master_pid { $_[0]{master} }
 
+sub has_faketime { -f $FAKETIME_LIB }
+sub set_clock {
+    my ($self, $ts) = @_;
+    die "DSM::Test: set_clock wants 'YYYY-MM-DD HH:MM:SS' (UTC)\n" unless $ts =~ /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/;
+    $self->write_file('faketime', "$ts\n");
+}
+
 sub start {
     my ($self, %o) = @_;
     die "DSM::Test: write_conf first\n" unless defined $self->{conf};
+    die "DSM::Test: %%FAKETIME%% needs libfaketime ($FAKETIME_LIB) and set_clock before start\n"
+        if $self->{faketime} && !(-f $FAKETIME_LIB && -f "$self->{prefix}/faketime");
     die "DSM::Test: already running\n" if $self->{master};
     $self->_release_ports;
     my $p = $self->{prefix};
@@ -435,6 +454,16 @@ sub start {
         open STDERR, '>>', "$p/logs/stderr.log";
         setpgrp(0, 0);
         _pdeathsig();
+        if ($self->{faketime}) {
+            # this nginx only runs on the fake clock (see set_clock)
+            $ENV{LD_PRELOAD} = $FAKETIME_LIB;
+            $ENV{FAKETIME_TIMESTAMP_FILE} = "$p/faketime";
+            $ENV{FAKETIME_NO_CACHE} = 1;
+            $ENV{DONT_FAKE_MONOTONIC} = 1;
+            $ENV{TZ} = 'UTC';
+            $ENV{ASAN_OPTIONS} = join(':', grep { length } $ENV{ASAN_OPTIONS} // '', 'verify_asan_link_order=0')
+                if $self->{is_asan};
+        }
         exec $self->{nginx}, '-p', "$p/", '-c', 'conf/nginx.conf' or POSIX::_exit(127);
     }
     $self->{master} = $pid;
