@@ -58,14 +58,18 @@ EOF
 $t->start;
 
 # ------------------------------------------------------------------ price calendar
-# usage of every priced request: 1000 hit, 100 miss, 10 output tokens
-my $USAGE = 'prompt=1100;hit=1000;completion=10;reasoning=0';
+# usage of every priced request: 1000 hit, 100 miss, 10 output tokens (or as given)
+sub usage_mock { my ($out) = @_; return 'prompt=1100;hit=1000;completion=' . ($out // 10) . ';reasoning=0' }
 # 1e-12 units per token = price per 1M tokens x 1e6
 my %RATE = (
     'deepseek-flash'  => { peak => [ 11000, 130000, 1700000 ], off => [ 5000, 70000, 900000 ] },
     'deepseek-v4-pro' => { peak => [ 19000, 230000, 2900000 ], off => [ 19000, 230000, 2900000 ] },
 );
-sub units { my ($model, $when) = @_; my $r = $RATE{$model}{$when}; return 1000 * $r->[0] + 100 * $r->[1] + 10 * $r->[2] }
+sub units {
+    my ($model, $when, $out) = @_;
+    my $r = $RATE{$model}{$when};
+    return 1000 * $r->[0] + 100 * $r->[1] + ($out // 10) * $r->[2];
+}
 
 # case, UTC time of the request (TZ=UTC), model, expected rate; local time is UTC+08:00
 my @CAL = (
@@ -85,12 +89,15 @@ my @CAL = (
     [ 'feb-next',   '2027-02-02 02:00:00', 'deepseek-flash',  'peak' ],   # Tue
     [ 'pro-peak',   '2026-12-07 02:00:00', 'deepseek-v4-pro', 'peak' ],
     [ 'pro-off',    '2026-12-12 02:00:00', 'deepseek-v4-pro', 'off'  ],   # omitted offpeak_ = peak
+    # 123456 output tokens: a cost with every one of the 12 decimals and units in use
+    [ 'big-peak',   '2026-12-07 02:00:00', 'deepseek-v4-pro', 'peak', 123456 ],
+    [ 'big-off',    '2026-12-07 04:00:00', 'deepseek-flash',  'off',  123456 ],
 );
 
 for my $c (@CAL) {
-    my ($case, $ts, $model) = @$c;
+    my ($case, $ts, $model, undef, $out) = @$c;
     set_clock($ts);
-    my $r = $t->chat(model => $model, mock => $USAGE, headers => { 'X-Case' => $case });
+    my $r = $t->chat(model => $model, mock => usage_mock($out), headers => { 'X-Case' => $case });
     is($r->{status}, 200, "$case: 200");
 }
 
@@ -105,8 +112,8 @@ sub raw_value {
 my $m = $t->scrape_settled(accept => 'openmetrics');
 my %log = map { my @f = split /\|/, $_, -1; $f[0] => $f[1] } split /\n/, $t->read_log('cost.log');
 for my $c (@CAL) {
-    my ($case, $ts, $model, $when) = @$c;
-    my $u = units($model, $when);
+    my ($case, $ts, $model, $when, $out) = @$c;
+    my $u = units($model, $when, $out);
     my @s = $m->samples('deepseek_cost_total', { case => $case });
     is(scalar(@s), 1, "$case: one cost series");
     is(@s ? raw_value($m, $s[0]) : '', fmt12($u), "$case ($ts UTC, $model): $when rates, cost_total " . fmt12($u));

@@ -85,12 +85,13 @@ for my $c (@BODY) {
                 headers => { 'X-Case' => $case })->{status}, 429, "$case: 429");
 }
 
-# usage fields with alternatives: [case, path, stream, X-Mock, hit, miss, output]
+# usage fields with alternatives: [case, path, stream, X-Mock, hit, miss, output, reasoning]
+# (the Anthropic format has no reasoning count)
 my @USAGE = (
-    [ 'hit-field',      '/chat/completions',      0, 'prompt=100;hit=40;cached_null=1',      40, 60, 30 ],
-    [ 'miss-derived',   '/chat/completions',      1, 'prompt=100;hit=25;no_miss=1',          25, 75, 30 ],
-    [ 'anthropic-cc',   '/anthropic/v1/messages', 0, 'prompt=100;hit=10;cache_creation=30',  10, 90, 30 ],
-    [ 'anthropic-cc-s', '/anthropic/v1/messages', 1, 'prompt=100;hit=10;cache_creation=30',  10, 90, 30 ],
+    [ 'hit-field',      '/chat/completions',      0, 'prompt=100;hit=40;cached_null=1;reasoning=7', 40, 60, 30, 7 ],
+    [ 'miss-derived',   '/chat/completions',      1, 'prompt=100;hit=25;no_miss=1;reasoning=7',     25, 75, 30, 7 ],
+    [ 'anthropic-cc',   '/anthropic/v1/messages', 0, 'prompt=100;hit=10;cache_creation=30',         10, 90, 30, 0 ],
+    [ 'anthropic-cc-s', '/anthropic/v1/messages', 1, 'prompt=100;hit=10;cache_creation=30',         10, 90, 30, 0 ],
 );
 for my $c (@USAGE) {
     my ($case, $path, $stream, $mock) = @$c;
@@ -122,6 +123,7 @@ for my $c (@USAGE) {
         is($m->value('deepseek_tokens_total', { case => $case, type => $ty }), $c->[ $TYPE{$ty} ],
            "$case: tokens_total{type=\"$ty\"} $c->[ $TYPE{$ty} ]");
     }
+    is($m->value('deepseek_reasoning_tokens_total', { case => $case }), $c->[7], "$case: reasoning_tokens_total $c->[7]");
 }
 is($m->value('deepseek_usage_missing_total'), 0, 'usage read for every 200');
 

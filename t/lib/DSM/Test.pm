@@ -859,6 +859,7 @@ sub DSM::Metrics::response { $_[0]{response} }
 # returned after the failure so the caller's checks still run.
 sub scrape_settled {
     my ($self, %o) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;   # report the caller's line
     my $settle = delete $o{settle} // 5;
     my $m;
     $self->wait_until(sub {
@@ -876,6 +877,7 @@ sub scrape_settled {
 # returns false: a wait that ran out is never a silent pass.
 sub wait_until {
     my ($self, $cond, $seconds, $what, $detail) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
     my $deadline = time + $seconds;
     while (1) {
         return 1 if $cond->();
