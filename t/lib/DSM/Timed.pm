@@ -16,6 +16,7 @@ use warnings;
 use IO::Socket::IP;
 use IO::Select;
 use JSON::PP ();
+use Test::More ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
@@ -112,6 +113,8 @@ sub par {
         if ($p > 0) { delete $pid{$p}; next }
         sleep 0.02;
     }
+    # a job that ran out of time is a failed test, not a missing result
+    Test::More::fail("par: job $pid{$_} still running after 60 s, killed") for sort keys %pid;
     kill 'KILL', $_ for keys %pid;
     waitpid($_, 0) for keys %pid;
     my %res;
