@@ -119,6 +119,16 @@
 /* a top-level "error" member was seen (e.g. {"error":{...}}) */
 #define NGX_HTTP_DSM_OUTCOME_ERROR_BODY         7
 
+/* error_class: from the error object's "type" or "code" string */
+#define NGX_HTTP_DSM_ERROR_NONE                 0
+#define NGX_HTTP_DSM_ERROR_OTHER                1
+#define NGX_HTTP_DSM_ERROR_RATE_LIMITED         2
+#define NGX_HTTP_DSM_ERROR_OVERLOADED           3
+#define NGX_HTTP_DSM_ERROR_SERVER               4
+
+/* usage values at or above 2^53 make the usage invalid */
+#define NGX_HTTP_DSM_USAGE_MAX                  ((uint64_t) 1 << 53)
+
 /* container levels whose kind is tracked; deeper levels are "other" */
 #define NGX_HTTP_DSM_PARSE_KINDS                16
 /* nesting limit: deeper brackets are counted but not matched (too_deep) */
@@ -176,6 +186,11 @@ typedef struct {
     unsigned     invalid:1;    /* not valid JSON/SSE where required */
     unsigned     too_deep:1;   /* nesting beyond MAX_DEPTH */
     unsigned     error:1;      /* top-level "error" member seen */
+    unsigned     usage_invalid:1; /* a usage value was not an integer
+                                  in [0, 2^53): no usage at all */
+    unsigned     seen:1;       /* any byte of the body */
+    ngx_uint_t   error_class;  /* NGX_HTTP_DSM_ERROR_* */
+    ngx_uint_t   bad_events;   /* SSE: events skipped as invalid */
 } ngx_http_deepseek_metrics_parse_t;
 
 
