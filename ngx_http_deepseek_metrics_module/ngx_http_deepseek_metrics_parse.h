@@ -29,8 +29,9 @@
  *   non-empty tool_calls array, or an Anthropic "type":"tool_use" block;
  *   first_answer likewise without reasoning_content / thinking.
  * - NGX_DONE: the body is complete ([DONE], message_stop, or the JSON
- *   document closed); NGX_ERROR: invalid JSON body; either way further calls return
- *   at once and cost nothing, and all results stay readable.  Usage and
+ *   document closed); NGX_ERROR: invalid JSON body; either way further
+ *   calls return at once and cost nothing, and all results stay
+ *   readable.  Usage and
  *   model read before an error stay valid (usage_seen tells whether any
  *   usage was read).
  * - At the end of the body (last_buf, or upstream EOF/abort) call
