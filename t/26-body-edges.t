@@ -138,6 +138,8 @@ case('JSON error body rate_limit_error', $CHAT, 0, [ $JS, err('rate_limit_error'
      "$C error:rate_limited=1");
 case('JSON error body: known code after an unknown type', $CHAT, 0,
      [ $JS, err('service_unavailable_error', '"server_overloaded"') ], "$C error:overloaded=1");
+case('JSON error body: known type, then an unknown code', $CHAT, 0,
+     [ $JS, err('rate_limit_error', '"some_code"') ], "$C error:rate_limited=1");
 case('JSON error body api_error', $CHAT, 0, [ $JS, err('api_error', 'null') ], "$C error:server_error=1");
 case('JSON error body internal_error code', $CHAT, 0, [ $JS, err('x', '"internal_error"') ],
      "$C error:server_error=1");
