@@ -49,6 +49,11 @@ enum {
     NGX_HTTP_DSM_INBAND_INSUFFICIENT,
     NGX_HTTP_DSM_INBAND_EMPTY,
     NGX_HTTP_DSM_INBAND_CLIENT_CLOSED,      /* a 200 cut by the client */
+    NGX_HTTP_DSM_INBAND_RATE_LIMITED,       /* error objects inside a 200 */
+    NGX_HTTP_DSM_INBAND_OVERLOADED,
+    NGX_HTTP_DSM_INBAND_SERVER_ERROR,
+    NGX_HTTP_DSM_INBAND_STREAM_ERROR,
+    NGX_HTTP_DSM_INBAND_CLIENT_TIMEOUT,     /* send_timeout: client stalled */
     NGX_HTTP_DSM_NINBAND
 };
 
@@ -60,6 +65,7 @@ enum {
     NGX_HTTP_DSM_MISSING_CLIENT_ABORT,
     NGX_HTTP_DSM_MISSING_INVALID_JSON,
     NGX_HTTP_DSM_MISSING_ABSENT,
+    NGX_HTTP_DSM_MISSING_INVALID_USAGE,     /* not integers in [0, 2^53) */
     NGX_HTTP_DSM_NMISSING
 };
 
@@ -332,6 +338,50 @@ ngx_http_dsm_state(ngx_http_request_t *r)
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
 
     return &r->main->variables[dmcf->state_index];
+}
+
+
+/*
+ * Wall-clock milliseconds from "from" to "to": 0, not a huge unsigned
+ * value, if the clock stepped back in between (like $request_time).
+ */
+
+static ngx_inline ngx_msec_t
+ngx_http_dsm_elapsed(ngx_msec_t from, ngx_msec_t to)
+{
+    return (to > from) ? to - from : 0;
+}
+
+
+/*
+ * Cost in 1e-12 currency units of token counts (each below 2^53) at
+ * per-token rates; saturates at NGX_HTTP_DSM_COST_MAX (9007 currency units
+ * per request, beyond any real price) instead of wrapping.
+ */
+
+#define NGX_HTTP_DSM_COST_MAX         ((uint64_t) 1 << 53)
+
+static ngx_inline uint64_t
+ngx_http_dsm_cost_sum(uint64_t hit, uint64_t miss, uint64_t output,
+    uint64_t *rate)
+{
+    uint64_t    n[3], sum;
+    ngx_uint_t  i;
+
+    n[0] = hit;
+    n[1] = miss;
+    n[2] = output;
+    sum = 0;
+
+    for (i = 0; i < 3; i++) {
+        if (n[i] && rate[i] > (NGX_HTTP_DSM_COST_MAX - sum) / n[i]) {
+            return NGX_HTTP_DSM_COST_MAX;
+        }
+
+        sum += n[i] * rate[i];
+    }
+
+    return sum;
 }
 
 

@@ -79,11 +79,11 @@ static ngx_http_dsm_reason_t  ngx_http_dsm_reasons_list[] = {
     { ngx_string("auth"), NGX_HTTP_DSM_NINBAND },
     { ngx_string("insufficient_balance"), NGX_HTTP_DSM_NINBAND },
     { ngx_string("not_found"), NGX_HTTP_DSM_NINBAND },
-    { ngx_string("rate_limited"), NGX_HTTP_DSM_NINBAND },
+    { ngx_string("rate_limited"), NGX_HTTP_DSM_INBAND_RATE_LIMITED },
     { ngx_string("client_error"), NGX_HTTP_DSM_NINBAND },
-    { ngx_string("server_error"), NGX_HTTP_DSM_NINBAND },
+    { ngx_string("server_error"), NGX_HTTP_DSM_INBAND_SERVER_ERROR },
     { ngx_string("upstream_unavailable"), NGX_HTTP_DSM_NINBAND },
-    { ngx_string("overloaded"), NGX_HTTP_DSM_NINBAND },
+    { ngx_string("overloaded"), NGX_HTTP_DSM_INBAND_OVERLOADED },
     { ngx_string("upstream_timeout"), NGX_HTTP_DSM_NINBAND },
     { ngx_string("client_closed"), NGX_HTTP_DSM_INBAND_CLIENT_CLOSED },
     { ngx_string("stream_truncated"), NGX_HTTP_DSM_INBAND_TRUNCATED },
@@ -92,6 +92,8 @@ static ngx_http_dsm_reason_t  ngx_http_dsm_reasons_list[] = {
     { ngx_string("insufficient_system_resource"),
       NGX_HTTP_DSM_INBAND_INSUFFICIENT },
     { ngx_string("empty_response"), NGX_HTTP_DSM_INBAND_EMPTY },
+    { ngx_string("stream_error"), NGX_HTTP_DSM_INBAND_STREAM_ERROR },
+    { ngx_string("client_timeout"), NGX_HTTP_DSM_INBAND_CLIENT_TIMEOUT },
     { ngx_null_string, 0 }
 };
 
@@ -104,7 +106,8 @@ static ngx_str_t  ngx_http_dsm_missing_list[] = {
     ngx_string("truncated"),
     ngx_string("client_abort"),
     ngx_string("invalid_json"),
-    ngx_string("absent")
+    ngx_string("absent"),
+    ngx_string("invalid_usage")
 };
 
 

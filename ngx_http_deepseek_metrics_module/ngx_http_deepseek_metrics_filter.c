@@ -265,6 +265,11 @@ ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
             ctx->parse_done = 1;
         }
 
+        if (!(p->mode & NGX_HTTP_DSM_PARSE_MODE_SSE)) {
+            /* JSON sent as text/event-stream: no stream timings */
+            ctx->stream = 0;
+        }
+
         if ((p->first_data && !ctx->first_data)
             || (p->first_token && !ctx->first_token)
             || (p->first_answer && !ctx->first_answer))
@@ -485,7 +490,7 @@ time:
     }
 
     start = (ngx_msec_t) r->main->start_sec * 1000 + r->main->start_msec;
-    t = t > start ? t - start : 0;
+    t = ngx_http_dsm_elapsed(start, t);
 
     s = ngx_pnalloc(r->pool, NGX_TIME_T_LEN + 4);
     if (s == NULL) {

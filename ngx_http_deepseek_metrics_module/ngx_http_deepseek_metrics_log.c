@@ -86,7 +86,7 @@ void
 ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     ngx_http_variable_value_t *st)
 {
-    ngx_str_t            value;
+    ngx_str_t            value, *b;
     ngx_uint_t           kind, index;
     ngx_http_dsm_ctx_t  *ctx;
 
@@ -102,6 +102,17 @@ ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     {
         if (value.len > NGX_HTTP_DSM_MAX_VALUE) {
             value.len = NGX_HTTP_DSM_MAX_VALUE;
+        }
+
+        /* a built-in name: the location reads like that endpoint */
+
+        for (b = ngx_http_dsm_builtin_endpoints; b->len; b++) {
+            if (b->len == value.len
+                && ngx_strncmp(b->data, value.data, value.len) == 0)
+            {
+                kind = b - ngx_http_dsm_builtin_endpoints;
+                break;
+            }
         }
 
         index = ngx_http_dsm_endpoint_get(dlcf->zone, &value);
@@ -399,7 +410,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
                        ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, status));
 
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
-                         now > start ? (now - start) * 1000 : 0);
+                         ngx_http_dsm_elapsed(start, now) * 1000);
 
     if (q.ctx && (q.ctx->parsing || q.ctx->compressed)) {
         ngx_http_dsm_count_body(r, &q, s, now);
@@ -570,6 +581,23 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
 }
 
 
+/*
+ * Counters never decrease: each value added is below 2^54 (usage values
+ * below 2^53, a cost below NGX_HTTP_DSM_COST_MAX), so stopping 2^62 short
+ * of 2^64 leaves room for 256 concurrent adders and a counter never wraps.
+ */
+
+#define NGX_HTTP_DSM_COUNTER_LIMIT    ((uint64_t) -1 - ((uint64_t) 1 << 62))
+
+static ngx_inline void
+ngx_http_dsm_add_counter(ngx_atomic_t *v, uint64_t n)
+{
+    if (n && *v < NGX_HTTP_DSM_COUNTER_LIMIT) {
+        (void) ngx_atomic_fetch_add(v, n);
+    }
+}
+
+
 /* what the body filter read: timings, tokens, cost, failures */
 
 static void
@@ -579,51 +607,63 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     uint64_t                            out, cost;
     ngx_msec_t                          start;
     ngx_uint_t                          status, outcome, missing, inband;
+    ngx_connection_t                   *c;
     ngx_http_dsm_sh_t                  *sh;
     ngx_http_dsm_ctx_t                 *ctx;
     ngx_http_dsm_layout_t              *l;
     ngx_http_dsm_main_conf_t           *dmcf;
     ngx_http_deepseek_metrics_parse_t  *p;
 
+    static ngx_uint_t  inband_errors[] = {
+        NGX_HTTP_DSM_INBAND_STREAM_ERROR,   /* NGX_HTTP_DSM_ERROR_NONE */
+        NGX_HTTP_DSM_INBAND_STREAM_ERROR,   /* NGX_HTTP_DSM_ERROR_OTHER */
+        NGX_HTTP_DSM_INBAND_RATE_LIMITED,
+        NGX_HTTP_DSM_INBAND_OVERLOADED,
+        NGX_HTTP_DSM_INBAND_SERVER_ERROR
+    };
+
     status = r->err_status ? r->err_status : r->headers_out.status;
     ctx = q->ctx;
     p = q->parse;
     l = &q->zone->layout;
+    c = r->connection;
     start = (ngx_msec_t) r->start_sec * 1000 + r->start_msec;
 
     if (ctx->stream) {
         if (ctx->first_token) {
             ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TTFT,
-                                 (ctx->first_token - start) * 1000);
+                          ngx_http_dsm_elapsed(start, ctx->first_token) * 1000);
         }
 
         if (ctx->first_answer) {
             ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_ANSWER,
-                                 (ctx->first_answer - start) * 1000);
+                         ngx_http_dsm_elapsed(start, ctx->first_answer) * 1000);
         }
 
         if (ctx->first_data) {
             ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_QUEUE,
-                                 (ctx->first_data - start) * 1000);
+                           ngx_http_dsm_elapsed(start, ctx->first_data) * 1000);
         }
 
         if (ctx->first_token && p->completion_tokens > 1) {
             ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_TPOT,
-                                 (now - ctx->first_token) * 1000
-                                 / (p->completion_tokens - 1));
+                            ngx_http_dsm_elapsed(ctx->first_token, now) * 1000
+                            / (p->completion_tokens - 1));
         }
     }
+
+    /* usage_fields is 0 if a usage value was invalid: nothing is added */
 
     if (p->usage_fields) {
         out = p->completion_tokens;
 
-        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_HIT],
-                                    p->cache_hit_tokens);
-        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_MISS],
-                                    p->cache_miss_tokens);
-        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_OUTPUT], out);
-        (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_REASONING],
-                                    p->reasoning_tokens);
+        ngx_http_dsm_add_counter(&s->v[NGX_HTTP_DSM_C_HIT],
+                                 p->cache_hit_tokens);
+        ngx_http_dsm_add_counter(&s->v[NGX_HTTP_DSM_C_MISS],
+                                 p->cache_miss_tokens);
+        ngx_http_dsm_add_counter(&s->v[NGX_HTTP_DSM_C_OUTPUT], out);
+        ngx_http_dsm_add_counter(&s->v[NGX_HTTP_DSM_C_REASONING],
+                                 p->reasoning_tokens);
 
         if (q->price) {
             dmcf = ngx_http_get_module_main_conf(r,
@@ -635,8 +675,7 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
             if (ngx_http_dsm_currency(q->zone, s, &q->price->currency)
                 == NGX_OK)
             {
-                (void) ngx_atomic_fetch_add(&s->v[NGX_HTTP_DSM_C_COST],
-                                            cost);
+                ngx_http_dsm_add_counter(&s->v[NGX_HTTP_DSM_C_COST], cost);
             }
         }
     }
@@ -655,16 +694,36 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
 
     outcome = ngx_http_deepseek_metrics_parse_outcome(p);
 
-    if (r->connection->error && !ctx->last_buf) {
-        /* the client went away: nginx cut the stream, not DeepSeek */
-        inband = NGX_HTTP_DSM_INBAND_CLIENT_CLOSED;
+    if ((c->timedout || c->error) && !ctx->last_buf) {
+
+        /*
+         * The client went away, or stopped reading until send_timeout:
+         * nginx cut the stream, not DeepSeek.
+         */
+
+        inband = c->timedout ? NGX_HTTP_DSM_INBAND_CLIENT_TIMEOUT
+                             : NGX_HTTP_DSM_INBAND_CLIENT_CLOSED;
         missing = NGX_HTTP_DSM_MISSING_CLIENT_ABORT;
-        goto count;
+        goto usage;
     }
 
     switch (outcome) {
 
+    case NGX_HTTP_DSM_OUTCOME_ERROR_BODY:
+
+        /* an error response: like an error status, no usage expected */
+
+        inband = inband_errors[p->error_class];
+        goto usage;
+
     case NGX_HTTP_DSM_OUTCOME_TRUNCATED:
+
+        if (!p->seen && ctx->last_buf) {
+            /* a body that ended cleanly without a single byte */
+            inband = NGX_HTTP_DSM_INBAND_EMPTY;
+            break;
+        }
+
         inband = NGX_HTTP_DSM_INBAND_TRUNCATED;
         missing = NGX_HTTP_DSM_MISSING_TRUNCATED;
         break;
@@ -695,7 +754,15 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     }
 
     if (missing == NGX_HTTP_DSM_NMISSING && p->usage_fields == 0) {
-        missing = NGX_HTTP_DSM_MISSING_ABSENT;
+        /* the usage may have been in an event skipped as invalid */
+        missing = p->bad_events ? NGX_HTTP_DSM_MISSING_INVALID_JSON
+                                : NGX_HTTP_DSM_MISSING_ABSENT;
+    }
+
+usage:
+
+    if (p->usage_invalid) {
+        missing = NGX_HTTP_DSM_MISSING_INVALID_USAGE;
     }
 
 count:

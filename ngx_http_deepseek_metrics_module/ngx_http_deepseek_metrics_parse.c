@@ -34,7 +34,10 @@ enum {
     sw_data_tail,
     sw_done_match,
     sw_event_start,
-    sw_event_name
+    sw_event_name,
+    sw_data_cr,
+    sw_skip_event,
+    sw_skip_bol
 };
 
 
@@ -77,6 +80,7 @@ enum {
     k_a_usage,
     k_a_blocks,
     k_a_block,
+    k_error,
     k_last
 };
 
@@ -103,6 +107,8 @@ enum {
     key_a_block,
     key_stop,
     key_a_type,
+    key_err_type,
+    key_err_code,
     key_u
 };
 
@@ -128,7 +134,7 @@ static const u_char  ngx_http_dsm_obj_kind[key_last] = {
     k_other,                            /* key_model */
     k_usage,                            /* key_usage */
     k_other,                            /* key_choices */
-    k_other,                            /* key_error */
+    k_error,                            /* key_error */
     k_choice,                           /* key_choice */
     k_other,                            /* key_finish */
     k_delta,                            /* key_delta */
@@ -143,6 +149,8 @@ static const u_char  ngx_http_dsm_obj_kind[key_last] = {
     k_a_block,                          /* key_a_block */
     k_other,                            /* key_stop */
     k_other,                            /* key_a_type */
+    k_other,                            /* key_err_type */
+    k_other,                            /* key_err_code */
     k_other, k_other, k_other, k_other, k_other, k_other,
     k_other, k_other, k_other, k_other, k_other
 };
@@ -151,7 +159,7 @@ static const u_char  ngx_http_dsm_obj_kind[key_last] = {
 /* the action for the elements of an array of a kind */
 static const u_char  ngx_http_dsm_elem_key[k_last] = {
     key_none, key_none, key_choice, key_none, key_none, key_none, key_none,
-    key_none, key_none, key_none, key_none, key_a_block, key_none
+    key_none, key_none, key_none, key_none, key_a_block, key_none, key_none
 };
 
 
@@ -187,6 +195,7 @@ static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_eq(u_char *a,
 static void ngx_http_dsm_append(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static void ngx_http_dsm_enum(ngx_http_deepseek_metrics_parse_t *p);
+static void ngx_http_dsm_bad_usage(ngx_http_deepseek_metrics_parse_t *p);
 static void ngx_http_dsm_token(ngx_http_deepseek_metrics_parse_t *p,
     ngx_uint_t answer);
 static void ngx_http_dsm_commit(ngx_http_deepseek_metrics_parse_t *p);
@@ -221,11 +230,15 @@ ngx_http_deepseek_metrics_parse(ngx_http_deepseek_metrics_parse_t *p,
         return NGX_OK;
     }
 
+    p->seen = 1;
+
     if (p->mode & NGX_HTTP_DSM_PARSE_MODE_SSE) {
         return ngx_http_dsm_sse(p, pos, last);
     }
 
-    if (ngx_http_dsm_json(p, pos, last) == NULL) {
+    (void) ngx_http_dsm_json(p, pos, last);
+
+    if (p->invalid) {
         return NGX_ERROR;
     }
 
@@ -241,12 +254,14 @@ ngx_http_deepseek_metrics_parse(ngx_http_deepseek_metrics_parse_t *p,
 ngx_uint_t
 ngx_http_deepseek_metrics_parse_outcome(ngx_http_deepseek_metrics_parse_t *p)
 {
-    if (p->invalid) {
-        return NGX_HTTP_DSM_OUTCOME_INVALID_JSON;
-    }
+    /* an error object wins: what follows it does not matter */
 
     if (p->error) {
         return NGX_HTTP_DSM_OUTCOME_ERROR_BODY;
+    }
+
+    if (p->invalid) {
+        return NGX_HTTP_DSM_OUTCOME_INVALID_JSON;
     }
 
     if (p->finish_reason == NGX_HTTP_DSM_FINISH_CONTENT_FILTER) {
@@ -258,12 +273,24 @@ ngx_http_deepseek_metrics_parse_outcome(ngx_http_deepseek_metrics_parse_t *p)
     }
 
     if (!p->done) {
-        return p->events ? NGX_HTTP_DSM_OUTCOME_TRUNCATED
-                         : NGX_HTTP_DSM_OUTCOME_QUEUE_TIMEOUT;
+        if (p->events) {
+            return NGX_HTTP_DSM_OUTCOME_TRUNCATED;
+        }
+
+        if (p->bad_events) {
+            return NGX_HTTP_DSM_OUTCOME_INVALID_JSON;
+        }
+
+        /* keep-alives only; nothing at all is a truncated body */
+
+        return p->seen ? NGX_HTTP_DSM_OUTCOME_QUEUE_TIMEOUT
+                       : NGX_HTTP_DSM_OUTCOME_TRUNCATED;
     }
 
     if (!p->has_content) {
-        return NGX_HTTP_DSM_OUTCOME_EMPTY_RESPONSE;
+        /* the content may have been in the events skipped as invalid */
+        return p->bad_events ? NGX_HTTP_DSM_OUTCOME_INVALID_JSON
+                             : NGX_HTTP_DSM_OUTCOME_EMPTY_RESPONSE;
     }
 
     return NGX_HTTP_DSM_OUTCOME_COMPLETE;
@@ -288,6 +315,12 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
         switch (p->state) {
 
         case sw_line:
+
+            if (ch == '{' && p->events == 0 && p->bad_events == 0) {
+                /* a JSON body sent as text/event-stream: read it as JSON */
+                p->mode &= ~NGX_HTTP_DSM_PARSE_MODE_SSE;
+                return ngx_http_deepseek_metrics_parse(p, pos, last);
+            }
 
             if (ch == 'd') {
                 if (last - pos >= 7 && ngx_http_dsm_eq(pos, "data: {", 7)
@@ -323,7 +356,9 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 /* blank line: the event ends */
 
                 if (p->in_doc) {
-                    goto invalid;
+                    /* an unfinished document: skip this event only */
+                    p->in_doc = 0;
+                    p->bad_events++;
                 }
 
                 p->doc_done = 0;
@@ -413,7 +448,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             }
 
             if (p->doc_done) {
-                goto invalid;
+                goto bad_event;
             }
 
             if (ch == '{') {
@@ -436,14 +471,14 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 break;
             }
 
-            goto invalid;
+            goto bad_event;
 
         case sw_data_json:
         data_json:
             pos = ngx_http_dsm_json(p, pos, last);
 
-            if (pos == NULL) {
-                return NGX_ERROR;
+            if (p->invalid) {
+                goto bad_event;
             }
 
             if (p->jstate == sw_j_end) {
@@ -463,8 +498,14 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
         case sw_data_tail:
 
-            if (ch == ' ' || ch == '\t' || ch == '\r') {
+            if (ch == ' ' || ch == '\t') {
                 pos++;
+                break;
+            }
+
+            if (ch == '\r') {
+                pos++;
+                p->state = sw_data_cr;
                 break;
             }
 
@@ -474,12 +515,68 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 break;
             }
 
-            goto invalid;
+            goto bad_event;
+
+        case sw_data_cr:
+
+            /* after a complete document a bare CR ends the line too */
+
+            if (ch == '\n') {
+                pos++;
+                p->state = sw_line;
+                break;
+            }
+
+            if (ch == '\r') {
+                /* CR CR: a blank line, the event ends */
+                pos++;
+                p->doc_done = 0;
+                p->ping = 0;
+            }
+
+            p->state = sw_line;
+            break;
+
+        case sw_skip_event:
+
+            /*
+             * An invalid event: skipped up to the next blank line; here
+             * CR, LF and CRLF all end a line.  idx: the line ended in CR.
+             */
+
+            pos++;
+
+            if (ch == '\r' || ch == '\n') {
+                p->idx = (ch == '\r');
+                p->state = sw_skip_bol;
+            }
+
+            break;
+
+        case sw_skip_bol:
+
+            if (ch == '\n' && p->idx) {
+                /* the LF of a CRLF */
+                pos++;
+                p->idx = 0;
+                break;
+            }
+
+            if (ch == '\r' || ch == '\n') {
+                pos++;
+                p->doc_done = 0;
+                p->ping = 0;
+                p->state = sw_line;
+                break;
+            }
+
+            p->state = sw_skip_event;
+            break;
 
         case sw_done_match:
 
             if (ch != (u_char) "[DONE]"[p->idx]) {
-                goto invalid;
+                goto bad_event;
             }
 
             if (++p->idx == sizeof("[DONE]") - 1) {
@@ -523,12 +620,19 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
             break;
         }
+
+        continue;
+
+    bad_event:
+
+        /* one bad event does not spoil the stream: resume after it */
+
+        p->invalid = 0;
+        p->in_doc = 0;
+        p->doc_done = 0;
+        p->bad_events++;
+        p->state = sw_skip_event;
     }
-
-invalid:
-
-    p->invalid = 1;
-    return NGX_ERROR;
 }
 
 
@@ -632,7 +736,9 @@ doc:
         pos++;
     }
 
-    if (ch != '{' && ch != '[') {
+    /* a response is an object: a top-level array is not one */
+
+    if (ch != '{') {
         goto invalid;
     }
 
@@ -645,6 +751,13 @@ value:
     dsm_need(sw_j_value);
 
     ch = *pos;
+
+    if (p->key >= key_u && (u_char) (ch - '0') > 9 && ch != '-'
+        && ch != 'n' && !dsm_ws(ch))
+    {
+        /* a usage value that is a string, a boolean, an object, ... */
+        ngx_http_dsm_bad_usage(p);
+    }
 
     if (ch == '"') {
         pos++;
@@ -667,12 +780,19 @@ value:
         case key_finish:
         case key_stop:
         case key_a_type:
+        case key_err_type:
+        case key_err_code:
             p->esc = 0;
             p->klen = 0;
             goto str_enum;
 
         case key_error:
             p->error = 1;
+
+            if (p->error_class == NGX_HTTP_DSM_ERROR_NONE) {
+                p->error_class = NGX_HTTP_DSM_ERROR_OTHER;
+            }
+
             break;
         }
 
@@ -732,6 +852,10 @@ value:
 
         } else if (p->key == key_error) {
             p->error = 1;
+
+            if (p->error_class == NGX_HTTP_DSM_ERROR_NONE) {
+                p->error_class = NGX_HTTP_DSM_ERROR_OTHER;
+            }
         }
 
         if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
@@ -909,13 +1033,12 @@ num:
         d = (ngx_uint_t) (ch - '0');
 
         if (d <= 9) {
-            if (v > (uint64_t) 1844674407370955161ULL
-                || (v == (uint64_t) 1844674407370955161ULL && d > 5))
-            {
-                v = (uint64_t) -1;
+            /* v < 2^53 here: no overflow */
+            v = v * 10 + d;
 
-            } else {
-                v = v * 10 + d;
+            if (v >= NGX_HTTP_DSM_USAGE_MAX) {
+                p->num_bad = 1;
+                v = 0;
             }
 
         } else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-'
@@ -930,7 +1053,11 @@ num:
         pos++;
     }
 
-    if (!p->num_bad) {
+    if (p->num_bad) {
+        /* negative, fractional, an exponent, or 2^53 or more */
+        ngx_http_dsm_bad_usage(p);
+
+    } else {
         p->u[p->slot] = v;
         p->umask |= (ngx_uint_t) 1 << p->slot;
     }
@@ -1324,8 +1451,10 @@ close:
 
 invalid:
 
+    /* pos is at the offending byte: SSE resumes after this event */
+
     p->invalid = 1;
-    return NULL;
+    return pos;
 }
 
 
@@ -1666,6 +1795,13 @@ ngx_http_dsm_probe(ngx_uint_t kind, u_char *k, u_char *last, size_t *len)
     case dsm_c(k_a_block, 's'):
         dsm_p("stop_reason", key_stop);
         break;
+
+    case dsm_c(k_error, 't'):
+        dsm_p("type", key_err_type);
+        break;
+    case dsm_c(k_error, 'c'):
+        dsm_p("code", key_err_code);
+        break;
     }
 
 #undef dsm_p
@@ -1769,6 +1905,34 @@ ngx_http_dsm_enum(ngx_http_deepseek_metrics_parse_t *p)
     s = p->kbuf;
     l = p->klen;
 
+    if (p->key == key_err_type || p->key == key_err_code) {
+
+        /* the first known class wins over "other" */
+
+        if (p->error_class > NGX_HTTP_DSM_ERROR_OTHER) {
+            return;
+        }
+
+        if (dsm_streq(s, l, "rate_limit_error")
+            || dsm_streq(s, l, "rate_limit_exceeded"))
+        {
+            p->error_class = NGX_HTTP_DSM_ERROR_RATE_LIMITED;
+
+        } else if (dsm_streq(s, l, "server_overloaded")
+                   || dsm_streq(s, l, "overloaded_error"))
+        {
+            p->error_class = NGX_HTTP_DSM_ERROR_OVERLOADED;
+
+        } else if (dsm_streq(s, l, "api_error")
+                   || dsm_streq(s, l, "internal_error")
+                   || dsm_streq(s, l, "server_error"))
+        {
+            p->error_class = NGX_HTTP_DSM_ERROR_SERVER;
+        }
+
+        return;
+    }
+
     if (p->key == key_a_type) {
         if (dsm_streq(s, l, "tool_use")) {
             ngx_http_dsm_token(p, 1);
@@ -1828,6 +1992,11 @@ ngx_http_dsm_commit(ngx_http_deepseek_metrics_parse_t *p)
     uint64_t    *u, prompt, completion, total, hit, miss, reasoning;
     ngx_uint_t   m;
 
+    if (p->usage_invalid) {
+        p->usage_seen++;
+        return;
+    }
+
     m = p->umask;
     u = p->u;
 
@@ -1886,6 +2055,22 @@ ngx_http_dsm_commit(ngx_http_deepseek_metrics_parse_t *p)
     p->reasoning_tokens = reasoning;
     p->usage_fields = m;
     p->usage_seen++;
+}
+
+
+/* the response's usage cannot be trusted: none of it counts */
+
+static void
+ngx_http_dsm_bad_usage(ngx_http_deepseek_metrics_parse_t *p)
+{
+    p->usage_invalid = 1;
+    p->usage_fields = 0;
+    p->prompt_tokens = 0;
+    p->completion_tokens = 0;
+    p->total_tokens = 0;
+    p->cache_hit_tokens = 0;
+    p->cache_miss_tokens = 0;
+    p->reasoning_tokens = 0;
 }
 
 

@@ -3,7 +3,7 @@
  * ngx_http_deepseek_metrics_module: request-free resumable scanner of
  * DeepSeek (OpenAI-compatible) and Anthropic-format bodies.
  *
- * The scanner keeps a bounded, fixed-size state (432 bytes on 64-bit, no
+ * The scanner keeps a bounded, fixed-size state (448 bytes on 64-bit, no
  * pointers into the input, no allocations, no copy of the body: only the
  * model name, digits and keys split across buffers, at most 32 bytes, are
  * kept) and may be fed the body split at any byte.  It uses nginx types
@@ -29,8 +29,9 @@
  *   non-empty tool_calls array, or an Anthropic "type":"tool_use" block;
  *   first_answer likewise without reasoning_content / thinking.
  * - NGX_DONE: the body is complete ([DONE], message_stop, or the JSON
- *   document closed); NGX_ERROR: invalid; either way further calls return
- *   at once and cost nothing, and all results stay readable.  Usage and
+ *   document closed); NGX_ERROR: invalid JSON body; either way further
+ *   calls return at once and cost nothing, and all results stay
+ *   readable.  Usage and
  *   model read before an error stay valid (usage_seen tells whether any
  *   usage was read).
  * - At the end of the body (last_buf, or upstream EOF/abort) call
@@ -44,11 +45,19 @@
  *   output_tokens); they are the last non-null "usage" (OpenAI), or the
  *   fields merged over message_start and message_delta (Anthropic).
  *   usage_seen == 0 means no usage at all (deepseek_usage_missing_total).
- *   Numbers saturate at 2^64-1; a non-integer number counts as absent.
+ *   A usage value that is not an integer in [0, 2^53) (or not a number
+ *   nor null) sets usage_invalid: from then on usage_fields is 0 and the
+ *   token fields are 0 for the rest of the body.
+ * - An "error" member (top level) sets error; error_class comes from the
+ *   first known "type" or "code" string of the error object.
+ * - SSE: an invalid event is skipped up to the next blank line (bad_events
+ *   counts them; NGX_ERROR is never returned).  A body whose first line
+ *   starts with '{' is read as JSON (mode loses NGX_HTTP_DSM_PARSE_MODE_SSE).
  * - model holds the raw JSON string bytes (escapes not decoded), truncated
  *   to 63 bytes: validate it against the allowlist before using it as a
  *   label value.
- * - Line endings: LF and CRLF (a bare CR is not a line end).  String
+ * - Line endings: LF and CRLF; a bare CR only after a complete data
+ *   document and while skipping an invalid event.  String
  *   contents are not validated: a raw line break inside a JSON string
  *   (invalid JSON) is not taken as an SSE line end.
  */
@@ -101,13 +110,14 @@
 
 /*
  * ngx_http_deepseek_metrics_parse_outcome(), checked in this order:
- * invalid_json; error_body (a top-level "error" member, e.g. an in-band
- * error event); content_filter and insufficient_system_resource (last
- * finish_reason / stop_reason, even if the stream then broke off);
- * truncated (not done after at least one data event / a started JSON
- * document) or queue_timeout (not done, nothing but comments, pings or
- * blank lines); empty_response (done, but no content, reasoning_content
- * or tool_calls at all); complete.
+ * error_body (a top-level "error" member, e.g. an in-band error event);
+ * invalid_json; content_filter and insufficient_system_resource (last
+ * finish_reason / stop_reason, even if the stream then broke off); not
+ * done: truncated (after at least one data event / a started JSON
+ * document), invalid_json (only invalid events), queue_timeout (nothing
+ * but comments, pings or blank lines) or truncated (no byte at all);
+ * done: empty_response (no content, reasoning_content or tool_calls at
+ * all; invalid_json if an event was skipped as invalid); complete.
  */
 #define NGX_HTTP_DSM_OUTCOME_COMPLETE           0
 #define NGX_HTTP_DSM_OUTCOME_TRUNCATED          1
@@ -118,6 +128,16 @@
 #define NGX_HTTP_DSM_OUTCOME_INVALID_JSON       6
 /* a top-level "error" member was seen (e.g. {"error":{...}}) */
 #define NGX_HTTP_DSM_OUTCOME_ERROR_BODY         7
+
+/* error_class: from the error object's "type" or "code" string */
+#define NGX_HTTP_DSM_ERROR_NONE                 0
+#define NGX_HTTP_DSM_ERROR_OTHER                1
+#define NGX_HTTP_DSM_ERROR_RATE_LIMITED         2
+#define NGX_HTTP_DSM_ERROR_OVERLOADED           3
+#define NGX_HTTP_DSM_ERROR_SERVER               4
+
+/* usage values at or above 2^53 make the usage invalid */
+#define NGX_HTTP_DSM_USAGE_MAX                  ((uint64_t) 1 << 53)
 
 /* container levels whose kind is tracked; deeper levels are "other" */
 #define NGX_HTTP_DSM_PARSE_KINDS                16
@@ -176,6 +196,11 @@ typedef struct {
     unsigned     invalid:1;    /* not valid JSON/SSE where required */
     unsigned     too_deep:1;   /* nesting beyond MAX_DEPTH */
     unsigned     error:1;      /* top-level "error" member seen */
+    unsigned     usage_invalid:1; /* a usage value was not an integer
+                                  in [0, 2^53): no usage at all */
+    unsigned     seen:1;       /* any byte of the body */
+    ngx_uint_t   error_class;  /* NGX_HTTP_DSM_ERROR_* */
+    ngx_uint_t   bad_events;   /* SSE: events skipped as invalid */
 } ngx_http_deepseek_metrics_parse_t;
 
 

@@ -458,5 +458,5 @@ ngx_http_dsm_cost(ngx_http_dsm_main_conf_t *dmcf, ngx_http_dsm_price_t *price,
 
     rate = peak ? price->peak : price->offpeak;
 
-    return hit * rate[0] + miss * rate[1] + output * rate[2];
+    return ngx_http_dsm_cost_sum(hit, miss, output, rate);
 }

@@ -92,6 +92,8 @@
 //   as=chat|fim|models|balance|messages   force the route kind
 //   chunked=1         JSON without Content-Length      close=1   Connection: close
 //   ctype=TYPE        override Content-Type           trace_id=ID  fixed x-ds-trace-id
+//   raw=BASE64        send exactly these bytes as the whole response (status line, headers and
+//                     body: invalid framing, hostile bodies), then close the connection
 'use strict';
 
 const http = require('http');
@@ -532,6 +534,12 @@ async function handle(req, res, rawBody) {
   if (stats.last.length > 50) stats.last.shift();
 
   const m = parseMock(req.headers['x-mock']);
+  if (m.raw !== undefined) {
+    // raw=BASE64: exactly these bytes as the whole response (status line, headers, body;
+    // hostile framing and bodies), then the connection is closed
+    req.socket.end(Buffer.from(m.raw, 'base64'));
+    return;
+  }
   if (flag(m.hang)) return; // never respond; the socket stays until the peer closes it
   if (num(m.sleep_ms, 0) > 0) await sleep(num(m.sleep_ms, 0));
   if (res.destroyed || req.socket.destroyed) return;

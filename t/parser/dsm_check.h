@@ -51,6 +51,17 @@ dsm_outcome_name(ngx_uint_t o)
 
 
 static const char *
+dsm_error_class_name(ngx_uint_t c)
+{
+    static const char *names[] = {
+        "none", "stream_error", "rate_limited", "overloaded", "server_error"
+    };
+
+    return c < sizeof(names) / sizeof(names[0]) ? names[c] : "?";
+}
+
+
+static const char *
 dsm_finish_name(ngx_uint_t f)
 {
     static const char *names[] = {
@@ -98,7 +109,8 @@ dsm_dump(ngx_http_deepseek_metrics_parse_t *p, ngx_int_t rc, char *buf,
              "finish_reason=%s\n"
              "events=%lu\n"
              "first_data=%u first_token=%u first_answer=%u has_content=%u\n"
-             "done=%u invalid=%u too_deep=%u error=%u\n",
+             "done=%u invalid=%u too_deep=%u error=%u\n"
+             "error_class=%s usage_invalid=%u bad_events=%lu seen=%u\n",
              rc == NGX_OK ? "ok" : rc == NGX_DONE ? "done"
                  : rc == NGX_ERROR ? "error" : "?",
              dsm_outcome_name(ngx_http_deepseek_metrics_parse_outcome(p)),
@@ -114,7 +126,9 @@ dsm_dump(ngx_http_deepseek_metrics_parse_t *p, ngx_int_t rc, char *buf,
              dsm_finish_name(p->finish_reason),
              (unsigned long) p->events,
              p->first_data, p->first_token, p->first_answer, p->has_content,
-             p->done, p->invalid, p->too_deep, p->error);
+             p->done, p->invalid, p->too_deep, p->error,
+             dsm_error_class_name(p->error_class), p->usage_invalid,
+             (unsigned long) p->bad_events, p->seen);
 }
 
 
