@@ -235,6 +235,7 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
 {
     u_char                    *p;
     ngx_int_t                  rc;
+    ngx_pid_t                  pid;
     ngx_str_t                  text;
     ngx_uint_t                 i, j, nzones, h;
     ngx_http_dsm_sh_t         *sh;
@@ -420,6 +421,22 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
         ngx_http_dsm_zone_gauge(&o,
                                 "deepseek_metrics_last_reload_time_seconds",
                                 zones[i], NULL, zones[i]->sh->last_reload);
+    }
+
+    /*
+     * During a binary upgrade (USR2) two masters share the listening
+     * sockets and each has its own zone: scrapes alternate between them.
+     */
+
+    pid = (ngx_process == NGX_PROCESS_WORKER) ? ngx_parent : ngx_pid;
+
+    ngx_http_dsm_family(&o, "deepseek_metrics_master_pid", "gauge",
+                        "PID of the nginx master whose worker served this "
+                        "scrape: it changes with a binary upgrade, and "
+                        "alternates while two masters serve the port.");
+    for (i = 0; i < nzones; i++) {
+        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_master_pid", zones[i],
+                                NULL, (uint64_t) pid);
     }
 
     ngx_http_dsm_family(&o, "deepseek_build_info", "gauge",
