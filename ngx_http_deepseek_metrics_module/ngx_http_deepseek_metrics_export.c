@@ -52,6 +52,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
+static void ngx_http_dsm_export_uncount(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
     ngx_http_dsm_zone_t *zone, ngx_http_dsm_snap_t *snap, ngx_uint_t multi);
 static u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
@@ -237,6 +238,7 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
 {
     u_char                    *p;
     ngx_int_t                  rc;
+    ngx_pid_t                  pid;
     ngx_str_t                  text;
     ngx_uint_t                 i, j, nzones, h;
     ngx_http_dsm_sh_t         *sh;
@@ -246,6 +248,8 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     ngx_http_dsm_endpoint_t   *ep;
     ngx_http_dsm_loc_conf_t   *dlcf;
     ngx_http_dsm_main_conf_t  *dmcf;
+
+    ngx_http_dsm_export_uncount(r);
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -422,6 +426,22 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
                                 zones[i], NULL, zones[i]->sh->last_reload);
     }
 
+    /*
+     * During a binary upgrade (USR2) two masters share the listening
+     * sockets and each has its own zone: scrapes alternate between them.
+     */
+
+    pid = (ngx_process == NGX_PROCESS_WORKER) ? ngx_parent : ngx_pid;
+
+    ngx_http_dsm_family(&o, "deepseek_metrics_master_pid", "gauge",
+                        "PID of the nginx master whose worker served this "
+                        "scrape: it changes with a binary upgrade, and "
+                        "alternates while two masters serve the port.");
+    for (i = 0; i < nzones; i++) {
+        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_master_pid", zones[i],
+                                NULL, (uint64_t) pid);
+    }
+
     ngx_http_dsm_family(&o, "deepseek_build_info", "gauge",
                         "Module and nginx versions.");
 
@@ -481,6 +501,43 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
 
 
 /*
+ * A request that a counted location sent here (error_page) is a scrape now:
+ * the filters must not read it as DeepSeek's answer, the log phase must not
+ * count it, and its in-flight count is given back here.
+ */
+
+static void
+ngx_http_dsm_export_uncount(ngx_http_request_t *r)
+{
+    ngx_http_dsm_req_t          q;
+    ngx_http_variable_value_t  *st;
+
+    if (r != r->main) {
+        return;
+    }
+
+    st = ngx_http_dsm_state(r);
+
+    if (!st->valid || (st->len & NGX_HTTP_DSM_ST_COUNTED)) {
+        return;
+    }
+
+    st->len |= NGX_HTTP_DSM_ST_COUNTED;
+
+    if (!(st->len & NGX_HTTP_DSM_ST_IN_FLIGHT)) {
+        return;
+    }
+
+    st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
+
+    if (ngx_http_dsm_resolve(r, &q) == NGX_OK && q.zone->slot) {
+        (void) ngx_atomic_fetch_add(&q.zone->slot->in_flight[q.endpoint_index],
+                                    -1);
+    }
+}
+
+
+/*
  * One pass over the zone's published series, each counter read once; no
  * lock is taken, so a scrape never makes a worker wait.  Everything below
  * formats this snapshot only: buckets are cumulated from one read each,
@@ -503,6 +560,9 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
 
     snap->zone = zone;
     snap->layout = &sh->layout;
+
+    /* never NULL: it is copied with memcpy(), which must not get NULL */
+    ngx_str_set(&snap->prefix, "");
 
     if (multi) {
         len = sizeof("zone=\"\",") - 1

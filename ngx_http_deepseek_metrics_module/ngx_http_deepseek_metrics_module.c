@@ -30,6 +30,10 @@ static char *ngx_http_dsm_models(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dsm_parse_buckets(ngx_conf_t *cf, ngx_str_t *value,
     ngx_uint_t *n, uint64_t *bounds);
+static char *ngx_http_dsm_check_prices(ngx_conf_t *cf,
+    ngx_http_dsm_main_conf_t *dmcf);
+static ngx_uint_t ngx_http_dsm_model_labelled(ngx_http_dsm_main_conf_t *dmcf,
+    ngx_str_t *model);
 
 
 static ngx_conf_enum_t  ngx_http_dsm_switch[] = {
@@ -191,6 +195,18 @@ static ngx_str_t  ngx_http_dsm_hist_names[] = {
     ngx_string("tpot"),
     ngx_null_string
 };
+
+
+/* deepseek_metrics_zone parameters, in the order of the enum below */
+static ngx_str_t  ngx_http_dsm_zone_params[] = {
+    ngx_string("max_series="),
+    ngx_string("buckets="),
+    ngx_string("tpot_buckets="),
+    ngx_string("histograms="),
+    ngx_null_string
+};
+
+#define NGX_HTTP_DSM_PARAM_TPOT_BUCKETS  2
 
 
 static uint64_t  ngx_http_dsm_default_buckets[] = {
@@ -355,7 +371,87 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_http_dsm_log_init();
 
+    return ngx_http_dsm_check_prices(cf, dmcf);
+}
+
+
+/* settings that would silently do nothing */
+
+static char *
+ngx_http_dsm_check_prices(ngx_conf_t *cf, ngx_http_dsm_main_conf_t *dmcf)
+{
+    ngx_uint_t             i, j, offpeak;
+    ngx_http_dsm_price_t  *price;
+
+    if (dmcf->schedule.holidays && !dmcf->schedule.set) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"deepseek_metrics_holidays\" has no effect without "
+                      "\"deepseek_metrics_peak_hours\": every request is "
+                      "priced at the peak prices");
+        return NGX_CONF_ERROR;
+    }
+
+    if (dmcf->prices == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    offpeak = 0;
+    price = dmcf->prices->elts;
+
+    for (i = 0; i < dmcf->prices->nelts; i++) {
+
+        if (!ngx_http_dsm_model_labelled(dmcf, &price[i].model)) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"deepseek_metrics_price\" for model \"%V\" "
+                          "never applies: the model allowlist turns it into "
+                          "\"other\"; add it to \"deepseek_metrics_models\" "
+                          "or price \"other\"", &price[i].model);
+            return NGX_CONF_ERROR;
+        }
+
+        for (j = 0; j < 3; j++) {
+            if (price[i].offpeak[j] != price[i].peak[j]) {
+                offpeak = 1;
+            }
+        }
+    }
+
+    if (offpeak && !dmcf->schedule.set) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "\"deepseek_metrics_price\" off-peak prices have no "
+                      "effect without \"deepseek_metrics_peak_hours\": "
+                      "every request is priced at the peak prices");
+    }
+
     return NGX_CONF_OK;
+}
+
+
+/* prices match the model label: an allowlisted name, "other" or "unknown" */
+
+static ngx_uint_t
+ngx_http_dsm_model_labelled(ngx_http_dsm_main_conf_t *dmcf, ngx_str_t *model)
+{
+    ngx_str_t   *m;
+    ngx_uint_t   i;
+
+    if ((model->len == 5 && ngx_strncmp(model->data, "other", 5) == 0)
+        || (model->len == 7 && ngx_strncmp(model->data, "unknown", 7) == 0))
+    {
+        return 1;
+    }
+
+    m = dmcf->models->elts;
+
+    for (i = 0; i < dmcf->models->nelts; i++) {
+        if (m[i].len == model->len
+            && ngx_strncmp(m[i].data, model->data, model->len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -481,7 +577,7 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     size_t                  size;
     ngx_str_t              *value, name, s;
     ngx_int_t               n;
-    ngx_uint_t              i, j, h, max_series, hist;
+    ngx_uint_t              i, j, h, max_series, hist, seen, param;
     ngx_http_dsm_zone_t    *zone;
     ngx_http_dsm_layout_t   layout;
 
@@ -534,7 +630,35 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     layout.nbuckets[NGX_HTTP_DSM_H_TPOT] =
                                sizeof(ngx_http_dsm_default_tpot_buckets) / 8;
 
+    seen = 0;
+
     for (i = 2; i < cf->args->nelts; i++) {
+
+        /* a parameter given twice would silently replace the first */
+
+        for (param = 0; ngx_http_dsm_zone_params[param].len; param++) {
+            s = ngx_http_dsm_zone_params[param];
+
+            if (ngx_strncmp(value[i].data, s.data, s.len) == 0) {
+                break;
+            }
+        }
+
+        if (ngx_http_dsm_zone_params[param].len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\", expected "
+                               "max_series=, buckets=, tpot_buckets= or "
+                               "histograms=", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (seen & (1 << param)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        seen |= 1 << param;
 
         if (ngx_strncmp(value[i].data, "max_series=", 11) == 0) {
             n = ngx_atoi(value[i].data + 11, value[i].len - 11);
@@ -576,13 +700,20 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             hist = 1 << NGX_HTTP_DSM_H_LATENCY;
             p = value[i].data + 11;
 
-            while (p < value[i].data + value[i].len) {
+            for ( ;; ) {
                 s.data = p;
                 while (p < value[i].data + value[i].len && *p != ',') {
                     p++;
                 }
                 s.len = p - s.data;
-                p++;
+
+                if (s.len == 0) {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "empty item in \"%V\": a stray "
+                                       "comma, or no histogram named",
+                                       &value[i]);
+                    return NGX_CONF_ERROR;
+                }
 
                 for (j = 0; ngx_http_dsm_hist_names[j].len; j++) {
                     if (ngx_http_dsm_hist_names[j].len == s.len
@@ -602,13 +733,23 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 }
 
                 hist |= 1 << j;
+
+                if (p == value[i].data + value[i].len) {
+                    break;
+                }
+
+                p++;
             }
-
-            continue;
         }
+    }
 
+    if ((seen & (1 << NGX_HTTP_DSM_PARAM_TPOT_BUCKETS))
+        && !(hist & (1 << NGX_HTTP_DSM_H_TPOT)))
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
+                           "\"tpot_buckets=\" has no effect: \"histograms=\" "
+                           "omits tpot; add tpot to it or remove "
+                           "\"tpot_buckets=\"");
         return NGX_CONF_ERROR;
     }
 
@@ -653,10 +794,23 @@ ngx_http_dsm_parse_buckets(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t *n,
     p = value->data;
     last = p + value->len;
 
-    while (p < last) {
+    if (p == last) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no buckets in \"%V\"", value);
+        return NGX_CONF_ERROR;
+    }
+
+    for ( ;; ) {
         start = p;
         while (p < last && *p != ',') {
             p++;
+        }
+
+        if (p == start) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty bucket in \"%V\": a stray comma",
+                               value);
+            return NGX_CONF_ERROR;
         }
 
         us = ngx_atofp(start, p - start, 6);
@@ -684,16 +838,13 @@ ngx_http_dsm_parse_buckets(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t *n,
         }
 
         bounds[(*n)++] = us;
+
+        if (p == last) {
+            return NGX_CONF_OK;
+        }
+
         p++;
     }
-
-    if (*n == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no buckets in \"%V\"", value);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
 }
 
 

@@ -99,6 +99,13 @@ ngx_http_dsm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 
+        if (set & (1 << j)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate price \"%V\" for model \"%V\"",
+                               &value[i], &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
         set |= 1 << j;
     }
 
@@ -152,7 +159,7 @@ ngx_http_dsm_peak_hours(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char                   *p, *last, *dash;
     ngx_int_t                 from, to, h, m, sign;
     ngx_str_t                *value;
-    ngx_uint_t                i, j, d0, d1;
+    ngx_uint_t                i, j, d0, d1, seen;
     ngx_http_dsm_schedule_t  *sc;
 
     sc = &dmcf->schedule;
@@ -164,12 +171,18 @@ ngx_http_dsm_peak_hours(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     sc->set = 1;
     sc->days = 0x3e;   /* Monday to Friday */
     value = cf->args->elts;
+    seen = 0;
 
     for (i = 1; i < cf->args->nelts; i++) {
         p = value[i].data;
         last = p + value[i].len;
 
         if (ngx_strncmp(p, "utc_offset=", 11) == 0) {
+            if (seen & 1) {
+                goto duplicate;
+            }
+
+            seen |= 1;
             p += 11;
 
             if (last - p != 6 || (*p != '+' && *p != '-') || p[3] != ':') {
@@ -189,8 +202,19 @@ ngx_http_dsm_peak_hours(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         if (ngx_strncmp(p, "days=", 5) == 0) {
+            if (seen & 2) {
+                goto duplicate;
+            }
+
+            seen |= 2;
             p += 5;
             sc->days = 0;
+
+            /* no day at all would make every day off-peak */
+
+            if (p == last) {
+                goto invalid;
+            }
 
             while (p < last) {
                 for (d0 = 0; ngx_http_dsm_day_names[d0]; d0++) {
@@ -238,7 +262,7 @@ ngx_http_dsm_peak_hours(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 }
 
                 if (p < last) {
-                    if (*p != ',') {
+                    if (*p != ',' || p + 1 == last) {
                         goto invalid;
                     }
 
@@ -288,6 +312,12 @@ invalid:
                        "invalid parameter \"%V\": expected "
                        "utc_offset=+HH:MM, days=mon-fri or HH:MM-HH:MM "
                        "(end after start, up to 24:00)", &value[i]);
+    return NGX_CONF_ERROR;
+
+duplicate:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "duplicate parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
 }
 

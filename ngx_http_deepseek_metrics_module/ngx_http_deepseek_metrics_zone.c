@@ -448,15 +448,23 @@ ngx_int_t
 ngx_http_dsm_currency(ngx_http_dsm_zone_t *zone, ngx_http_dsm_series_t *s,
     ngx_str_t *currency)
 {
-    u_char     *p;
+    u_char     *p, text[64];
     size_t      len;
     ngx_int_t   rc;
+
+    /* the series keeps escaped text: compare like with like */
+
+    len = ngx_http_dsm_escape(NULL, currency->data, currency->len);
+
+    if (len > sizeof(text)) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_dsm_escape(text, currency->data, currency->len);
 
     if (s->currency_len) {
         goto check;
     }
-
-    len = ngx_http_dsm_escape(NULL, currency->data, currency->len);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -467,7 +475,7 @@ ngx_http_dsm_currency(ngx_http_dsm_zone_t *zone, ngx_http_dsm_series_t *s,
             return NGX_DECLINED;
         }
 
-        ngx_http_dsm_escape(p, currency->data, currency->len);
+        ngx_memcpy(p, text, len);
         s->currency = p;
 
         ngx_memory_barrier();
@@ -481,9 +489,7 @@ check:
 
     rc = NGX_OK;
 
-    if (s->currency_len != currency->len
-        || ngx_memcmp(s->currency, currency->data, currency->len) != 0)
-    {
+    if (s->currency_len != len || ngx_memcmp(s->currency, text, len) != 0) {
         rc = NGX_DECLINED;
 
         if (!zone->currency_logged) {

@@ -92,7 +92,7 @@ mkdir -p "$BUILD"
 fetch_source
 SRC="$(cat "$SRCCACHE/.dsm-fetched")"
 
-SAN="-fsanitize=address,undefined -fno-sanitize=nonnull-attribute"
+SAN="-fsanitize=address,undefined"
 CONF_ARGS=(
   --with-cc="$CC"
   --with-cc-opt="-O1 -g $SAN -fno-omit-frame-pointer -DNGX_DEBUG_PALLOC=1"

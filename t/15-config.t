@@ -152,9 +152,9 @@ bad('non-number bucket', 'deepseek_metrics_zone', qr/invalid bucket "abc"/,
     http => 'deepseek_metrics_zone z:1m buckets=0.1,abc;');
 bad('bucket with 7 decimals', 'deepseek_metrics_zone', qr/invalid bucket "0\.0000001"/,
     http => 'deepseek_metrics_zone z:1m buckets=0.0000001,1;');
-bad('empty bucket item', 'deepseek_metrics_zone', qr/invalid bucket|no buckets/,
+bad('empty bucket item', 'deepseek_metrics_zone', qr/empty bucket in "0\.1,,1": a stray comma/,
     http => 'deepseek_metrics_zone z:1m buckets=0.1,,1;');
-bad('no buckets', 'deepseek_metrics_zone', qr/no buckets|invalid bucket/,
+bad('no buckets', 'deepseek_metrics_zone', qr/no buckets in ""/,
     http => 'deepseek_metrics_zone z:1m buckets=;');
 bad('33 buckets', 'deepseek_metrics_zone', qr/too many buckets .*at most 32/,
     http => 'deepseek_metrics_zone z:1m buckets=' . join(',', 1 .. 33) . ';');
@@ -174,8 +174,29 @@ bad('max_series=abc', 'deepseek_metrics_zone', qr/invalid max_series "max_series
     http => 'deepseek_metrics_zone z:1m max_series=abc;');
 bad('max_series=', 'deepseek_metrics_zone', qr/invalid max_series "max_series="/,
     http => 'deepseek_metrics_zone z:1m max_series=;');
-bad('unknown zone parameter', 'deepseek_metrics_zone', qr/invalid parameter "colour=blue"/,
+bad('unknown zone parameter', 'deepseek_metrics_zone',
+    qr/invalid parameter "colour=blue", expected max_series=, buckets=, tpot_buckets= or histograms=/,
     http => 'deepseek_metrics_zone z:1m colour=blue;');
+bad('buckets= given twice', 'deepseek_metrics_zone', qr/duplicate parameter "buckets=1,2"/,
+    http => 'deepseek_metrics_zone z:1m buckets=0.5,1 buckets=1,2;');
+bad('max_series= given twice', 'deepseek_metrics_zone', qr/duplicate parameter "max_series=20"/,
+    http => 'deepseek_metrics_zone z:1m max_series=10 max_series=20;');
+bad('buckets with a trailing comma', 'deepseek_metrics_zone', qr/empty bucket in "0\.1,0\.5,": a stray comma/,
+    http => 'deepseek_metrics_zone z:1m buckets=0.1,0.5,;');
+bad('tpot_buckets with a trailing comma', 'deepseek_metrics_zone', qr/empty bucket in "0\.01,": a stray comma/,
+    http => 'deepseek_metrics_zone z:1m tpot_buckets=0.01,;');
+bad('histograms with a trailing comma', 'deepseek_metrics_zone', qr/empty item in "histograms=latency,ttft,"/,
+    http => 'deepseek_metrics_zone z:1m histograms=latency,ttft,;');
+bad('histograms= empty', 'deepseek_metrics_zone', qr/empty item in "histograms="/,
+    http => 'deepseek_metrics_zone z:1m histograms=;');
+bad('tpot_buckets while histograms= omits tpot', 'deepseek_metrics_zone',
+    qr/"tpot_buckets=" has no effect: "histograms=" omits tpot/,
+    http => 'deepseek_metrics_zone z:1m tpot_buckets=0.01,0.1 histograms=latency,ttft;');
+bad('tpot_buckets (before histograms=) while it omits tpot', 'deepseek_metrics_zone',
+    qr/"tpot_buckets=" has no effect/,
+    http => 'deepseek_metrics_zone z:1m histograms=latency tpot_buckets=0.01;');
+good('tpot_buckets with histograms= naming tpot',
+     http => 'deepseek_metrics_zone z:1m histograms=latency,tpot tpot_buckets=0.01,0.1;');
 bad('duplicate zone', 'deepseek_metrics_zone', qr/duplicate zone "z"/,
     http => "deepseek_metrics_zone z:1m;\ndeepseek_metrics_zone z:2m;");
 bad('duplicate zone, same size', 'deepseek_metrics_zone', qr/duplicate zone "z"/,
@@ -262,6 +283,44 @@ bad('peak hours bad utc_offset', 'deepseek_metrics_peak_hours', qr/invalid param
     http => $Z . 'deepseek_metrics_peak_hours utc_offset=8 09:00-12:00;');
 bad('peak hours bad days', 'deepseek_metrics_peak_hours', qr/invalid parameter "days=funday"/,
     http => $Z . 'deepseek_metrics_peak_hours days=funday 09:00-12:00;');
+bad('peak hours days= with no days', 'deepseek_metrics_peak_hours', qr/invalid parameter "days="/,
+    http => $Z . 'deepseek_metrics_peak_hours days= 09:00-12:00;');
+bad('peak hours days= with a trailing comma', 'deepseek_metrics_peak_hours', qr/invalid parameter "days=mon,"/,
+    http => $Z . 'deepseek_metrics_peak_hours days=mon, 09:00-12:00;');
+bad('peak hours days= given twice', 'deepseek_metrics_peak_hours', qr/duplicate parameter "days=sat"/,
+    http => $Z . 'deepseek_metrics_peak_hours days=mon-fri days=sat 09:00-12:00;');
+bad('peak hours utc_offset= given twice', 'deepseek_metrics_peak_hours', qr/duplicate parameter "utc_offset=\+01:00"/,
+    http => $Z . 'deepseek_metrics_peak_hours utc_offset=+08:00 utc_offset=+01:00 09:00-12:00;');
+bad('holidays without peak hours', 'deepseek_metrics_holidays',
+    qr/"deepseek_metrics_holidays" has no effect without "deepseek_metrics_peak_hours"/,
+    http => $Z . "deepseek_metrics_price deepseek-flash USD hit=0.07 miss=0.27 output=1.10;\n"
+               . 'deepseek_metrics_holidays 2025-01-01;');
+bad('price hit= given twice', 'deepseek_metrics_price', qr/duplicate price "hit=0\.08" for model "deepseek-flash"/,
+    http => $Z . 'deepseek_metrics_price deepseek-flash USD hit=0.07 miss=0.27 output=1.10 hit=0.08;');
+bad('price offpeak_output= given twice', 'deepseek_metrics_price', qr/duplicate price "offpeak_output=2"/,
+    http => $Z . 'deepseek_metrics_price deepseek-flash USD hit=0.07 miss=0.27 output=1.10 '
+               . 'offpeak_output=1 offpeak_output=2;');
+bad('price for a model the allowlist turns into other', 'deepseek_metrics_price',
+    qr/"deepseek_metrics_price" for model "deepseek-flash" never applies: the model allowlist turns it into "other"/,
+    http => $Z . "deepseek_metrics_models deepseek-v4-pro;\n"
+               . 'deepseek_metrics_price deepseek-flash USD hit=0.07 miss=0.27 output=1.10;');
+bad('price for a misspelt model (default allowlist)', 'deepseek_metrics_price',
+    qr/"deepseek_metrics_price" for model "deepseek-flsh" never applies/,
+    http => $Z . 'deepseek_metrics_price deepseek-flsh USD hit=0.07 miss=0.27 output=1.10;');
+good('prices for "other" and "unknown" (model label values)',
+     http => $Z . "deepseek_metrics_models deepseek-v4-pro;\n"
+                . "deepseek_metrics_price other USD hit=0.07 miss=0.27 output=1.10;\n"
+                . "deepseek_metrics_price unknown USD hit=0.07 miss=0.27 output=1.10;\n"
+                . 'deepseek_metrics_price deepseek-v4-pro USD hit=0.5 miss=2 output=8;');
+{
+    # off-peak prices without a schedule: accepted, with a [warn] naming what is missing
+    $t->write_conf(conf(http => $Z . 'deepseek_metrics_price deepseek-flash USD hit=0.07 miss=0.27 '
+                                   . 'output=1.10 offpeak_hit=0.035;'));
+    my ($code, $out) = $t->nginx_t;
+    is($code, 0, 'off-peak prices without peak hours: nginx -t passes') or diag $out;
+    like($out, qr/\[warn\] [^\n]*"deepseek_metrics_price" off-peak prices have no effect without "deepseek_metrics_peak_hours"/,
+         'off-peak prices without peak hours: a [warn] names deepseek_metrics_peak_hours') or diag $out;
+}
 bad('peak hours without ranges', 'deepseek_metrics_peak_hours', qr/no peak ranges given/,
     http => $Z . 'deepseek_metrics_peak_hours utc_offset=+08:00;');
 bad('holiday 2025-13-01', 'deepseek_metrics_holidays', qr/invalid holiday "2025-13-01": expected YYYY-MM-DD/,
