@@ -8,6 +8,8 @@
 #  B. 200 requests, each a new endpoint value, table and zone full: 0 locks.
 #  C. 100 new priced series in a zone with room: 100 locks, one a series (its
 #     currency is set when it is created, not by a second lock).
+#  D. 1,000 requests of a label set without user labels in a full zone: the
+#     worker remembers the overflow series like any series, no lookup at all.
 # The counts stay exact: everything flooded is in the overflow series.
 
 use strict;
@@ -38,6 +40,7 @@ master_process off;
 http {
     deepseek_metrics_zone full:1m max_series=30;
     deepseek_metrics_zone priced:1m max_series=200;
+    deepseek_metrics_zone tiny:1m max_series=1;
     deepseek_metrics_price deepseek-flash USD hit=0.006 miss=0.30 output=1.20;
 
     server {
@@ -57,8 +60,14 @@ http {
             return 200 '$chat';
         }
 
+        location /t/ {
+            deepseek_metrics tiny;
+            return 200 '$chat';
+        }
+
         location = /metrics-full { deepseek_metrics_export full; }
         location = /metrics-priced { deepseek_metrics_export priced; }
+        location = /metrics-tiny { deepseek_metrics_export tiny; }
     }
 }
 EOF
@@ -107,9 +116,13 @@ sub h2load {
 
 my $dumps = 0;
 
-# calls to the shared-memory mutex since the last zeroing, from a fresh dump
+# calls to the shared-memory mutex (or to the functions matching $re) since
+# the last zeroing, from a fresh dump
 sub locks {
+    my ($re) = @_;
+    $re //= qr/^ngx_shmtx_(?:lock|trylock)\b/;
     my @before = glob "$prefix/cg.out*";
+    sleep 0.3;    # the last request's log phase runs just after its response
     system("callgrind_control -d $cg >/dev/null 2>&1") == 0 or diag('callgrind_control -d failed');
     my $file;
     my $d = time + 30;
@@ -127,7 +140,7 @@ sub locks {
         if (/^cfn=(.*)$/) { $callee = $1; next }
         if (/^calls=(\d+)/) {
             my $calls = $1;
-            $n += $calls if $callee =~ /^ngx_shmtx_(?:lock|trylock)\b/;
+            $n += $calls if $callee =~ $re;
             $callee = '';
         }
     }
@@ -160,6 +173,22 @@ is(locks(), 100, 'C: 100 new priced series take 100 locks (the currency comes wi
 zero();
 h2load('existing', map { "/p/v1/chat/completions?u=c$_" } 1 .. 100);
 is(locks(), 0, 'existing priced series take no lock');
+
+# D: the label set (chat_completions, deepseek-flash) found the zone full
+h2load('fill-tiny', '/t/v1/models', '/t/v1/chat/completions');
+zero();
+h2load('D overflow', ('/t/v1/chat/completions') x 1000);
+my $dump = locks(qr/^ngx_http_dsm_series_get\b/);
+is($dump, 0, 'D: 1,000 requests of a remembered overflow series: no series lookup');
+zero();
+h2load('D overflow locks', ('/t/v1/chat/completions') x 100);
+is(locks(), 0, 'D: and no lock');
+
+my $mt = $t->scrape(path => '/metrics-tiny', port => $port);
+is($mt->value('deepseek_requests_total', { endpoint => '__overflow__' }), 1101, 'tiny zone: 1,101 in the overflow series');
+is($mt->value('deepseek_metrics_dropped_total'), 1101, 'tiny zone: dropped_total counts each');
+is($mt->value('deepseek_tokens_total', { endpoint => '__overflow__', type => 'output' }), 1101 * 30,
+   'tiny zone: the overflow series has their tokens');
 
 my $mf = $t->scrape(path => '/metrics-full', port => $port);
 is($mf->value('deepseek_requests_total'), 40 + 1000 + 200, 'full zone: every request counted');
