@@ -396,10 +396,6 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
         }
     }
 
-    if (s->overflow) {
-        (void) ngx_atomic_fetch_add(&zone->sh->dropped, 1);
-    }
-
     /* a status with no slot left takes the request to the overflow series */
 
     s = ngx_http_dsm_count_status(zone->sh, s, status);

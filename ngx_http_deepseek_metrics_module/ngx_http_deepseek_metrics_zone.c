@@ -452,7 +452,7 @@ overflow:
 }
 
 
-/* the overflow series; its requests are counted as dropped by the caller */
+/* the overflow series; its requests count as dropped when counted */
 
 static ngx_http_dsm_series_t *
 ngx_http_dsm_full(ngx_http_dsm_zone_t *zone, ngx_uint_t n)
@@ -585,10 +585,11 @@ ngx_http_dsm_count(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
 
 
 /*
- * Counts a request's status.  The last slots are kept for failure reasons;
- * a status that finds no slot takes the whole request (latency, tokens,
- * reasons) to the overflow series, whose returned record the caller then
- * counts in: requests_total and the latency _count stay equal everywhere.
+ * Counts a request's status, and a request of the overflow series as
+ * dropped.  The last slots are kept for failure reasons; a status that
+ * finds no slot takes the whole request (latency, tokens, reasons) to the
+ * overflow series, whose returned record the caller then counts in:
+ * requests_total and the latency _count stay equal everywhere.
  */
 
 ngx_http_dsm_series_t *
@@ -603,6 +604,8 @@ ngx_http_dsm_count_status(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
     }
 
     if (s->overflow) {
+        /* a label set that found no series */
+        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
         (void) ngx_atomic_fetch_add(&sh->overflow_status[status], 1);
         return s;
     }
