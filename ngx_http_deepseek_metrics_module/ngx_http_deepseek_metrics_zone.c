@@ -584,62 +584,6 @@ ngx_http_dsm_count(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
 }
 
 
-/*
- * Counts a request's status, and a request of the overflow series as
- * dropped.  The last slots are kept for failure reasons; a status that
- * finds no slot takes the whole request (latency, tokens, reasons) to the
- * overflow series, whose returned record the caller then counts in:
- * requests_total and the latency _count stay equal everywhere.
- */
-
-ngx_http_dsm_series_t *
-ngx_http_dsm_count_status(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
-    ngx_uint_t status)
-{
-    uint64_t    w, tag;
-    ngx_uint_t  i;
-
-    if (status >= NGX_HTTP_DSM_NCODES) {
-        status = 0;
-    }
-
-    if (s->overflow) {
-        /* a label set that found no series */
-        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
-        (void) ngx_atomic_fetch_add(&sh->overflow_status[status], 1);
-        return s;
-    }
-
-    tag = ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, status);
-
-    for (i = 0; i < NGX_HTTP_DSM_NSLOTS; i++) {
-        w = s->v[i];
-
-        if (w == 0) {
-            if (i >= NGX_HTTP_DSM_NSLOTS - NGX_HTTP_DSM_NSLOTS_REASON) {
-                break;
-            }
-
-            if (ngx_atomic_cmp_set(&s->v[i], 0, tag | 1)) {
-                return s;
-            }
-
-            w = s->v[i];
-        }
-
-        if ((w & ~0xffffffffffffULL) == tag) {
-            (void) ngx_atomic_fetch_add(&s->v[i], 1);
-            return s;
-        }
-    }
-
-    (void) ngx_atomic_fetch_add(&sh->dropped, 1);
-    (void) ngx_atomic_fetch_add(&sh->overflow_status[status], 1);
-
-    return ngx_http_dsm_series(sh, 0);
-}
-
-
 /* labels without status: endpoint="..",model="..",user="..", escaped */
 
 static size_t
