@@ -143,8 +143,8 @@ typedef struct {
  * with NGX_HTTP_DSM_REAPING and its own pid while it clears the counters).
  */
 
-#define NGX_HTTP_DSM_REAPING          0x100000000ULL
-#define ngx_http_dsm_owner_pid(o)     ((ngx_pid_t) ((o) & 0xffffffff))
+#define NGX_HTTP_DSM_REAPING          0x40000000    /* above any pid */
+#define ngx_http_dsm_owner_pid(o)     ((ngx_pid_t) ((o) & 0x3fffffff))
 
 typedef struct {
     ngx_atomic_t                  owner;

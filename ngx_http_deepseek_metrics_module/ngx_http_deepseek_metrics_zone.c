@@ -276,8 +276,8 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
                                zone->layout.nhash * sizeof(uint32_t));
     sh->series = ngx_slab_calloc(zone->shpool, (zone->layout.max_series + 1)
                                                * zone->layout.series_size);
-    sh->slots = ngx_slab_calloc(zone->shpool,
-                                NGX_MAX_PROCESSES * sizeof(ngx_http_dsm_slot_t));
+    sh->slots = ngx_slab_calloc(zone->shpool, NGX_MAX_PROCESSES
+                                              * sizeof(ngx_http_dsm_slot_t));
 
     if (sh->hash == NULL || sh->series == NULL || sh->slots == NULL) {
         return NGX_ERROR;
