@@ -74,11 +74,16 @@ enum {
  * Sparse counters: each series has NGX_HTTP_DSM_NSLOTS words, a tag in the
  * top 16 bits (bit 15 set, a kind, a code) and a count in the low 48 bits.
  * A slot is claimed by compare-and-swap on first use and never freed, so
- * statuses and failure reasons need no memory until they happen.
+ * statuses and failure reasons need no memory until they happen.  Statuses
+ * may not take the last NGX_HTTP_DSM_NSLOTS_REASON slots: they stay for
+ * failure reasons.  The overflow series has dense counters instead: every
+ * status code (0 and 100..999) and every reason, so it never runs out.
  */
 
 #define NGX_HTTP_DSM_NSLOTS           12
-#define NGX_HTTP_DSM_NOVERFLOW_SLOTS  256
+#define NGX_HTTP_DSM_NSLOTS_REASON    2
+#define NGX_HTTP_DSM_NCODES           1000   /* status 0..999 */
+#define NGX_HTTP_DSM_NREASON_CODES    16     /* in-band, missing: each */
 
 #define NGX_HTTP_DSM_SLOT_STATUS      0
 #define NGX_HTTP_DSM_SLOT_INBAND      1
@@ -137,8 +142,18 @@ typedef struct {
 } ngx_http_dsm_series_t;
 
 
+/*
+ * A worker's in-flight counters.  owner is the pid of the worker, or 0
+ * when free; a slot whose owner is dead is taken over by compare-and-swap
+ * on owner, by a new worker or by the exporter's reaping (which marks it
+ * with NGX_HTTP_DSM_REAPING and its own pid while it clears the counters).
+ */
+
+#define NGX_HTTP_DSM_REAPING          0x40000000    /* above any pid */
+#define ngx_http_dsm_owner_pid(o)     ((ngx_pid_t) ((o) & 0x3fffffff))
+
 typedef struct {
-    ngx_pid_t                     pid;
+    ngx_atomic_t                  owner;
     ngx_atomic_t                  in_flight[NGX_HTTP_DSM_MAX_ENDPOINTS + 1];
 } ngx_http_dsm_slot_t;
 
@@ -171,15 +186,21 @@ typedef struct {
     ngx_http_dsm_layout_t         layout;
 
     ngx_atomic_t                  nseries;       /* ordinary, in use */
-    ngx_uint_t                    full_logged;
+    ngx_atomic_t                  full_logged;
+    size_t                        nomem;         /* smallest failed alloc */
     ngx_atomic_t                  dropped;
-    ngx_atomic_t                  overflow_slots[NGX_HTTP_DSM_NOVERFLOW_SLOTS];
     ngx_atomic_t                  reloads;
     ngx_atomic_t                  last_reload;
     time_t                        start_time;
 
-    ngx_uint_t                    nslots;
-    ngx_http_dsm_slot_t          *slots;         /* + 1 shared fallback */
+    /* the overflow series' statuses and reasons, dense */
+    ngx_atomic_t                  overflow_status[NGX_HTTP_DSM_NCODES];
+    ngx_atomic_t                  overflow_reason[2]
+                                                [NGX_HTTP_DSM_NREASON_CODES];
+
+    /* one slot for every process nginx can have: NGX_MAX_PROCESSES */
+    ngx_atomic_t                  nslots;        /* high-water mark */
+    ngx_http_dsm_slot_t          *slots;
 
     ngx_atomic_t                  nendpoints;
     ngx_http_dsm_endpoint_t       endpoints[NGX_HTTP_DSM_MAX_ENDPOINTS];
@@ -198,7 +219,6 @@ typedef struct {
     ngx_http_dsm_slot_t          *slot;          /* this worker's */
     ngx_http_dsm_series_t       **cache;         /* [endpoint][model] */
     ngx_uint_t                    cache_models;
-    ngx_uint_t                    nslots;
     ngx_uint_t                    max_series_set;
     ngx_uint_t                    currency_logged;
     ngx_uint_t                    reused;        /* kept over a reload */
@@ -263,6 +283,7 @@ typedef struct {
     size_t                        len;
     uint32_t                      hash;
     ngx_uint_t                    nvalues;
+    ngx_str_t                     currency;      /* of its price, or empty */
     ngx_str_t                     names[2 + NGX_HTTP_DSM_MAX_LABELS];
     ngx_str_t                     values[2 + NGX_HTTP_DSM_MAX_LABELS];
 } ngx_http_dsm_key_t;
@@ -393,6 +414,63 @@ ngx_http_dsm_mix(uint32_t h, uint32_t x)
     h = (h ^ x) * 0x9e3779b1;
 
     return h ^ (h >> 16);
+}
+
+
+/*
+ * Counts a request's status, and a request of the overflow series as
+ * dropped.  The last slots are kept for failure reasons; a status that
+ * finds no slot takes the whole request (latency, tokens, reasons) to the
+ * overflow series, whose returned record the caller then counts in:
+ * requests_total and the latency _count stay equal everywhere.  Inline,
+ * as every counted request runs it.
+ */
+
+static ngx_inline ngx_http_dsm_series_t *
+ngx_http_dsm_count_status(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
+    ngx_uint_t status)
+{
+    uint64_t    w, tag;
+    ngx_uint_t  i;
+
+    if (status >= NGX_HTTP_DSM_NCODES) {
+        status = 0;
+    }
+
+    if (s->overflow) {
+        /* a label set that found no series */
+        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
+        (void) ngx_atomic_fetch_add(&sh->overflow_status[status], 1);
+        return s;
+    }
+
+    tag = ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, status);
+
+    for (i = 0; i < NGX_HTTP_DSM_NSLOTS; i++) {
+        w = s->v[i];
+
+        if (w == 0) {
+            if (i >= NGX_HTTP_DSM_NSLOTS - NGX_HTTP_DSM_NSLOTS_REASON) {
+                break;
+            }
+
+            if (ngx_atomic_cmp_set(&s->v[i], 0, tag | 1)) {
+                return s;
+            }
+
+            w = s->v[i];
+        }
+
+        if ((w & ~0xffffffffffffULL) == tag) {
+            (void) ngx_atomic_fetch_add(&s->v[i], 1);
+            return s;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->dropped, 1);
+    (void) ngx_atomic_fetch_add(&sh->overflow_status[status], 1);
+
+    return (ngx_http_dsm_series_t *) sh->series;    /* [0]: the overflow */
 }
 
 

@@ -22,7 +22,6 @@ typedef struct {
     ngx_http_dsm_layout_t        *layout;
     ngx_http_dsm_entry_t         *entries;
     ngx_uint_t                    n;
-    ngx_atomic_uint_t             oslots[NGX_HTTP_DSM_NOVERFLOW_SLOTS];
     ngx_atomic_uint_t             in_flight[NGX_HTTP_DSM_MAX_ENDPOINTS + 1];
     ngx_uint_t                    nendpoints;
     ngx_str_t                     prefix;        /* zone="..", or empty */
@@ -55,6 +54,8 @@ static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
 static void ngx_http_dsm_export_uncount(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
     ngx_http_dsm_zone_t *zone, ngx_http_dsm_snap_t *snap, ngx_uint_t multi);
+static ngx_int_t ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r,
+    ngx_http_dsm_sh_t *sh, ngx_http_dsm_entry_t *e);
 static u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
 static void ngx_http_dsm_family(ngx_http_dsm_out_t *o, char *name,
     char *type, char *help);
@@ -551,7 +552,9 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     u_char                      *p;
     size_t                       nv, len;
     ngx_uint_t                   i, j, n, h;
+    ngx_atomic_uint_t            owner;
     ngx_http_dsm_sh_t           *sh;
+    ngx_http_dsm_slot_t         *slot;
     ngx_http_dsm_entry_t        *e;
     ngx_atomic_uint_t           *v;
     volatile ngx_atomic_uint_t  *src;
@@ -642,23 +645,79 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         v += nv;
     }
 
-    src = sh->overflow_slots;
-    for (j = 0; j < NGX_HTTP_DSM_NOVERFLOW_SLOTS; j++) {
-        snap->oslots[j] = src[j];
+    if (ngx_http_dsm_snapshot_overflow(r, sh, &snap->entries[0]) != NGX_OK) {
+        return NGX_ERROR;
     }
-
-    snap->entries[0].slots = snap->oslots;
-    snap->entries[0].nslots = NGX_HTTP_DSM_NOVERFLOW_SLOTS;
 
     (void) ngx_http_dsm_slots_reap(zone);
 
     snap->nendpoints = sh->nendpoints;
 
-    for (i = 0; i <= sh->nslots; i++) {
+    n = sh->nslots;
+
+    for (i = 0; i < n; i++) {
+        slot = &sh->slots[i];
+        owner = slot->owner;
+
+        /* free, or being cleared by its reaper or its new owner */
+
+        if (owner == 0 || (owner & NGX_HTTP_DSM_REAPING)) {
+            continue;
+        }
+
         for (j = 0; j <= NGX_HTTP_DSM_MAX_ENDPOINTS; j++) {
-            snap->in_flight[j] += sh->slots[i].in_flight[j];
+            snap->in_flight[j] += slot->in_flight[j];
         }
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The overflow series counts every status and reason densely: its nonzero
+ * counters become slot words, so that it is written like any series.
+ */
+
+static ngx_int_t
+ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r, ngx_http_dsm_sh_t *sh,
+    ngx_http_dsm_entry_t *e)
+{
+    uint64_t            c;
+    ngx_uint_t          i, k, n;
+    ngx_atomic_uint_t  *w;
+
+    w = ngx_palloc(r->pool, (NGX_HTTP_DSM_NCODES
+                             + 2 * NGX_HTTP_DSM_NREASON_CODES)
+                            * sizeof(ngx_atomic_uint_t));
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    n = 0;
+
+    for (i = 0; i < NGX_HTTP_DSM_NCODES; i++) {
+        c = sh->overflow_status[i];
+
+        if (c) {
+            w[n++] = ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, i)
+                     | ngx_min(c, 0xffffffffffffULL);
+        }
+    }
+
+    for (k = 0; k < 2; k++) {
+        for (i = 0; i < NGX_HTTP_DSM_NREASON_CODES; i++) {
+            c = sh->overflow_reason[k][i];
+
+            if (c) {
+                w[n++] = ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_INBAND + k, i)
+                         | ngx_min(c, 0xffffffffffffULL);
+            }
+        }
+    }
+
+    e->slots = w;
+    e->nslots = n;
 
     return NGX_OK;
 }

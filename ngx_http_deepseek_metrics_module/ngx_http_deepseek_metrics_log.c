@@ -379,7 +379,8 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
     /*
      * Without user labels a series is fixed by (endpoint, model): this
-     * worker remembers it, series never move or go away.
+     * worker remembers it, series never move or go away, and a full zone
+     * stays full, so the overflow series is remembered too.
      */
 
     cache = NULL;
@@ -401,13 +402,14 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
         s = ngx_http_dsm_series_get(zone, &k);
 
-        if (cache && !s->overflow) {
+        if (cache) {
             *cache = s;
         }
     }
 
-    ngx_http_dsm_count(zone->sh, s,
-                       ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_STATUS, status));
+    /* a status with no slot left takes the request to the overflow series */
+
+    s = ngx_http_dsm_count_status(zone->sh, s, status);
 
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
                          ngx_http_dsm_elapsed(start, now) * 1000);
@@ -543,6 +545,13 @@ ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     k->names[1] = ngx_http_dsm_label_model;
     k->values[1] = q->model;
     k->nvalues = 2;
+
+    if (q->price) {
+        k->currency = q->price->currency;
+
+    } else {
+        ngx_str_null(&k->currency);
+    }
 
     *p++ = (u_char) q->endpoint.len;
     p = ngx_cpymem(p, q->endpoint.data, q->endpoint.len);

@@ -230,9 +230,7 @@ ngx_http_dsm_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_dsm_postconfiguration(ngx_conf_t *cf)
 {
-    ngx_int_t                   workers;
     ngx_uint_t                  i;
-    ngx_core_conf_t            *ccf;
     ngx_http_handler_pt        *h;
     ngx_http_dsm_zone_t       **zones;
     ngx_http_core_main_conf_t  *cmcf;
@@ -241,23 +239,8 @@ ngx_http_dsm_postconfiguration(ngx_conf_t *cf)
     dmcf = ngx_http_conf_get_module_main_conf(cf,
                                              ngx_http_deepseek_metrics_module);
 
-    /*
-     * a slot of in-flight counters per worker; old workers keep theirs
-     * during a graceful reload, hence room for several generations
-     */
-
-    ccf = (ngx_core_conf_t *) ngx_get_conf(cf->cycle->conf_ctx,
-                                           ngx_core_module);
-
-    workers = ccf->worker_processes;
-    if (workers == NGX_CONF_UNSET || workers < 1) {
-        workers = ngx_ncpu;
-    }
-
     zones = dmcf->zones.elts;
     for (i = 0; i < dmcf->zones.nelts; i++) {
-        zones[i]->nslots = 4 * workers + 8;
-
         /* per-worker memory of the series without user labels */
 
         zones[i]->cache_models = dmcf->models->nelts + 2;

@@ -10,11 +10,13 @@
 
 static ngx_int_t ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
-static size_t ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout,
-    ngx_uint_t nslots);
+static size_t ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout);
 static size_t ngx_http_dsm_zone_usable(size_t size);
 static size_t ngx_http_dsm_render_len(ngx_http_dsm_key_t *k);
 static u_char *ngx_http_dsm_render(u_char *p, ngx_http_dsm_key_t *k);
+static ngx_http_dsm_series_t *ngx_http_dsm_full(ngx_http_dsm_zone_t *zone,
+    ngx_uint_t n);
+static ngx_int_t ngx_http_dsm_pid_gone(ngx_atomic_uint_t owner);
 static void ngx_http_dsm_slot_clear(ngx_http_dsm_slot_t *slot);
 
 
@@ -60,13 +62,14 @@ ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
 
 
 static size_t
-ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout, ngx_uint_t nslots)
+ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout)
 {
     return ngx_http_dsm_pages(sizeof(ngx_http_dsm_sh_t))
            + ngx_http_dsm_pages(layout->nhash * sizeof(uint32_t))
            + ngx_http_dsm_pages((layout->max_series + 1)
                                 * layout->series_size)
-           + ngx_http_dsm_pages((nslots + 1) * sizeof(ngx_http_dsm_slot_t))
+           + ngx_http_dsm_pages(NGX_MAX_PROCESSES
+                                * sizeof(ngx_http_dsm_slot_t))
            + NGX_HTTP_DSM_MAX_ENDPOINTS * 2 * 64
            + layout->max_series * NGX_HTTP_DSM_KEY_ESTIMATE;
 }
@@ -124,8 +127,6 @@ ngx_http_dsm_zone_add(ngx_conf_t *cf, ngx_http_dsm_zone_t *zone, size_t size,
     layout->series_size = ngx_http_dsm_series_size(layout);
     usable = ngx_http_dsm_zone_usable(size);
 
-    /* the worker count is not known yet: assume 64 slots here */
-
     if (max_series == 0) {
         per = layout->series_size + NGX_HTTP_DSM_KEY_ESTIMATE
               + 2 * sizeof(uint32_t);
@@ -139,7 +140,7 @@ ngx_http_dsm_zone_add(ngx_conf_t *cf, ngx_http_dsm_zone_t *zone, size_t size,
             layout->max_series = max_series;
             layout->nhash = ngx_http_dsm_nhash(max_series);
 
-            if (ngx_http_dsm_zone_need(layout, 64) <= usable) {
+            if (ngx_http_dsm_zone_need(layout) <= usable) {
                 break;
             }
 
@@ -149,7 +150,7 @@ ngx_http_dsm_zone_add(ngx_conf_t *cf, ngx_http_dsm_zone_t *zone, size_t size,
         if (max_series == 0) {
             layout->max_series = 1;
             layout->nhash = ngx_http_dsm_nhash(1);
-            need = ngx_http_dsm_zone_need(layout, 64);
+            need = ngx_http_dsm_zone_need(layout);
 
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "zone \"%V\" is too small: at least %uzk "
@@ -163,7 +164,7 @@ ngx_http_dsm_zone_add(ngx_conf_t *cf, ngx_http_dsm_zone_t *zone, size_t size,
         layout->max_series = max_series;
         layout->nhash = ngx_http_dsm_nhash(max_series);
 
-        need = ngx_http_dsm_zone_need(layout, 64);
+        need = ngx_http_dsm_zone_need(layout);
 
         if (need > usable) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -247,14 +248,13 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_ERROR;
     }
 
-    need = ngx_http_dsm_zone_need(&zone->layout, zone->nslots);
+    need = ngx_http_dsm_zone_need(&zone->layout);
 
     if (need > ngx_http_dsm_zone_usable(shm_zone->shm.size)) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                       "deepseek_metrics_zone \"%V\" is too small for "
-                      "max_series=%ui and %ui worker slots: set its size "
-                      "to at least %uzk", &zone->name,
-                      zone->layout.max_series, zone->nslots,
+                      "max_series=%ui: set its size to at least %uzk",
+                      &zone->name, zone->layout.max_series,
                       ngx_http_dsm_zone_size_for(need) / 1024 + 1);
         return NGX_ERROR;
     }
@@ -271,14 +271,13 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     sh->version = NGX_HTTP_DSM_LAYOUT_VERSION;
     sh->layout = zone->layout;
     sh->start_time = ngx_time();
-    sh->nslots = zone->nslots;
 
     sh->hash = ngx_slab_calloc(zone->shpool,
                                zone->layout.nhash * sizeof(uint32_t));
     sh->series = ngx_slab_calloc(zone->shpool, (zone->layout.max_series + 1)
                                                * zone->layout.series_size);
-    sh->slots = ngx_slab_calloc(zone->shpool,
-                                (sh->nslots + 1) * sizeof(ngx_http_dsm_slot_t));
+    sh->slots = ngx_slab_calloc(zone->shpool, NGX_MAX_PROCESSES
+                                              * sizeof(ngx_http_dsm_slot_t));
 
     if (sh->hash == NULL || sh->series == NULL || sh->slots == NULL) {
         return NGX_ERROR;
@@ -349,7 +348,7 @@ ngx_http_dsm_series_t *
 ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
 {
     u_char                 *p;
-    size_t                  len;
+    size_t                  len, clen;
     uint32_t               *head;
     ngx_uint_t              i, n;
     ngx_http_dsm_sh_t      *sh;
@@ -369,7 +368,22 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
         }
     }
 
-    /* a new series: the only place that takes the lock */
+    /*
+     * A new series.  Series are never freed: a zone that is full, or whose
+     * memory could not hold a key this long, stays so, and that is known
+     * without the lock, so a flood of new label sets costs no lock.
+     */
+
+    if (sh->nseries >= sh->layout.max_series) {
+        return ngx_http_dsm_full(zone, sh->nseries);
+    }
+
+    clen = ngx_http_dsm_escape(NULL, k->currency.data, k->currency.len);
+    len = k->len + ngx_http_dsm_render_len(k) + clen;
+
+    if (sh->nomem && len >= sh->nomem) {
+        return ngx_http_dsm_full(zone, sh->nseries);
+    }
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -391,10 +405,12 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
         goto overflow;
     }
 
-    len = k->len + ngx_http_dsm_render_len(k);
-
     p = ngx_slab_alloc_locked(zone->shpool, len);
     if (p == NULL) {
+        if (sh->nomem == 0 || len < sh->nomem) {
+            sh->nomem = len;
+        }
+
         goto overflow;
     }
 
@@ -409,6 +425,14 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
     p = ngx_http_dsm_render(p, k);
     s->text_len = (uint16_t) (p - s->text);
 
+    /* the price's currency, so that its first cost takes no lock */
+
+    if (clen) {
+        s->currency = p;
+        ngx_http_dsm_escape(p, k->currency.data, k->currency.len);
+        s->currency_len = (uint16_t) clen;
+    }
+
     s->next = *head;
 
     ngx_memory_barrier();
@@ -422,17 +446,27 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
 
 overflow:
 
-    if (!sh->full_logged) {
-        sh->full_logged = 1;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return ngx_http_dsm_full(zone, n);
+}
+
+
+/* the overflow series; its requests count as dropped when counted */
+
+static ngx_http_dsm_series_t *
+ngx_http_dsm_full(ngx_http_dsm_zone_t *zone, ngx_uint_t n)
+{
+    ngx_http_dsm_sh_t  *sh;
+
+    sh = zone->sh;
+
+    if (sh->full_logged == 0 && ngx_atomic_cmp_set(&sh->full_logged, 0, 1)) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "deepseek_metrics_zone \"%V\" is full (%ui series): "
                       "new label sets are counted in the overflow series",
                       &zone->name, n);
     }
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    (void) ngx_atomic_fetch_add(&sh->dropped, 1);
 
     return ngx_http_dsm_series(sh, 0);
 }
@@ -509,55 +543,49 @@ check:
  * Counts one under a tag in the series' slots: the first slot with the tag
  * or the first free one, claimed with compare-and-swap.  Slots fill in
  * order and are never freed, so two workers cannot claim a tag twice.
- * When all are taken the count goes to the overflow series, which keeps
- * sums exact.
+ * A reason that finds no slot is counted in the overflow series' dense
+ * counters, which keeps its totals exact.
  */
 
 void
 ngx_http_dsm_count(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
     uint64_t tag)
 {
-    uint64_t       w;
-    ngx_uint_t     i, n;
-    ngx_atomic_t  *slots;
+    uint64_t    w;
+    ngx_uint_t  i, kind, code;
 
-    if (s->overflow) {
-        slots = sh->overflow_slots;
-        n = NGX_HTTP_DSM_NOVERFLOW_SLOTS;
+    if (!s->overflow) {
 
-    } else {
-        slots = s->v;
-        n = NGX_HTTP_DSM_NSLOTS;
-    }
-
-    for ( ;; ) {
-
-        for (i = 0; i < n; i++) {
-            w = slots[i];
+        for (i = 0; i < NGX_HTTP_DSM_NSLOTS; i++) {
+            w = s->v[i];
 
             if (w == 0) {
-                if (ngx_atomic_cmp_set(&slots[i], 0, tag | 1)) {
+                if (ngx_atomic_cmp_set(&s->v[i], 0, tag | 1)) {
                     return;
                 }
 
-                w = slots[i];
+                w = s->v[i];
             }
 
             if ((w & ~0xffffffffffffULL) == tag) {
-                (void) ngx_atomic_fetch_add(&slots[i], 1);
+                (void) ngx_atomic_fetch_add(&s->v[i], 1);
                 return;
             }
         }
 
-        if (slots == sh->overflow_slots) {
-            /* 256 kinds of status and reason: cannot happen, lose it */
-            return;
+        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
+    }
+
+    kind = ngx_http_dsm_tag_kind(tag);
+    code = ngx_http_dsm_tag_code(tag);
+
+    if (kind == NGX_HTTP_DSM_SLOT_STATUS) {
+        if (code < NGX_HTTP_DSM_NCODES) {
+            (void) ngx_atomic_fetch_add(&sh->overflow_status[code], 1);
         }
 
-        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
-
-        slots = sh->overflow_slots;
-        n = NGX_HTTP_DSM_NOVERFLOW_SLOTS;
+    } else if (code < NGX_HTTP_DSM_NREASON_CODES) {
+        (void) ngx_atomic_fetch_add(&sh->overflow_reason[kind - 1][code], 1);
     }
 }
 
@@ -737,6 +765,18 @@ ngx_http_dsm_endpoint_get(ngx_http_dsm_zone_t *zone, ngx_str_t *name)
         }
     }
 
+    /* like series, endpoints are never freed: a full table stays full */
+
+    if (n == NGX_HTTP_DSM_MAX_ENDPOINTS) {
+        return NGX_HTTP_DSM_MAX_ENDPOINTS;
+    }
+
+    tlen = ngx_http_dsm_escape(NULL, name->data, name->len);
+
+    if (sh->nomem && name->len + tlen >= sh->nomem) {
+        return NGX_HTTP_DSM_MAX_ENDPOINTS;
+    }
+
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     n = sh->nendpoints;
@@ -755,10 +795,12 @@ ngx_http_dsm_endpoint_get(ngx_http_dsm_zone_t *zone, ngx_str_t *name)
         return NGX_HTTP_DSM_MAX_ENDPOINTS;
     }
 
-    tlen = ngx_http_dsm_escape(NULL, name->data, name->len);
-
     p = ngx_slab_alloc_locked(zone->shpool, name->len + tlen);
     if (p == NULL) {
+        if (sh->nomem == 0 || name->len + tlen < sh->nomem) {
+            sh->nomem = name->len + tlen;
+        }
+
         ngx_shmtx_unlock(&zone->shpool->mutex);
         return NGX_HTTP_DSM_MAX_ENDPOINTS;
     }
@@ -825,13 +867,31 @@ ngx_http_dsm_zone_init_module(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * Every process nginx can run gets a slot of in-flight counters: a master
+ * has at most NGX_MAX_PROCESSES children, however many reloads left old
+ * workers running and whatever worker_processes became since the zone
+ * was created.  A slot is claimed by compare-and-swap on its owner: a free
+ * one, one of a dead process, or a stale one under this very pid (a dead
+ * predecessor's, the pid reused).  No lock: a killed worker holds none.
+ */
+
 ngx_int_t
 ngx_http_dsm_zone_init_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                 i, j, n;
+    ngx_atomic_uint_t          owner, hw;
     ngx_http_dsm_sh_t         *sh;
     ngx_http_dsm_slot_t       *slot;
     ngx_http_dsm_zone_t      **zones;
+
+    /* cache manager and loader serve no requests */
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
 
     zones = ngx_http_dsm_cycle_zones(cycle, &n);
 
@@ -842,25 +902,47 @@ ngx_http_dsm_zone_init_process(ngx_cycle_t *cycle)
             continue;
         }
 
-        /* a slot of a worker that is gone is free, whatever it counted */
+        slot = NULL;
 
-        ngx_shmtx_lock(&zones[i]->shpool->mutex);
+        for (j = 0; j < NGX_MAX_PROCESSES; j++) {
+            owner = sh->slots[j].owner;
 
-        slot = &sh->slots[sh->nslots];
+            if (owner == 0) {
+                if (ngx_atomic_cmp_set(&sh->slots[j].owner, 0, ngx_pid)) {
+                    slot = &sh->slots[j];
+                    break;
+                }
 
-        for (j = 0; j < sh->nslots; j++) {
-            if (sh->slots[j].pid == 0
-                || (kill(sh->slots[j].pid, 0) == -1
-                    && ngx_errno == NGX_ESRCH))
+                continue;
+            }
+
+            if ((ngx_http_dsm_owner_pid(owner) == ngx_pid
+                 || ngx_http_dsm_pid_gone(owner))
+                && ngx_atomic_cmp_set(&sh->slots[j].owner, owner, ngx_pid))
             {
                 slot = &sh->slots[j];
                 ngx_http_dsm_slot_clear(slot);
-                slot->pid = ngx_pid;
                 break;
             }
         }
 
-        ngx_shmtx_unlock(&zones[i]->shpool->mutex);
+        if (slot == NULL) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "deepseek_metrics_zone \"%V\": no in-flight slot "
+                          "free, this worker's requests are counted but "
+                          "not shown in flight", &zones[i]->name);
+            continue;
+        }
+
+        /* the exporter reads slots up to the high-water mark */
+
+        for ( ;; ) {
+            hw = sh->nslots;
+
+            if (hw > j || ngx_atomic_cmp_set(&sh->nslots, hw, j + 1)) {
+                break;
+            }
+        }
 
         zones[i]->slot = slot;
     }
@@ -873,64 +955,85 @@ void
 ngx_http_dsm_zone_exit_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                 i, n;
+    ngx_http_dsm_slot_t       *slot;
     ngx_http_dsm_zone_t      **zones;
 
     zones = ngx_http_dsm_cycle_zones(cycle, &n);
 
     for (i = 0; i < n; i++) {
-        if (zones[i]->slot == NULL
-            || zones[i]->slot == &zones[i]->sh->slots[zones[i]->sh->nslots])
-        {
+        slot = zones[i]->slot;
+
+        if (slot == NULL || slot->owner != (ngx_atomic_uint_t) ngx_pid) {
             continue;
         }
 
-        ngx_shmtx_lock(&zones[i]->shpool->mutex);
+        ngx_http_dsm_slot_clear(slot);
 
-        if (zones[i]->slot->pid == ngx_pid) {
-            ngx_http_dsm_slot_clear(zones[i]->slot);
-            zones[i]->slot->pid = 0;
-        }
+        ngx_memory_barrier();
 
-        ngx_shmtx_unlock(&zones[i]->shpool->mutex);
+        (void) ngx_atomic_cmp_set(&slot->owner, ngx_pid, 0);
     }
 }
 
 
 /*
- * Called by the exporter: frees the slots of workers that died without
+ * Called by the exporter: frees the slots of processes that died without
  * exit_process (SIGKILL, crash), so their in-flight requests do not stay
- * counted forever.
+ * counted forever.  The reaper marks the slot as its own while it clears
+ * the counters; if it dies meanwhile, the slot is reaped again.
  */
 
 ngx_uint_t
 ngx_http_dsm_slots_reap(ngx_http_dsm_zone_t *zone)
 {
-    ngx_pid_t           pid;
-    ngx_uint_t          i, reaped;
-    ngx_http_dsm_sh_t  *sh;
+    ngx_uint_t            i, n, reaped;
+    ngx_atomic_uint_t     owner;
+    ngx_http_dsm_sh_t    *sh;
+    ngx_http_dsm_slot_t  *slot;
 
     sh = zone->sh;
+    n = sh->nslots;
     reaped = 0;
 
-    for (i = 0; i < sh->nslots; i++) {
-        pid = sh->slots[i].pid;
+    for (i = 0; i < n; i++) {
+        slot = &sh->slots[i];
+        owner = slot->owner;
 
-        if (pid == 0 || kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH) {
+        if (owner == 0 || slot == zone->slot) {
             continue;
         }
 
-        ngx_shmtx_lock(&zone->shpool->mutex);
+        /* another slot under this worker's pid is a dead predecessor's */
 
-        if (sh->slots[i].pid == pid) {
-            ngx_http_dsm_slot_clear(&sh->slots[i]);
-            sh->slots[i].pid = 0;
-            reaped++;
+        if (ngx_http_dsm_owner_pid(owner) != ngx_pid
+            && !ngx_http_dsm_pid_gone(owner))
+        {
+            continue;
         }
 
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        if (!ngx_atomic_cmp_set(&slot->owner, owner,
+                                NGX_HTTP_DSM_REAPING | ngx_pid))
+        {
+            continue;
+        }
+
+        ngx_http_dsm_slot_clear(slot);
+
+        ngx_memory_barrier();
+
+        slot->owner = 0;
+        reaped++;
     }
 
     return reaped;
+}
+
+
+static ngx_int_t
+ngx_http_dsm_pid_gone(ngx_atomic_uint_t owner)
+{
+    return kill(ngx_http_dsm_owner_pid(owner), 0) == -1
+           && ngx_errno == NGX_ESRCH;
 }
 
 

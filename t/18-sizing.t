@@ -74,8 +74,9 @@ EOF
     ok($need, "$name: the message gives the size needed (${\ ($need // '?')}k)");
 
     # the documented estimate: max_series x (bytes + hash head) x slab overhead
-    # plus the fixed part (header, worker slots, endpoint table)
-    my $estimate = ($n * ($bytes + 8) * 4120 / 4096 + 64 * 1024) / 1024;
+    # plus the fixed part (header with the overflow series' dense counters,
+    # NGX_MAX_PROCESSES in-flight slots, endpoint table): 308 KB
+    my $estimate = ($n * ($bytes + 8) * 4120 / 4096 + 308 * 1024) / 1024;
     cmp_ok(abs(($need // 0) - $estimate), '<', $estimate * 0.05 + 16,
            "$name: ${\ ($need // 0)}k is within 5% of the formula (${\ int $estimate}k)");
 
