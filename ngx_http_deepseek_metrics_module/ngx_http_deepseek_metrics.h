@@ -232,7 +232,7 @@ typedef struct {
 
 typedef struct {
     ngx_str_t                     model;
-    ngx_str_t                     currency;
+    ngx_str_t                     currency;      /* escaped label text */
     uint64_t                      peak[3];       /* hit, miss, output */
     uint64_t                      offpeak[3];
 } ngx_http_dsm_price_t;

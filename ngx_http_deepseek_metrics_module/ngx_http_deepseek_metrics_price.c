@@ -122,7 +122,18 @@ ngx_http_dsm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     price->model = value[1];
-    price->currency = value[2];
+
+    /* kept as label text: series store and compare it escaped */
+
+    price->currency.data = ngx_pnalloc(cf->pool,
+                                       ngx_http_dsm_escape(NULL, value[2].data,
+                                                           value[2].len));
+    if (price->currency.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    price->currency.len = ngx_http_dsm_escape(price->currency.data,
+                                              value[2].data, value[2].len);
 
     for (j = 0; j < 3; j++) {
         price->peak[j] = v[j];

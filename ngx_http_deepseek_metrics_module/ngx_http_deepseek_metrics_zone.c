@@ -378,7 +378,7 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
         return ngx_http_dsm_full(zone, sh->nseries);
     }
 
-    clen = ngx_http_dsm_escape(NULL, k->currency.data, k->currency.len);
+    clen = k->currency.len;
     len = k->len + ngx_http_dsm_render_len(k) + clen;
 
     if (sh->nomem && len >= sh->nomem) {
@@ -429,7 +429,7 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
 
     if (clen) {
         s->currency = p;
-        ngx_http_dsm_escape(p, k->currency.data, k->currency.len);
+        ngx_memcpy(p, k->currency.data, clen);
         s->currency_len = (uint16_t) clen;
     }
 
@@ -482,19 +482,10 @@ ngx_int_t
 ngx_http_dsm_currency(ngx_http_dsm_zone_t *zone, ngx_http_dsm_series_t *s,
     ngx_str_t *currency)
 {
-    u_char     *p, text[64];
-    size_t      len;
+    u_char     *p;
     ngx_int_t   rc;
 
-    /* the series keeps escaped text: compare like with like */
-
-    len = ngx_http_dsm_escape(NULL, currency->data, currency->len);
-
-    if (len > sizeof(text)) {
-        return NGX_DECLINED;
-    }
-
-    ngx_http_dsm_escape(text, currency->data, currency->len);
+    /* the price keeps its currency escaped, as the series does */
 
     if (s->currency_len) {
         goto check;
@@ -503,18 +494,18 @@ ngx_http_dsm_currency(ngx_http_dsm_zone_t *zone, ngx_http_dsm_series_t *s,
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     if (s->currency_len == 0) {
-        p = ngx_slab_alloc_locked(zone->shpool, len);
+        p = ngx_slab_alloc_locked(zone->shpool, currency->len);
         if (p == NULL) {
             ngx_shmtx_unlock(&zone->shpool->mutex);
             return NGX_DECLINED;
         }
 
-        ngx_memcpy(p, text, len);
+        ngx_memcpy(p, currency->data, currency->len);
         s->currency = p;
 
         ngx_memory_barrier();
 
-        s->currency_len = (uint16_t) len;
+        s->currency_len = (uint16_t) currency->len;
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -523,7 +514,9 @@ check:
 
     rc = NGX_OK;
 
-    if (s->currency_len != len || ngx_memcmp(s->currency, text, len) != 0) {
+    if (s->currency_len != currency->len
+        || ngx_memcmp(s->currency, currency->data, currency->len) != 0)
+    {
         rc = NGX_DECLINED;
 
         if (!zone->currency_logged) {
