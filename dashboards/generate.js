@@ -186,6 +186,16 @@ const aReset = new dashboard.AnnotationQueryBuilder()
   .titleFormat('metrics zone reset')
   .textFormat('{{instance}}: zone {{zone}} created anew (nginx start or zone layout change); counters restart');
 
+const aMaster = new dashboard.AnnotationQueryBuilder()
+  .name('nginx master changed')
+  .datasource(DS)
+  .enable(true)
+  .iconColor('purple')
+  .expr(`changes(deepseek_metrics_master_pid{${SEL_I}}[2m]) > 0`)
+  .step('60s')
+  .titleFormat('nginx master changed')
+  .textFormat('{{instance}}: zone {{zone}} served by another nginx master (restart or binary upgrade); during a USR2 overlap scrapes alternate between the two zones');
+
 // ---------------------------------------------------------------- panels
 const panels = [];
 
@@ -356,7 +366,8 @@ const builder = new dashboard.DashboardBuilder('DeepSeek API (nginx)')
   .withVariable(vModel)
   .annotation(aBuiltin)
   .annotation(aReload)
-  .annotation(aReset);
+  .annotation(aReset)
+  .annotation(aMaster);
 
 for (const p of panels) {
   if (p instanceof dashboard.RowBuilder) builder.withRow(p);

@@ -121,7 +121,7 @@ my (%nodata, %errors);
 my $now = time;
 for my $q (@queries) {
     my $name = "$q->{kind} '$q->{title}'" . ($q->{refId} ? " $q->{refId}" : '');
-    next if $q->{kind} eq 'annotation' && $q->{expr} =~ /zone_start_time/;   # checked after the zone reset below
+    next if $q->{kind} eq 'annotation' && $q->{expr} =~ /zone_start_time|master_pid/;   # checked after the reset and restart below
     if ($q->{kind} eq 'variable' && $q->{match}) {
         my $r = $prom->api("/api/v1/label/$q->{label}/values", 'match[]' => $q->{match});
         if ($r->{status} ne 'success') { $errors{$name} = $r->{error} }
@@ -205,6 +205,18 @@ my $reset = DSM::Stack::wait_for('zone reset seen', 20, sub {
     defined $v && defined $start0 && $v != $start0;
 });
 ok($reset, 'zone start time changed after the layout change');
+
+# ------------------------------------------------------------------ another master (annotation)
+# A restart (or a binary upgrade) puts another master behind the zone.
+my $master0 = $prom->value('deepseek_metrics_master_pid');
+is($master0, $t->master_pid, 'deepseek_metrics_master_pid is the pid of the nginx master');
+$t->stop_nginx;
+$t->start;
+my $master1 = DSM::Stack::wait_for('another master seen', 20, sub {
+    my $v = $prom->value('deepseek_metrics_master_pid');
+    defined $v && $v == $t->master_pid;
+});
+ok($master1 && $t->master_pid != $master0, 'the new master pid is scraped after a restart');
 for my $q (grep { $_->{kind} eq 'annotation' } @queries) {
     my $r = $prom->api('/api/v1/query_range', query => $q->{expr}, start => time - 120, end => time, step => 1);
     ok($r->{status} eq 'success' && @{ $r->{data}{result} || [] }, "annotation '$q->{title}' finds the event")
