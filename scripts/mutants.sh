@@ -16,6 +16,7 @@
 #     === id: short-kebab-name
 #     file: <path from the repo root>
 #     tests: t/NN-a.t t/NN-b.t
+#     build: asan            (optional: a defect only the ASan+UBSan build sees)
 #     --- from
 #     <exact source lines, occurring exactly once in the file>
 #     --- to
@@ -103,6 +104,7 @@ sub parse_file {
         die "mutants: $rel:$n: text outside a mutant\n" unless $cur;
         if ($line =~ /^file:\s*(\S+)\s*$/) { $cur->{file} = $1; next }
         if ($line =~ /^tests:\s*(.*?)\s*$/) { $cur->{tests} = [ split ' ', $1 ]; next }
+        if ($line =~ /^build:\s*(dynamic|asan)\s*$/) { $cur->{build} = $1; next }
         die "mutants: $rel:$n: unknown line: $line\n";
     }
 
@@ -116,6 +118,7 @@ sub parse_file {
         die "mutants: $where: no tests:\n" unless @{ $m->{tests} };
         die "mutants: $where: empty \"--- from\"\n" unless @{ $m->{from} };
         $m->{mfile} = $rel;
+        $m->{build} //= 'dynamic';
     }
     return @m;
 }
@@ -198,18 +201,31 @@ sub run_logged {
 
 sub quote { my ($s) = @_; $s =~ s/'/'\\''/g; return "'$s'" }
 
+# "build: asan" mutants (a defect only a sanitizer sees) run against the
+# ASan+UBSan nginx of the scratch copy, with the repository's nginx source
+my $ASAN = "$SRC/build/asan/sbin/nginx";
+
 sub build {
-    my ($log) = @_;
+    my ($log, $kind) = @_;
+    if (($kind // 'dynamic') eq 'asan') {
+        my $fetched = "$REPO/build/nginx-src/.dsm-fetched";
+        if (-f $fetched && !-f "$SRC/build/nginx-src/.dsm-fetched") {
+            make_path("$SRC/build/nginx-src");
+            spew("$SRC/build/nginx-src/.dsm-fetched", slurp($fetched));
+        }
+        return run_logged($log, 'scripts/build-asan.sh') == 0 && -x $ASAN;
+    }
     unlink $SO;
     my $rc = run_logged($log, 'scripts/build.sh');
     return $rc == 0 && -f $SO;
 }
 
 sub run_tests {
-    my ($log, @tests) = @_;
+    my ($log, $kind, @tests) = @_;
+    my $asan = ($kind // 'dynamic') eq 'asan';
     my $rc = run_logged($log,
         "timeout -k 10 $TIMEOUT prove -I t/lib -j1 " . join(' ', map { quote($_) } @tests),
-        env => { DSM_NGINX => $NGINX, DSM_MODULE => $SO,
+        env => { DSM_NGINX => $asan ? $ASAN : $NGINX, DSM_MODULE => $asan ? '' : $SO,
                  DSM_TEST_TIMEOUT => $TIMEOUT });
     return $rc;
 }
@@ -243,22 +259,24 @@ printf "mutants: %d mutant(s) from %s; scratch %s\n", scalar(@mutants),
     join(' ', map { s{^\Q$REPO\E/}{}r } @files), $SRC;
 sync_tree();
 
-# baseline: the unmutated module must pass every listed test
-my %union;
-$union{$_} = 1 for map { @{ $_->{tests} } } @mutants;
-my @all = sort keys %union;
-my $blog = "$LOGS/_baseline.log";
-unlink $blog;
-my $t0 = time;
-print "mutants: baseline build + " . scalar(@all) . " test file(s) ...\n";
-build($blog) or die "mutants: the unmutated module does not build, see $blog\n";
-my $brc = run_tests($blog, @all);
-if ($brc != 0) {
-    system('tail', '-n', '40', $blog);
-    die "mutants: ABORT: the unmutated build fails its tests (exit $brc), so every"
-        . " mutant would look killed; see $blog\n";
+# baseline: the unmutated module must pass every listed test, per build kind
+for my $kind (qw(dynamic asan)) {
+    my %union;
+    $union{$_} = 1 for map { @{ $_->{tests} } } grep { $_->{build} eq $kind } @mutants;
+    my @all = sort keys %union or next;
+    my $blog = "$LOGS/_baseline-$kind.log";
+    unlink $blog;
+    my $t0 = time;
+    print "mutants: $kind baseline build + " . scalar(@all) . " test file(s) ...\n";
+    build($blog, $kind) or die "mutants: the unmutated module does not build, see $blog\n";
+    my $brc = run_tests($blog, $kind, @all);
+    if ($brc != 0) {
+        system('tail', '-n', '40', $blog);
+        die "mutants: ABORT: the unmutated $kind build fails its tests (exit $brc), so"
+            . " every mutant would look killed; see $blog\n";
+    }
+    printf "mutants: $kind baseline passes (%.0fs)\n", time - $t0;
 }
-printf "mutants: baseline passes (%.0fs)\n", time - $t0;
 
 my (@rows, $killed);
 my $dirty;
@@ -277,11 +295,11 @@ for my $m (@mutants) {
     if (defined(my $err = apply($m))) {
         $result = 'BROKEN-ANCHOR';
         $why = $err;
-    } elsif (!build($log)) {
+    } elsif (!build($log, $m->{build})) {
         $result = 'BROKEN-BUILD';
         $why = "does not compile, see $log";
     } else {
-        my $rc = run_tests($log, @{ $m->{tests} });
+        my $rc = run_tests($log, $m->{build}, @{ $m->{tests} });
         if ($rc == 124 || $rc == 137) { $result = 'KILLED'; $why = 'timeout' }
         elsif ($rc != 0)              { $result = 'KILLED' }
         else                          { $result = 'SURVIVED' }
@@ -295,7 +313,8 @@ for my $m (@mutants) {
 }
 
 restore($dirty) if defined $dirty;
-build("$LOGS/_restore.log");   # leave the scratch tree unmutated
+# leave the scratch builds unmutated
+build("$LOGS/_restore.log", $_) for sort { $a cmp $b } keys %{{ map { $_->{build} => 1 } @mutants }};
 
 my $total = @rows;
 print "\n", '=' x 78, "\n";
