@@ -155,6 +155,8 @@ http {
     # list prices per 1M tokens (DEEPSEEK-API.md, November 2026), peak / off-peak
     deepseek_metrics_price deepseek-flash  USD hit=0.006 miss=0.30 output=1.20 offpeak_hit=0.003 offpeak_miss=0.15 offpeak_output=0.60;
     deepseek_metrics_price deepseek-v4-pro USD hit=0.044 miss=1.32 output=3.96 offpeak_hit=0.022 offpeak_miss=0.66 offpeak_output=1.98;
+    # DeepSeek's peak hours (Beijing time); off-peak prices apply outside them
+    deepseek_metrics_peak_hours utc_offset=+08:00 days=mon-fri 09:00-12:00 14:00-18:00;
 
     $UPSTREAM_BLOCK
 
