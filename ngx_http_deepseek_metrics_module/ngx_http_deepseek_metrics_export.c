@@ -50,6 +50,7 @@ typedef struct {
 #define ngx_http_dsm_lit(p, s)   ngx_cpymem(p, s, sizeof(s) - 1)
 
 
+static ngx_uint_t ngx_http_dsm_wants_openmetrics(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
 static void ngx_http_dsm_export_uncount(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
@@ -519,17 +520,17 @@ ngx_http_dsm_export_uncount(ngx_http_request_t *r)
 
     st = ngx_http_dsm_state(r);
 
-    if (!st->valid || (st->len & NGX_HTTP_DSM_ST_COUNTED)) {
+    if (!st->valid || ngx_http_dsm_st_counted(st)) {
         return;
     }
 
-    st->len |= NGX_HTTP_DSM_ST_COUNTED;
+    ngx_http_dsm_st_set_counted(st);
 
-    if (!(st->len & NGX_HTTP_DSM_ST_IN_FLIGHT)) {
+    if (!ngx_http_dsm_st_in_flight(st)) {
         return;
     }
 
-    st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
+    ngx_http_dsm_st_set_in_flight(st, 0);
 
     if (ngx_http_dsm_resolve(r, &q) == NGX_OK && q.zone->slot) {
         (void) ngx_atomic_fetch_add(&q.zone->slot->in_flight[q.endpoint_index],
@@ -1224,4 +1225,116 @@ ngx_http_dsm_seconds(u_char *p, uint64_t us)
     }
 
     return p;
+}
+
+
+/*
+ * Escapes a label value for both exposition formats and replaces invalid
+ * UTF-8 and control bytes other than LF with U+FFFD, so no input can make
+ * a scrape unparsable.  With dst NULL it only returns the length.
+ */
+
+size_t
+ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len)
+{
+    u_char      c, *last;
+    size_t      n, need;
+    ngx_uint_t  ok, j;
+
+    n = 0;
+    last = src + len;
+
+    while (src < last) {
+        c = *src;
+
+        if (c < 0x20 && c != '\n') {
+            /* a raw CR or other control byte trips some consumers */
+            goto replace;
+        }
+
+        if (c < 0x80) {
+            if (c == '\\' || c == '"' || c == '\n') {
+                if (dst) {
+                    *dst++ = '\\';
+                    *dst++ = (c == '\n') ? 'n' : c;
+                }
+
+                n += 2;
+
+            } else {
+                if (dst) {
+                    *dst++ = c;
+                }
+
+                n++;
+            }
+
+            src++;
+            continue;
+        }
+
+        /* a multi-byte sequence: check lead, length, range, continuation */
+
+        ok = 1;
+
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+
+        } else {
+            need = 0;
+            ok = 0;
+        }
+
+        if (ok && (size_t) (last - src) <= need) {
+            ok = 0;
+        }
+
+        if (ok) {
+            if ((c == 0xe0 && src[1] < 0xa0)
+                || (c == 0xed && src[1] > 0x9f)
+                || (c == 0xf0 && src[1] < 0x90)
+                || (c == 0xf4 && src[1] > 0x8f))
+            {
+                ok = 0;
+            }
+        }
+
+        if (ok) {
+            for (j = 1; j <= need; j++) {
+                if ((src[j] & 0xc0) != 0x80) {
+                    ok = 0;
+                    break;
+                }
+            }
+        }
+
+        if (ok) {
+            if (dst) {
+                dst = ngx_cpymem(dst, src, need + 1);
+            }
+
+            n += need + 1;
+            src += need + 1;
+            continue;
+        }
+
+    replace:
+
+        if (dst) {
+            *dst++ = 0xef;
+            *dst++ = 0xbf;
+            *dst++ = 0xbd;
+        }
+
+        n += 3;
+        src++;
+    }
+
+    return n;
 }

@@ -352,7 +352,7 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
         dmcf->model_hashes[i] = ngx_murmur_hash2(s[i].data, s[i].len);
     }
 
-    ngx_http_dsm_log_init();
+    ngx_http_dsm_request_init(dmcf);
 
     return ngx_http_dsm_check_prices(cf, dmcf);
 }
@@ -508,48 +508,6 @@ static void
 ngx_http_dsm_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_dsm_zone_exit_process(cycle);
-}
-
-
-ngx_http_dsm_zone_t *
-ngx_http_dsm_zone_lookup(ngx_conf_t *cf, ngx_str_t *name, char *directive)
-{
-    ngx_uint_t                 i;
-    ngx_http_dsm_zone_t       *zone, **zones, **zp;
-    ngx_http_dsm_main_conf_t  *dmcf;
-
-    dmcf = ngx_http_conf_get_module_main_conf(cf,
-                                             ngx_http_deepseek_metrics_module);
-
-    zones = dmcf->zones.elts;
-    for (i = 0; i < dmcf->zones.nelts; i++) {
-        if (zones[i]->name.len == name->len
-            && ngx_strncmp(zones[i]->name.data, name->data, name->len) == 0)
-        {
-            return zones[i];
-        }
-    }
-
-    /* a forward reference: checked in postconfiguration */
-
-    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsm_zone_t));
-    if (zone == NULL) {
-        return NULL;
-    }
-
-    zone->name = *name;
-    zone->directive = directive;
-    zone->file = cf->conf_file->file.name;
-    zone->line = cf->conf_file->line;
-
-    zp = ngx_array_push(&dmcf->zones);
-    if (zp == NULL) {
-        return NULL;
-    }
-
-    *zp = zone;
-
-    return zone;
 }
 
 
