@@ -19,7 +19,7 @@
 #define NGX_HTTP_DSM_VERSION          "0.1.0"
 
 #define NGX_HTTP_DSM_MAGIC            0x6473656b6d657472ULL
-#define NGX_HTTP_DSM_LAYOUT_VERSION   1
+#define NGX_HTTP_DSM_LAYOUT_VERSION   2
 
 #define NGX_HTTP_DSM_MAX_BUCKETS      32
 #define NGX_HTTP_DSM_MAX_VALUE        255    /* bytes of one label value */
@@ -181,6 +181,7 @@ typedef struct {
 
 
 typedef struct {
+    /* first, at fixed offsets: checked before anything else is read */
     uint64_t                      magic;
     uint64_t                      version;
     ngx_http_dsm_layout_t         layout;

@@ -70,6 +70,9 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
     case NGX_HTTP_DSM_EP_MESSAGES:
         break;
     default:
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: body not read, endpoint kind %ui",
+                       kind);
         return ngx_http_next_header_filter(r);
     }
 
@@ -89,6 +92,11 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         {
             /* not read, counted as usage missing; the bytes pass as they are */
             ctx->compressed = 1;
+
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "deepseek metrics: body not read, "
+                           "Content-Encoding \"%V\"", ce);
+
             return ngx_http_next_header_filter(r);
         }
     }
@@ -114,6 +122,11 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
     ngx_http_deepseek_metrics_parse_init(&ctx->parse, mode);
     ctx->parsing = 1;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "deepseek metrics: body read as %s%s",
+                   kind == NGX_HTTP_DSM_EP_MESSAGES ? "Anthropic " : "",
+                   ctx->stream ? "SSE" : "JSON");
+
     /* the body filter's quick way in */
     ngx_http_set_ctx(r, ctx, ngx_http_deepseek_metrics_module);
 
@@ -131,6 +144,9 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         && !r->upstream->store)
     {
         r->upstream->buffering = 0;
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: SSE proxied unbuffered");
     }
 
     return ngx_http_next_header_filter(r);

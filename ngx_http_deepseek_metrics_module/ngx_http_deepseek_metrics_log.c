@@ -126,6 +126,12 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
         s = ngx_http_dsm_series_get(zone, &k);
 
+        ngx_log_debug6(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: series key endpoint \"%V\" "
+                       "model \"%V\" labels %ui hash %08xD in zone \"%V\""
+                       "%s", &q.endpoint, &q.model, k.nvalues - 2, k.hash,
+                       &zone->name, s->overflow ? ": overflow" : "");
+
         if (cache) {
             *cache = s;
         }
@@ -135,10 +141,38 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
     s = ngx_http_dsm_count_status(zone->sh, s, status);
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "deepseek metrics: counted status %ui model index %ui%s",
+                   status, q.model_index,
+                   s->overflow ? " in the overflow series" : "");
+
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
                          ngx_http_dsm_elapsed(start, now) * 1000);
 
     if (q.ctx && (q.ctx->parsing || q.ctx->compressed)) {
+
+#if (NGX_DEBUG)
+        {
+        ngx_http_deepseek_metrics_parse_t  *p = q.parse;
+
+        ngx_log_debug6(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: body %s, events %ui, finish %ui, "
+                       "error class %ui, usage %s fields %xi",
+                       q.ctx->compressed ? "compressed"
+                       : p->invalid ? "invalid"
+                       : p->seen ? "parsed" : "empty",
+                       p->events, p->finish_reason, p->error_class,
+                       p->usage_seen ? "found" : "missing", p->usage_fields);
+
+        ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: usage prompt %uL completion %uL "
+                       "hit %uL miss %uL reasoning %uL",
+                       p->prompt_tokens, p->completion_tokens,
+                       p->cache_hit_tokens, p->cache_miss_tokens,
+                       p->reasoning_tokens);
+        }
+#endif
+
         ngx_http_dsm_count_body(r, &q, s, now);
     }
 

@@ -220,7 +220,27 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
     if (ozone) {
-        sh = ozone->sh;
+
+        /*
+         * Found from the memory itself, not from the old cycle's zone: a
+         * reload may bring another build of the module, whose header is
+         * only trusted once its magic and layout version match ours.
+         */
+
+        sh = zone->shpool->data;
+
+        if (sh == NULL
+            || sh->magic != NGX_HTTP_DSM_MAGIC
+            || sh->version != NGX_HTTP_DSM_LAYOUT_VERSION)
+        {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "deepseek_metrics_zone \"%V\": the memory was "
+                          "laid out by another version of the module, "
+                          "refused; to apply the new module, also change "
+                          "the zone's size or name (its counters then "
+                          "start at zero) or restart nginx", &zone->name);
+            return NGX_ERROR;
+        }
 
         if (ngx_memcmp(&sh->layout, &zone->layout,
                        sizeof(ngx_http_dsm_layout_t))
@@ -240,6 +260,11 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         /* counted in init_module, once the whole reload has succeeded */
         zone->reused = 1;
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, shm_zone->shm.log, 0,
+                       "deepseek_metrics_zone \"%V\": reused with %ui of "
+                       "%ui series", &zone->name, (ngx_uint_t) sh->nseries,
+                       sh->layout.max_series);
 
         return NGX_OK;
     }
@@ -464,6 +489,10 @@ ngx_http_dsm_full(ngx_http_dsm_zone_t *zone, ngx_uint_t n)
     ngx_http_dsm_sh_t  *sh;
 
     sh = zone->sh;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "deepseek_metrics_zone \"%V\": no new series after %ui, "
+                   "the overflow series counts it", &zone->name, n);
 
     if (sh->full_logged == 0 && ngx_atomic_cmp_set(&sh->full_logged, 0, 1)) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
