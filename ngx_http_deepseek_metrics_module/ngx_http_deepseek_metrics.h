@@ -349,7 +349,7 @@ typedef struct {
 
 
 extern ngx_module_t  ngx_http_deepseek_metrics_module;
-extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
+extern const ngx_str_t  ngx_http_dsm_builtin_endpoints[];
 
 
 

@@ -158,7 +158,7 @@ ngx_module_t  ngx_http_deepseek_metrics_module = {
 
 
 /* every model name in DEEPSEEK-API.md: current, legacy and retired */
-static ngx_str_t  ngx_http_dsm_default_models[] = {
+static const ngx_str_t  ngx_http_dsm_default_models[] = {
     ngx_string("deepseek-flash"),
     ngx_string("deepseek-v4-pro"),
     ngx_string("deepseek-v4-flash"),
@@ -170,7 +170,7 @@ static ngx_str_t  ngx_http_dsm_default_models[] = {
 
 
 /* label names the module sets itself */
-static ngx_str_t  ngx_http_dsm_reserved_labels[] = {
+static const ngx_str_t  ngx_http_dsm_reserved_labels[] = {
     ngx_string("le"),
     ngx_string("quantile"),
     ngx_string("endpoint"),
@@ -187,7 +187,7 @@ static ngx_str_t  ngx_http_dsm_reserved_labels[] = {
 };
 
 
-static ngx_str_t  ngx_http_dsm_hist_names[] = {
+static const ngx_str_t  ngx_http_dsm_hist_names[] = {
     ngx_string("latency"),
     ngx_string("ttft"),
     ngx_string("answer"),
@@ -198,7 +198,7 @@ static ngx_str_t  ngx_http_dsm_hist_names[] = {
 
 
 /* deepseek_metrics_zone parameters, in the order of the enum below */
-static ngx_str_t  ngx_http_dsm_zone_params[] = {
+static const ngx_str_t  ngx_http_dsm_zone_params[] = {
     ngx_string("max_series="),
     ngx_string("buckets="),
     ngx_string("tpot_buckets="),
@@ -320,8 +320,9 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_dsm_main_conf_t *dmcf = conf;
 
-    ngx_str_t   *s, *m;
-    ngx_uint_t   i;
+    ngx_str_t        *s;
+    ngx_uint_t        i;
+    const ngx_str_t  *m;
 
     if (dmcf->models == NULL) {
         dmcf->models = ngx_array_create(cf->pool, 8, sizeof(ngx_str_t));
@@ -859,8 +860,9 @@ ngx_http_dsm_label(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_dsm_loc_conf_t *dlcf = conf;
 
     u_char                            *p;
-    ngx_str_t                         *value, *r;
+    ngx_str_t                         *value;
     ngx_uint_t                         i;
+    const ngx_str_t                   *r;
     ngx_http_dsm_label_t              *label;
     ngx_http_compile_complex_value_t   ccv;
 

@@ -84,8 +84,9 @@ void
 ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     ngx_http_variable_value_t *st)
 {
-    ngx_str_t            value, *b;
+    ngx_str_t            value;
     ngx_uint_t           kind, index;
+    const ngx_str_t     *b;
     ngx_http_dsm_ctx_t  *ctx;
 
     kind = ngx_http_dsm_classify(&r->uri);

@@ -24,7 +24,7 @@ static ngx_int_t ngx_http_dsm_pid_gone(ngx_atomic_uint_t owner);
 static void ngx_http_dsm_slot_clear(ngx_http_dsm_slot_t *slot);
 
 
-ngx_str_t  ngx_http_dsm_builtin_endpoints[] = {
+const ngx_str_t  ngx_http_dsm_builtin_endpoints[] = {
     ngx_string("chat_completions"),
     ngx_string("completions"),
     ngx_string("models"),
