@@ -19,7 +19,7 @@
 #define NGX_HTTP_DSM_VERSION          "0.1.0"
 
 #define NGX_HTTP_DSM_MAGIC            0x6473656b6d657472ULL
-#define NGX_HTTP_DSM_LAYOUT_VERSION   1
+#define NGX_HTTP_DSM_LAYOUT_VERSION   2
 
 #define NGX_HTTP_DSM_MAX_BUCKETS      32
 #define NGX_HTTP_DSM_MAX_VALUE        255    /* bytes of one label value */
@@ -181,6 +181,7 @@ typedef struct {
 
 
 typedef struct {
+    /* first, at fixed offsets: checked before anything else is read */
     uint64_t                      magic;
     uint64_t                      version;
     ngx_http_dsm_layout_t         layout;
@@ -255,6 +256,9 @@ typedef struct {
     ngx_array_t                  *prices;        /* ngx_http_dsm_price_t */
     ngx_http_dsm_schedule_t       schedule;
     ngx_int_t                     state_index;   /* the request state slot */
+    uint32_t                      other_hash;    /* model "other" */
+    uint32_t                      unknown_hash;  /* model "unknown" */
+    uint32_t                      overflow_hash; /* endpoint "__overflow__" */
 } ngx_http_dsm_main_conf_t;
 
 
@@ -345,7 +349,7 @@ typedef struct {
 
 
 extern ngx_module_t  ngx_http_deepseek_metrics_module;
-extern ngx_str_t     ngx_http_dsm_builtin_endpoints[];
+extern const ngx_str_t  ngx_http_dsm_builtin_endpoints[];
 
 
 
@@ -359,6 +363,78 @@ ngx_http_dsm_state(ngx_http_request_t *r)
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
 
     return &r->main->variables[dmcf->state_index];
+}
+
+
+/* the request state's bits, read and written only through these */
+
+static ngx_inline void
+ngx_http_dsm_st_set(ngx_http_variable_value_t *st, ngx_uint_t endpoint,
+    ngx_uint_t kind)
+{
+    st->len = endpoint | kind << NGX_HTTP_DSM_ST_KIND_SHIFT;
+}
+
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_st_endpoint(ngx_http_variable_value_t *st)
+{
+    return st->len & NGX_HTTP_DSM_ST_ENDPOINT;
+}
+
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_st_kind(ngx_http_variable_value_t *st)
+{
+    return st->len >> NGX_HTTP_DSM_ST_KIND_SHIFT;
+}
+
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_st_has_ctx(ngx_http_variable_value_t *st)
+{
+    return (st->len & NGX_HTTP_DSM_ST_CTX) != 0;
+}
+
+
+static ngx_inline void
+ngx_http_dsm_st_set_ctx(ngx_http_variable_value_t *st, void *ctx)
+{
+    st->data = ctx;
+    st->len |= NGX_HTTP_DSM_ST_CTX;
+}
+
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_st_in_flight(ngx_http_variable_value_t *st)
+{
+    return (st->len & NGX_HTTP_DSM_ST_IN_FLIGHT) != 0;
+}
+
+
+static ngx_inline void
+ngx_http_dsm_st_set_in_flight(ngx_http_variable_value_t *st, ngx_uint_t on)
+{
+    if (on) {
+        st->len |= NGX_HTTP_DSM_ST_IN_FLIGHT;
+
+    } else {
+        st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
+    }
+}
+
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_st_counted(ngx_http_variable_value_t *st)
+{
+    return (st->len & NGX_HTTP_DSM_ST_COUNTED) != 0;
+}
+
+
+static ngx_inline void
+ngx_http_dsm_st_set_counted(ngx_http_variable_value_t *st)
+{
+    st->len |= NGX_HTTP_DSM_ST_COUNTED;
 }
 
 
@@ -499,12 +575,13 @@ size_t ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len);
 /* request handlers */
 ngx_int_t ngx_http_dsm_preaccess_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_dsm_log_handler(ngx_http_request_t *r);
-void ngx_http_dsm_log_init(void);
+void ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf);
 void ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     ngx_http_variable_value_t *st);
 ngx_int_t ngx_http_dsm_resolve(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q);
-void ngx_http_dsm_resolve_endpoint(ngx_http_dsm_req_t *q);
+void ngx_http_dsm_resolve_endpoint(ngx_http_request_t *r,
+    ngx_http_dsm_req_t *q);
 ngx_http_dsm_ctx_t *ngx_http_dsm_ctx(ngx_http_request_t *r);
 void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf);

@@ -17,6 +17,20 @@ typedef struct {
 } ngx_http_dsm_entry_t;
 
 
+/* the zone's own counters and gauges, copied into the snapshot */
+
+typedef enum {
+    NGX_HTTP_DSM_V_SERIES = 0,                  /* used and capacity */
+    NGX_HTTP_DSM_V_CAPACITY,
+    NGX_HTTP_DSM_V_DROPPED,
+    NGX_HTTP_DSM_V_START_TIME,
+    NGX_HTTP_DSM_V_RELOADS,
+    NGX_HTTP_DSM_V_LAST_RELOAD,
+    NGX_HTTP_DSM_V_MASTER_PID,
+    NGX_HTTP_DSM_NVALUES
+} ngx_http_dsm_value_e;
+
+
 typedef struct {
     ngx_http_dsm_zone_t          *zone;
     ngx_http_dsm_layout_t        *layout;
@@ -24,7 +38,10 @@ typedef struct {
     ngx_uint_t                    n;
     ngx_atomic_uint_t             in_flight[NGX_HTTP_DSM_MAX_ENDPOINTS + 1];
     ngx_uint_t                    nendpoints;
+    ngx_http_dsm_endpoint_t      *endpoints;
+    ngx_str_t                     name;          /* escaped zone name */
     ngx_str_t                     prefix;        /* zone="..", or empty */
+    uint64_t                      values[NGX_HTTP_DSM_NVALUES];
     ngx_str_t                     le[NGX_HTTP_DSM_NHIST]
                                     [NGX_HTTP_DSM_MAX_BUCKETS + 1];
 } ngx_http_dsm_snap_t;
@@ -37,8 +54,34 @@ typedef struct {
     ngx_buf_t                    *b;
     off_t                         size;
     ngx_uint_t                    om;
+    ngx_uint_t                    priced;
     ngx_uint_t                    error;
 } ngx_http_dsm_out_t;
+
+
+/* deepseek_errors_total reasons: ngx_http_dsm_reasons_list's order */
+
+typedef enum {
+    NGX_HTTP_DSM_R_INVALID_REQUEST = 0,
+    NGX_HTTP_DSM_R_AUTH,
+    NGX_HTTP_DSM_R_INSUFFICIENT_BALANCE,
+    NGX_HTTP_DSM_R_NOT_FOUND,
+    NGX_HTTP_DSM_R_RATE_LIMITED,
+    NGX_HTTP_DSM_R_CLIENT_ERROR,
+    NGX_HTTP_DSM_R_SERVER_ERROR,
+    NGX_HTTP_DSM_R_UPSTREAM_UNAVAILABLE,
+    NGX_HTTP_DSM_R_OVERLOADED,
+    NGX_HTTP_DSM_R_UPSTREAM_TIMEOUT,
+    NGX_HTTP_DSM_R_CLIENT_CLOSED,
+    NGX_HTTP_DSM_R_STREAM_TRUNCATED,
+    NGX_HTTP_DSM_R_QUEUE_TIMEOUT,
+    NGX_HTTP_DSM_R_CONTENT_FILTER,
+    NGX_HTTP_DSM_R_INSUFFICIENT_RESOURCE,
+    NGX_HTTP_DSM_R_EMPTY_RESPONSE,
+    NGX_HTTP_DSM_R_STREAM_ERROR,
+    NGX_HTTP_DSM_R_CLIENT_TIMEOUT,
+    NGX_HTTP_DSM_NREASONS
+} ngx_http_dsm_reason_e;
 
 
 typedef struct {
@@ -47,9 +90,32 @@ typedef struct {
 } ngx_http_dsm_reason_t;
 
 
+/* a metric family: its lines for one zone's snapshot come from emit */
+
+typedef struct ngx_http_dsm_family_s  ngx_http_dsm_family_t;
+
+typedef void (*ngx_http_dsm_emit_pt)(ngx_http_dsm_out_t *o,
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
+
+#define NGX_HTTP_DSM_FAMILY_ZONES     0   /* once per zone */
+#define NGX_HTTP_DSM_FAMILY_HIST      1   /* if a zone has the histogram */
+#define NGX_HTTP_DSM_FAMILY_PRICED    2   /* if prices are configured */
+#define NGX_HTTP_DSM_FAMILY_ONCE      3   /* once, not per zone */
+
+struct ngx_http_dsm_family_s {
+    ngx_str_t                     name;
+    char                         *type;
+    char                         *help;
+    ngx_http_dsm_emit_pt          emit;
+    ngx_uint_t                    arg;           /* for emit */
+    ngx_uint_t                    when;
+};
+
+
 #define ngx_http_dsm_lit(p, s)   ngx_cpymem(p, s, sizeof(s) - 1)
 
 
+static ngx_uint_t ngx_http_dsm_wants_openmetrics(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
 static void ngx_http_dsm_export_uncount(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
@@ -57,26 +123,38 @@ static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
 static ngx_int_t ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r,
     ngx_http_dsm_sh_t *sh, ngx_http_dsm_entry_t *e);
 static u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
-static void ngx_http_dsm_family(ngx_http_dsm_out_t *o, char *name,
-    char *type, char *help);
-static u_char *ngx_http_dsm_open(u_char *p, ngx_str_t *name,
+static ngx_uint_t ngx_http_dsm_family_shown(ngx_http_dsm_out_t *o,
+    const ngx_http_dsm_family_t *f, ngx_http_dsm_snap_t *snaps,
+    ngx_uint_t nzones);
+static void ngx_http_dsm_family(ngx_http_dsm_out_t *o,
+    const ngx_http_dsm_family_t *f);
+static u_char *ngx_http_dsm_open(u_char *p, const ngx_str_t *name,
     ngx_http_dsm_snap_t *snap, ngx_http_dsm_entry_t *e);
 static u_char *ngx_http_dsm_u64(u_char *p, uint64_t n);
 static void ngx_http_dsm_requests(ngx_http_dsm_out_t *o,
-    ngx_http_dsm_snap_t *snap);
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static void ngx_http_dsm_histogram(ngx_http_dsm_out_t *o,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t h);
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static void ngx_http_dsm_tokens(ngx_http_dsm_out_t *o,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t what);
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
+static void ngx_http_dsm_in_flight(ngx_http_dsm_out_t *o,
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static void ngx_http_dsm_reasons(ngx_http_dsm_out_t *o,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t missing);
-static void ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, char *name,
-    ngx_http_dsm_zone_t *zone, char *state, uint64_t value);
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
+static void ngx_http_dsm_zone_value(ngx_http_dsm_out_t *o,
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
+static void ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o,
+    const ngx_str_t *name, ngx_http_dsm_snap_t *snap, char *state,
+    uint64_t value);
+static void ngx_http_dsm_build_info(ngx_http_dsm_out_t *o,
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static u_char *ngx_http_dsm_seconds(u_char *p, uint64_t us);
 static ngx_uint_t ngx_http_dsm_status_reason(ngx_uint_t status);
 
 
-static ngx_http_dsm_reason_t  ngx_http_dsm_reasons_list[] = {
+static const ngx_http_dsm_reason_t
+    ngx_http_dsm_reasons_list[NGX_HTTP_DSM_NREASONS + 1] =
+{
     { ngx_string("invalid_request"), NGX_HTTP_DSM_NINBAND },
     { ngx_string("auth"), NGX_HTTP_DSM_NINBAND },
     { ngx_string("insufficient_balance"), NGX_HTTP_DSM_NINBAND },
@@ -99,11 +177,10 @@ static ngx_http_dsm_reason_t  ngx_http_dsm_reasons_list[] = {
     { ngx_null_string, 0 }
 };
 
-#define NGX_HTTP_DSM_NREASONS                                                \
-    (sizeof(ngx_http_dsm_reasons_list) / sizeof(ngx_http_dsm_reason_t) - 1)
 
+/* deepseek_usage_missing_total reasons: NGX_HTTP_DSM_MISSING_* order */
 
-static ngx_str_t  ngx_http_dsm_missing_list[] = {
+static const ngx_str_t  ngx_http_dsm_missing_list[NGX_HTTP_DSM_NMISSING] = {
     ngx_string("compressed"),
     ngx_string("truncated"),
     ngx_string("client_abort"),
@@ -113,39 +190,120 @@ static ngx_str_t  ngx_http_dsm_missing_list[] = {
 };
 
 
-static ngx_str_t  ngx_http_dsm_hist_metric[] = {
-    ngx_string("deepseek_request_latency_seconds"),
-    ngx_string("deepseek_time_to_first_token_seconds"),
-    ngx_string("deepseek_time_to_first_answer_token_seconds"),
-    ngx_string("deepseek_queue_wait_seconds"),
-    ngx_string("deepseek_time_per_output_token_seconds")
+/* token kinds of ngx_http_dsm_tokens() */
+
+#define NGX_HTTP_DSM_TOKENS_BY_TYPE   0
+#define NGX_HTTP_DSM_TOKENS_REASONING 1
+#define NGX_HTTP_DSM_TOKENS_COST      2
+
+
+/* the exposition, family by family, in this order */
+
+static const ngx_http_dsm_family_t  ngx_http_dsm_families[] = {
+
+    { ngx_string("deepseek_requests_total"), "counter",
+      "Requests finished, by status sent to the client.",
+      ngx_http_dsm_requests, 0, NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_request_latency_seconds"), "histogram",
+      "Request start to last byte sent ($request_time).",
+      ngx_http_dsm_histogram, NGX_HTTP_DSM_H_LATENCY,
+      NGX_HTTP_DSM_FAMILY_HIST },
+
+    { ngx_string("deepseek_time_to_first_token_seconds"), "histogram",
+      "Streaming: request start to the first event with content, "
+      "reasoning_content or tool_calls.",
+      ngx_http_dsm_histogram, NGX_HTTP_DSM_H_TTFT, NGX_HTTP_DSM_FAMILY_HIST },
+
+    { ngx_string("deepseek_time_to_first_answer_token_seconds"), "histogram",
+      "Streaming: request start to the first answer token (content or "
+      "tool_calls, after any reasoning).",
+      ngx_http_dsm_histogram, NGX_HTTP_DSM_H_ANSWER,
+      NGX_HTTP_DSM_FAMILY_HIST },
+
+    { ngx_string("deepseek_queue_wait_seconds"), "histogram",
+      "Streaming: request start to the first data event (time queued at "
+      "DeepSeek sending keep-alives).",
+      ngx_http_dsm_histogram, NGX_HTTP_DSM_H_QUEUE,
+      NGX_HTTP_DSM_FAMILY_HIST },
+
+    { ngx_string("deepseek_time_per_output_token_seconds"), "histogram",
+      "Streaming: first token to last byte, divided by output tokens - 1.",
+      ngx_http_dsm_histogram, NGX_HTTP_DSM_H_TPOT, NGX_HTTP_DSM_FAMILY_HIST },
+
+    { ngx_string("deepseek_tokens_total"), "counter",
+      "Tokens by type: input_cache_hit, input_cache_miss, "
+      "output (they sum to total_tokens).",
+      ngx_http_dsm_tokens, NGX_HTTP_DSM_TOKENS_BY_TYPE,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_reasoning_tokens_total"), "counter",
+      "Reasoning tokens, a part of the output tokens.",
+      ngx_http_dsm_tokens, NGX_HTTP_DSM_TOKENS_REASONING,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_cost_total"), "counter",
+      "Money spent by the configured price table.",
+      ngx_http_dsm_tokens, NGX_HTTP_DSM_TOKENS_COST,
+      NGX_HTTP_DSM_FAMILY_PRICED },
+
+    { ngx_string("deepseek_requests_in_flight"), "gauge",
+      "Requests started and not yet finished.",
+      ngx_http_dsm_in_flight, 0, NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_errors_total"), "counter",
+      "Failed requests: HTTP-level by status, and in-band "
+      "failures under a 200.",
+      ngx_http_dsm_reasons, 0, NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_usage_missing_total"), "counter",
+      "Responses whose token usage could not be read.",
+      ngx_http_dsm_reasons, 1, NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_metrics_series"), "gauge",
+      "Series in use and the zone's capacity.",
+      ngx_http_dsm_zone_value, NGX_HTTP_DSM_V_SERIES,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_metrics_dropped_total"), "counter",
+      "Observations that found no free series and went "
+      "to the overflow series.",
+      ngx_http_dsm_zone_value, NGX_HTTP_DSM_V_DROPPED,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_metrics_zone_start_time_seconds"), "gauge",
+      "When the zone was created: its counters started at zero then.",
+      ngx_http_dsm_zone_value, NGX_HTTP_DSM_V_START_TIME,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_metrics_reloads_total"), "counter",
+      "Configuration reloads that kept the zone.",
+      ngx_http_dsm_zone_value, NGX_HTTP_DSM_V_RELOADS,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_metrics_last_reload_time_seconds"), "gauge",
+      "When the last reload that kept the zone happened (0: none yet).",
+      ngx_http_dsm_zone_value, NGX_HTTP_DSM_V_LAST_RELOAD,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    /*
+     * During a binary upgrade (USR2) two masters share the listening
+     * sockets and each has its own zone: scrapes alternate between them.
+     */
+
+    { ngx_string("deepseek_metrics_master_pid"), "gauge",
+      "PID of the nginx master whose worker served this "
+      "scrape: it changes with a binary upgrade, and "
+      "alternates while two masters serve the port.",
+      ngx_http_dsm_zone_value, NGX_HTTP_DSM_V_MASTER_PID,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_build_info"), "gauge",
+      "Module and nginx versions.",
+      ngx_http_dsm_build_info, 0, NGX_HTTP_DSM_FAMILY_ONCE },
+
+    { ngx_null_string, NULL, NULL, NULL, 0, 0 }
 };
-
-
-static char *ngx_http_dsm_hist_help[] = {
-    "Request start to last byte sent ($request_time).",
-    "Streaming: request start to the first event with content, "
-    "reasoning_content or tool_calls.",
-    "Streaming: request start to the first answer token (content or "
-    "tool_calls, after any reasoning).",
-    "Streaming: request start to the first data event (time queued at "
-    "DeepSeek sending keep-alives).",
-    "Streaming: first token to last byte, divided by output tokens - 1."
-};
-
-
-static ngx_str_t  ngx_http_dsm_requests_name =
-    ngx_string("deepseek_requests_total");
-static ngx_str_t  ngx_http_dsm_tokens_name =
-    ngx_string("deepseek_tokens_total");
-static ngx_str_t  ngx_http_dsm_reasoning_name =
-    ngx_string("deepseek_reasoning_tokens_total");
-static ngx_str_t  ngx_http_dsm_cost_name =
-    ngx_string("deepseek_cost_total");
-static ngx_str_t  ngx_http_dsm_errors_name =
-    ngx_string("deepseek_errors_total");
-static ngx_str_t  ngx_http_dsm_missing_name =
-    ngx_string("deepseek_usage_missing_total");
 
 
 char *
@@ -237,18 +395,15 @@ ngx_http_dsm_wants_openmetrics(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_dsm_export_handler(ngx_http_request_t *r)
 {
-    u_char                    *p;
-    ngx_int_t                  rc;
-    ngx_pid_t                  pid;
-    ngx_str_t                  text;
-    ngx_uint_t                 i, j, nzones, h;
-    ngx_http_dsm_sh_t         *sh;
-    ngx_http_dsm_out_t         o;
-    ngx_http_dsm_snap_t       *snaps;
-    ngx_http_dsm_zone_t      **zones;
-    ngx_http_dsm_endpoint_t   *ep;
-    ngx_http_dsm_loc_conf_t   *dlcf;
-    ngx_http_dsm_main_conf_t  *dmcf;
+    u_char                       *p;
+    ngx_int_t                     rc;
+    ngx_uint_t                    i, nzones;
+    ngx_http_dsm_out_t            o;
+    ngx_http_dsm_snap_t          *snaps;
+    ngx_http_dsm_zone_t         **zones;
+    ngx_http_dsm_loc_conf_t      *dlcf;
+    ngx_http_dsm_main_conf_t     *dmcf;
+    const ngx_http_dsm_family_t  *f;
 
     ngx_http_dsm_export_uncount(r);
 
@@ -290,170 +445,24 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     o.r = r;
     o.last = &o.out;
     o.om = ngx_http_dsm_wants_openmetrics(r);
+    o.priced = (dmcf->prices != NULL);
 
-    ngx_http_dsm_family(&o, "deepseek_requests_total", "counter",
-                        "Requests finished, by status sent to the client.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_requests(&o, &snaps[i]);
-    }
-
-    for (h = 0; h < NGX_HTTP_DSM_NHIST; h++) {
-        for (i = 0; i < nzones; i++) {
-            if (snaps[i].layout->nbuckets[h]) {
-                break;
-            }
-        }
-
-        if (i == nzones) {
+    for (f = ngx_http_dsm_families; f->name.len; f++) {
+        if (!ngx_http_dsm_family_shown(&o, f, snaps, nzones)) {
             continue;
         }
 
-        ngx_http_dsm_family(&o, (char *) ngx_http_dsm_hist_metric[h].data,
-                            "histogram", ngx_http_dsm_hist_help[h]);
+        ngx_http_dsm_family(&o, f);
+
+        if (f->when == NGX_HTTP_DSM_FAMILY_ONCE) {
+            f->emit(&o, NULL, f);
+            continue;
+        }
+
         for (i = 0; i < nzones; i++) {
-            ngx_http_dsm_histogram(&o, &snaps[i], h);
+            f->emit(&o, &snaps[i], f);
         }
     }
-
-    ngx_http_dsm_family(&o, "deepseek_tokens_total", "counter",
-                        "Tokens by type: input_cache_hit, input_cache_miss, "
-                        "output (they sum to total_tokens).");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_tokens(&o, &snaps[i], 0);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_reasoning_tokens_total", "counter",
-                        "Reasoning tokens, a part of the output tokens.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_tokens(&o, &snaps[i], 1);
-    }
-
-    if (dmcf->prices) {
-        ngx_http_dsm_family(&o, "deepseek_cost_total", "counter",
-                            "Money spent by the configured price table.");
-        for (i = 0; i < nzones; i++) {
-            ngx_http_dsm_tokens(&o, &snaps[i], 2);
-        }
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_requests_in_flight", "gauge",
-                        "Requests started and not yet finished.");
-    for (i = 0; i < nzones; i++) {
-        sh = zones[i]->sh;
-
-        for (j = 0; j <= NGX_HTTP_DSM_MAX_ENDPOINTS; j++) {
-            if (j < snaps[i].nendpoints) {
-                ep = &sh->endpoints[j];
-                text.data = ep->text;
-                text.len = ep->text_len;
-
-            } else if (j == NGX_HTTP_DSM_MAX_ENDPOINTS
-                       && snaps[i].in_flight[j])
-            {
-                ngx_str_set(&text, "__overflow__");
-
-            } else {
-                continue;
-            }
-
-            p = ngx_http_dsm_reserve(&o, text.len + snaps[i].prefix.len
-                                         + 96);
-            if (p == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            p = ngx_http_dsm_lit(p, "deepseek_requests_in_flight{");
-            p = ngx_cpymem(p, snaps[i].prefix.data, snaps[i].prefix.len);
-            p = ngx_http_dsm_lit(p, "endpoint=\"");
-            p = ngx_cpymem(p, text.data, text.len);
-            p = ngx_http_dsm_lit(p, "\"} ");
-            p = ngx_http_dsm_u64(p, snaps[i].in_flight[j]);
-            *p++ = '\n';
-            o.b->last = p;
-        }
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_errors_total", "counter",
-                        "Failed requests: HTTP-level by status, and in-band "
-                        "failures under a 200.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_reasons(&o, &snaps[i], 0);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_usage_missing_total", "counter",
-                        "Responses whose token usage could not be read.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_reasons(&o, &snaps[i], 1);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_metrics_series", "gauge",
-                        "Series in use and the zone's capacity.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_series", zones[i],
-                                "used", snaps[i].n - 1);
-        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_series", zones[i],
-                                "capacity", snaps[i].layout->max_series);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_metrics_dropped_total", "counter",
-                        "Observations that found no free series and went "
-                        "to the overflow series.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_dropped_total",
-                                zones[i], NULL, zones[i]->sh->dropped);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_metrics_zone_start_time_seconds",
-                        "gauge", "When the zone was created: its counters "
-                        "started at zero then.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_zone_start_time_seconds",
-                                zones[i], NULL, zones[i]->sh->start_time);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_metrics_reloads_total", "counter",
-                        "Configuration reloads that kept the zone.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_reloads_total",
-                                zones[i], NULL, zones[i]->sh->reloads);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_metrics_last_reload_time_seconds",
-                        "gauge", "When the last reload that kept the zone "
-                        "happened (0: none yet).");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_zone_gauge(&o,
-                                "deepseek_metrics_last_reload_time_seconds",
-                                zones[i], NULL, zones[i]->sh->last_reload);
-    }
-
-    /*
-     * During a binary upgrade (USR2) two masters share the listening
-     * sockets and each has its own zone: scrapes alternate between them.
-     */
-
-    pid = (ngx_process == NGX_PROCESS_WORKER) ? ngx_parent : ngx_pid;
-
-    ngx_http_dsm_family(&o, "deepseek_metrics_master_pid", "gauge",
-                        "PID of the nginx master whose worker served this "
-                        "scrape: it changes with a binary upgrade, and "
-                        "alternates while two masters serve the port.");
-    for (i = 0; i < nzones; i++) {
-        ngx_http_dsm_zone_gauge(&o, "deepseek_metrics_master_pid", zones[i],
-                                NULL, (uint64_t) pid);
-    }
-
-    ngx_http_dsm_family(&o, "deepseek_build_info", "gauge",
-                        "Module and nginx versions.");
-
-    p = ngx_http_dsm_reserve(&o, 128);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    o.b->last = ngx_http_dsm_lit(p, "deepseek_build_info{version=\""
-                                 NGX_HTTP_DSM_VERSION "\",nginx_version=\""
-                                 NGINX_VERSION "\"} 1\n");
 
     if (o.om) {
         p = ngx_http_dsm_reserve(&o, 8);
@@ -519,17 +528,17 @@ ngx_http_dsm_export_uncount(ngx_http_request_t *r)
 
     st = ngx_http_dsm_state(r);
 
-    if (!st->valid || (st->len & NGX_HTTP_DSM_ST_COUNTED)) {
+    if (!st->valid || ngx_http_dsm_st_counted(st)) {
         return;
     }
 
-    st->len |= NGX_HTTP_DSM_ST_COUNTED;
+    ngx_http_dsm_st_set_counted(st);
 
-    if (!(st->len & NGX_HTTP_DSM_ST_IN_FLIGHT)) {
+    if (!ngx_http_dsm_st_in_flight(st)) {
         return;
     }
 
-    st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
+    ngx_http_dsm_st_set_in_flight(st, 0);
 
     if (ngx_http_dsm_resolve(r, &q) == NGX_OK && q.zone->slot) {
         (void) ngx_atomic_fetch_add(&q.zone->slot->in_flight[q.endpoint_index],
@@ -551,6 +560,7 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
 {
     u_char                      *p;
     size_t                       nv, len;
+    ngx_pid_t                    pid;
     ngx_uint_t                   i, j, n, h;
     ngx_atomic_uint_t            owner;
     ngx_http_dsm_sh_t           *sh;
@@ -564,25 +574,39 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     snap->zone = zone;
     snap->layout = &sh->layout;
 
+    len = ngx_http_dsm_escape(NULL, zone->name.data, zone->name.len);
+
+    p = ngx_pnalloc(r->pool, len + sizeof("zone=\"\",") - 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
     /* never NULL: it is copied with memcpy(), which must not get NULL */
     ngx_str_set(&snap->prefix, "");
 
     if (multi) {
-        len = sizeof("zone=\"\",") - 1
-              + ngx_http_dsm_escape(NULL, zone->name.data, zone->name.len);
-
-        p = ngx_pnalloc(r->pool, len);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
         snap->prefix.data = p;
         p = ngx_http_dsm_lit(p, "zone=\"");
-        p += ngx_http_dsm_escape(p, zone->name.data, zone->name.len);
+    }
+
+    snap->name.data = p;
+    snap->name.len = len;
+    p += ngx_http_dsm_escape(p, zone->name.data, zone->name.len);
+
+    if (multi) {
         *p++ = '"';
         *p++ = ',';
         snap->prefix.len = p - snap->prefix.data;
     }
+
+    snap->values[NGX_HTTP_DSM_V_DROPPED] = sh->dropped;
+    snap->values[NGX_HTTP_DSM_V_START_TIME] = sh->start_time;
+    snap->values[NGX_HTTP_DSM_V_RELOADS] = sh->reloads;
+    snap->values[NGX_HTTP_DSM_V_LAST_RELOAD] = sh->last_reload;
+    snap->values[NGX_HTTP_DSM_V_CAPACITY] = sh->layout.max_series;
+
+    pid = (ngx_process == NGX_PROCESS_WORKER) ? ngx_parent : ngx_pid;
+    snap->values[NGX_HTTP_DSM_V_MASTER_PID] = (uint64_t) pid;
 
     /* the "le" label of every bucket, with the closing brace */
 
@@ -629,6 +653,7 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     }
 
     snap->n = n;
+    snap->values[NGX_HTTP_DSM_V_SERIES] = n - 1;
 
     for (i = 0; i < n; i++) {
         e = &snap->entries[i];
@@ -652,6 +677,7 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     (void) ngx_http_dsm_slots_reap(zone);
 
     snap->nendpoints = sh->nendpoints;
+    snap->endpoints = sh->endpoints;
 
     n = sh->nslots;
 
@@ -764,36 +790,67 @@ ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n)
 }
 
 
+/* a histogram no zone has, prices not configured: no family at all */
+
+static ngx_uint_t
+ngx_http_dsm_family_shown(ngx_http_dsm_out_t *o,
+    const ngx_http_dsm_family_t *f, ngx_http_dsm_snap_t *snaps,
+    ngx_uint_t nzones)
+{
+    ngx_uint_t  i;
+
+    switch (f->when) {
+
+    case NGX_HTTP_DSM_FAMILY_HIST:
+        for (i = 0; i < nzones; i++) {
+            if (snaps[i].layout->nbuckets[f->arg]) {
+                return 1;
+            }
+        }
+
+        return 0;
+
+    case NGX_HTTP_DSM_FAMILY_PRICED:
+        return o->priced;
+
+    default:
+        return 1;
+    }
+}
+
+
 /* HELP and TYPE; OpenMetrics names a counter family without "_total" */
 
 static void
-ngx_http_dsm_family(ngx_http_dsm_out_t *o, char *name, char *type,
-    char *help)
+ngx_http_dsm_family(ngx_http_dsm_out_t *o, const ngx_http_dsm_family_t *f)
 {
     u_char  *p;
     size_t   len;
 
-    len = ngx_strlen(name);
+    len = f->name.len;
 
-    if (o->om && len > 6 && ngx_strcmp(name + len - 6, "_total") == 0) {
+    if (o->om && len > 6
+        && ngx_strncmp(f->name.data + len - 6, "_total", 6) == 0)
+    {
         len -= 6;
     }
 
-    p = ngx_http_dsm_reserve(o, 2 * len + ngx_strlen(type)
-                                + ngx_strlen(help) + 32);
+    p = ngx_http_dsm_reserve(o, 2 * len + ngx_strlen(f->type)
+                                + ngx_strlen(f->help) + 32);
     if (p == NULL) {
         return;
     }
 
     o->b->last = ngx_sprintf(p, "# HELP %*s %s\n# TYPE %*s %s\n",
-                             len, name, help, len, name, type);
+                             len, f->name.data, f->help, len, f->name.data,
+                             f->type);
 }
 
 
 /* name{zone="..",endpoint="..",model="..",user=".." */
 
 static u_char *
-ngx_http_dsm_open(u_char *p, ngx_str_t *name, ngx_http_dsm_snap_t *snap,
+ngx_http_dsm_open(u_char *p, const ngx_str_t *name, ngx_http_dsm_snap_t *snap,
     ngx_http_dsm_entry_t *e)
 {
     p = ngx_cpymem(p, name->data, name->len);
@@ -816,7 +873,7 @@ ngx_http_dsm_u64(u_char *p, uint64_t n)
     size_t   len;
     u_char   tmp[NGX_INT64_LEN], *t;
 
-    static u_char  digits[] =
+    static const u_char  digits[] =
         "00010203040506070809101112131415161718192021222324"
         "25262728293031323334353637383940414243444546474849"
         "50515253545556575859606162636465666768697071727374"
@@ -850,7 +907,8 @@ ngx_http_dsm_u64(u_char *p, uint64_t n)
 
 
 static void
-ngx_http_dsm_requests(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
+ngx_http_dsm_requests(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    const ngx_http_dsm_family_t *f)
 {
     u_char                *p;
     uint64_t               w;
@@ -879,7 +937,7 @@ ngx_http_dsm_requests(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
 
             status = ngx_http_dsm_tag_code(w);
 
-            p = ngx_http_dsm_open(p, &ngx_http_dsm_requests_name, snap, e);
+            p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, ",status=\"");
             *p++ = (u_char) ('0' + status / 100);
             *p++ = (u_char) ('0' + status / 10 % 10);
@@ -896,22 +954,24 @@ ngx_http_dsm_requests(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
 
 static void
 ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t h)
+    const ngx_http_dsm_family_t *f)
 {
     u_char                *p;
     uint64_t               cum;
-    ngx_str_t              name, *metric;
-    ngx_uint_t             i, b, nb;
+    ngx_str_t              name;
+    ngx_uint_t             i, b, nb, h;
+    const ngx_str_t       *metric;
     ngx_atomic_uint_t     *v;
     ngx_http_dsm_entry_t  *e;
 
+    h = f->arg;
     nb = snap->layout->nbuckets[h];
 
     if (nb == 0) {
         return;
     }
 
-    metric = &ngx_http_dsm_hist_metric[h];
+    metric = &f->name;
 
     for (i = 0; i < snap->n; i++) {
         e = &snap->entries[i];
@@ -974,11 +1034,11 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 }
 
 
-/* what: 0 tokens by type, 1 reasoning tokens, 2 cost */
+/* f->arg: NGX_HTTP_DSM_TOKENS_BY_TYPE, _REASONING, _COST */
 
 static void
 ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t what)
+    const ngx_http_dsm_family_t *f)
 {
     u_char                *p;
     uint64_t               cost;
@@ -1002,25 +1062,25 @@ ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             return;
         }
 
-        switch (what) {
+        switch (f->arg) {
 
-        case 0:
-            p = ngx_http_dsm_open(p, &ngx_http_dsm_tokens_name, snap, e);
+        case NGX_HTTP_DSM_TOKENS_BY_TYPE:
+            p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, ",type=\"input_cache_hit\"} ");
             p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_HIT]);
             *p++ = '\n';
-            p = ngx_http_dsm_open(p, &ngx_http_dsm_tokens_name, snap, e);
+            p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, ",type=\"input_cache_miss\"} ");
             p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_MISS]);
             *p++ = '\n';
-            p = ngx_http_dsm_open(p, &ngx_http_dsm_tokens_name, snap, e);
+            p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, ",type=\"output\"} ");
             p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_OUTPUT]);
             *p++ = '\n';
             break;
 
-        case 1:
-            p = ngx_http_dsm_open(p, &ngx_http_dsm_reasoning_name, snap, e);
+        case NGX_HTTP_DSM_TOKENS_REASONING:
+            p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, "} ");
             p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_REASONING]);
             *p++ = '\n';
@@ -1035,7 +1095,7 @@ ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
             cost = v[NGX_HTTP_DSM_C_COST];
 
-            p = ngx_http_dsm_open(p, &ngx_http_dsm_cost_name, snap, e);
+            p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, ",currency=\"");
             p = ngx_cpymem(p, e->s->currency, e->s->currency_len);
             p = ngx_sprintf(p, "\"} %uL.%012uL\n", cost / 1000000000000ULL,
@@ -1057,52 +1117,52 @@ ngx_http_dsm_status_reason(ngx_uint_t status)
     case 414:
     case 422:
     case 431:
-        return 0;
+        return NGX_HTTP_DSM_R_INVALID_REQUEST;
     case 401:
     case 403:
-        return 1;
+        return NGX_HTTP_DSM_R_AUTH;
     case 402:
-        return 2;
+        return NGX_HTTP_DSM_R_INSUFFICIENT_BALANCE;
     case 404:
-        return 3;
+        return NGX_HTTP_DSM_R_NOT_FOUND;
     case 429:
-        return 4;
+        return NGX_HTTP_DSM_R_RATE_LIMITED;
     case 499:
-        return 10;
+        return NGX_HTTP_DSM_R_CLIENT_CLOSED;
     case 502:
-        return 7;
+        return NGX_HTTP_DSM_R_UPSTREAM_UNAVAILABLE;
     case 503:
-        return 8;
+        return NGX_HTTP_DSM_R_OVERLOADED;
     case 504:
-        return 9;
+        return NGX_HTTP_DSM_R_UPSTREAM_TIMEOUT;
     }
 
     if (status >= 400 && status < 500) {
-        return 5;
+        return NGX_HTTP_DSM_R_CLIENT_ERROR;
     }
 
     if (status >= 500 && status < 600) {
-        return 6;
+        return NGX_HTTP_DSM_R_SERVER_ERROR;
     }
 
     return NGX_HTTP_DSM_NREASONS;
 }
 
 
-/* missing: 0 errors by reason, 1 usage missing by reason */
+/* f->arg: 0 errors by reason, 1 usage missing by reason */
 
 static void
 ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t missing)
+    const ngx_http_dsm_family_t *f)
 {
     u_char                *p;
     uint64_t               n[NGX_HTTP_DSM_NREASONS], w;
-    ngx_str_t             *reason, *name;
-    ngx_uint_t             i, j, r, nr, code, any;
+    ngx_uint_t             i, j, r, nr, code, any, missing;
+    const ngx_str_t       *reason;
     ngx_http_dsm_entry_t  *e;
 
+    missing = f->arg;
     nr = missing ? NGX_HTTP_DSM_NMISSING : NGX_HTTP_DSM_NREASONS;
-    name = missing ? &ngx_http_dsm_missing_name : &ngx_http_dsm_errors_name;
 
     for (i = 0; i < snap->n; i++) {
         e = &snap->entries[i];
@@ -1169,7 +1229,7 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             reason = missing ? &ngx_http_dsm_missing_list[r]
                              : &ngx_http_dsm_reasons_list[r].reason;
 
-            p = ngx_http_dsm_open(p, name, snap, e);
+            p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, ",reason=\"");
             p = ngx_cpymem(p, reason->data, reason->len);
             p = ngx_http_dsm_lit(p, "\"} ");
@@ -1183,19 +1243,77 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
 
 static void
-ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, char *name,
-    ngx_http_dsm_zone_t *zone, char *state, uint64_t value)
+ngx_http_dsm_in_flight(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    const ngx_http_dsm_family_t *f)
+{
+    u_char                   *p;
+    ngx_str_t                 text;
+    ngx_uint_t                j;
+    ngx_http_dsm_endpoint_t  *ep;
+
+    for (j = 0; j <= NGX_HTTP_DSM_MAX_ENDPOINTS; j++) {
+        if (j < snap->nendpoints) {
+            ep = &snap->endpoints[j];
+            text.data = ep->text;
+            text.len = ep->text_len;
+
+        } else if (j == NGX_HTTP_DSM_MAX_ENDPOINTS && snap->in_flight[j]) {
+            ngx_str_set(&text, "__overflow__");
+
+        } else {
+            continue;
+        }
+
+        p = ngx_http_dsm_reserve(o, text.len + snap->prefix.len + 96);
+        if (p == NULL) {
+            return;
+        }
+
+        p = ngx_cpymem(p, f->name.data, f->name.len);
+        *p++ = '{';
+        p = ngx_cpymem(p, snap->prefix.data, snap->prefix.len);
+        p = ngx_http_dsm_lit(p, "endpoint=\"");
+        p = ngx_cpymem(p, text.data, text.len);
+        p = ngx_http_dsm_lit(p, "\"} ");
+        p = ngx_http_dsm_u64(p, snap->in_flight[j]);
+        *p++ = '\n';
+        o->b->last = p;
+    }
+}
+
+
+/* f->arg: NGX_HTTP_DSM_V_*; the series gauge is two lines */
+
+static void
+ngx_http_dsm_zone_value(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    const ngx_http_dsm_family_t *f)
+{
+    if (f->arg == NGX_HTTP_DSM_V_SERIES) {
+        ngx_http_dsm_zone_gauge(o, &f->name, snap, "used",
+                                snap->values[NGX_HTTP_DSM_V_SERIES]);
+        ngx_http_dsm_zone_gauge(o, &f->name, snap, "capacity",
+                                snap->values[NGX_HTTP_DSM_V_CAPACITY]);
+        return;
+    }
+
+    ngx_http_dsm_zone_gauge(o, &f->name, snap, NULL, snap->values[f->arg]);
+}
+
+
+static void
+ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, const ngx_str_t *name,
+    ngx_http_dsm_snap_t *snap, char *state, uint64_t value)
 {
     u_char  *p;
 
-    p = ngx_http_dsm_reserve(o, ngx_strlen(name) + 3 * zone->name.len + 64);
+    p = ngx_http_dsm_reserve(o, name->len + snap->name.len + 64);
     if (p == NULL) {
         return;
     }
 
-    p = ngx_cpymem(p, name, ngx_strlen(name));
+    p = ngx_cpymem(p, name->data, name->len);
     p = ngx_http_dsm_lit(p, "{zone=\"");
-    p += ngx_http_dsm_escape(p, zone->name.data, zone->name.len);
+    p = ngx_cpymem(p, snap->name.data, snap->name.len);
 
     if (state) {
         p = ngx_http_dsm_lit(p, "\",state=\"");
@@ -1207,6 +1325,24 @@ ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, char *name,
     *p++ = '\n';
 
     o->b->last = p;
+}
+
+
+static void
+ngx_http_dsm_build_info(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    const ngx_http_dsm_family_t *f)
+{
+    u_char  *p;
+
+    p = ngx_http_dsm_reserve(o, f->name.len + 128);
+    if (p == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(p, f->name.data, f->name.len);
+    o->b->last = ngx_http_dsm_lit(p, "{version=\"" NGX_HTTP_DSM_VERSION
+                                  "\",nginx_version=\"" NGINX_VERSION
+                                  "\"} 1\n");
 }
 
 
@@ -1224,4 +1360,116 @@ ngx_http_dsm_seconds(u_char *p, uint64_t us)
     }
 
     return p;
+}
+
+
+/*
+ * Escapes a label value for both exposition formats and replaces invalid
+ * UTF-8 and control bytes other than LF with U+FFFD, so no input can make
+ * a scrape unparsable.  With dst NULL it only returns the length.
+ */
+
+size_t
+ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len)
+{
+    u_char      c, *last;
+    size_t      n, need;
+    ngx_uint_t  ok, j;
+
+    n = 0;
+    last = src + len;
+
+    while (src < last) {
+        c = *src;
+
+        if (c < 0x20 && c != '\n') {
+            /* a raw CR or other control byte trips some consumers */
+            goto replace;
+        }
+
+        if (c < 0x80) {
+            if (c == '\\' || c == '"' || c == '\n') {
+                if (dst) {
+                    *dst++ = '\\';
+                    *dst++ = (c == '\n') ? 'n' : c;
+                }
+
+                n += 2;
+
+            } else {
+                if (dst) {
+                    *dst++ = c;
+                }
+
+                n++;
+            }
+
+            src++;
+            continue;
+        }
+
+        /* a multi-byte sequence: check lead, length, range, continuation */
+
+        ok = 1;
+
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+
+        } else {
+            need = 0;
+            ok = 0;
+        }
+
+        if (ok && (size_t) (last - src) <= need) {
+            ok = 0;
+        }
+
+        if (ok) {
+            if ((c == 0xe0 && src[1] < 0xa0)
+                || (c == 0xed && src[1] > 0x9f)
+                || (c == 0xf0 && src[1] < 0x90)
+                || (c == 0xf4 && src[1] > 0x8f))
+            {
+                ok = 0;
+            }
+        }
+
+        if (ok) {
+            for (j = 1; j <= need; j++) {
+                if ((src[j] & 0xc0) != 0x80) {
+                    ok = 0;
+                    break;
+                }
+            }
+        }
+
+        if (ok) {
+            if (dst) {
+                dst = ngx_cpymem(dst, src, need + 1);
+            }
+
+            n += need + 1;
+            src += need + 1;
+            continue;
+        }
+
+    replace:
+
+        if (dst) {
+            *dst++ = 0xef;
+            *dst++ = 0xbf;
+            *dst++ = 0xbd;
+        }
+
+        n += 3;
+        src++;
+    }
+
+    return n;
 }

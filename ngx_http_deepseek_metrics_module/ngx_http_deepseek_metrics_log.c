@@ -1,301 +1,25 @@
 
 /*
- * The hot path: the request state, the in-flight gauge (preaccess phase,
- * given back in the log phase) and counting a finished request.
+ * The log phase: counting a finished request into its series (the series
+ * key, the request counters, histograms, tokens and cost).
  */
 
 
 #include "ngx_http_deepseek_metrics.h"
 
 
-static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
-static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
-static ngx_int_t ngx_http_dsm_key(ngx_http_request_t *r,
+static ngx_inline void ngx_http_dsm_observe(ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, uint64_t us);
+static ngx_inline void ngx_http_dsm_add_counter(ngx_atomic_t *v, uint64_t n);
+static ngx_int_t ngx_http_dsm_series_key(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q, ngx_http_dsm_key_t *k);
 static void ngx_http_dsm_count_body(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q, ngx_http_dsm_series_t *s, ngx_msec_t now);
 
 
-static ngx_http_deepseek_metrics_parse_t  ngx_http_dsm_noparse;
-
-static ngx_http_variable_value_t  ngx_http_dsm_state_init = {
-    0, 1, 1, 0, 0, NULL
-};
-
-static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
-static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
-static ngx_str_t  ngx_http_dsm_overflow_ep = ngx_string("__overflow__");
-static uint32_t   ngx_http_dsm_other_hash;
-static uint32_t   ngx_http_dsm_unknown_hash;
-static uint32_t   ngx_http_dsm_overflow_hash;
 static ngx_str_t  ngx_http_dsm_label_endpoint = ngx_string("endpoint");
 static ngx_str_t  ngx_http_dsm_label_model = ngx_string("model");
 
-
-void
-ngx_http_dsm_log_init(void)
-{
-    ngx_http_dsm_other_hash = ngx_murmur_hash2(ngx_http_dsm_other.data,
-                                               ngx_http_dsm_other.len);
-    ngx_http_dsm_unknown_hash = ngx_murmur_hash2(ngx_http_dsm_unknown.data,
-                                                 ngx_http_dsm_unknown.len);
-    ngx_http_dsm_overflow_hash =
-                         ngx_murmur_hash2(ngx_http_dsm_overflow_ep.data,
-                                          ngx_http_dsm_overflow_ep.len);
-}
-
-
-/* the request's context, allocated on first need and found from anywhere */
-
-ngx_http_dsm_ctx_t *
-ngx_http_dsm_ctx(ngx_http_request_t *r)
-{
-    ngx_http_dsm_ctx_t         *ctx;
-    ngx_http_variable_value_t  *st;
-
-    st = ngx_http_dsm_state(r);
-
-    if (!st->valid) {
-        return NULL;
-    }
-
-    if (st->len & NGX_HTTP_DSM_ST_CTX) {
-        return (ngx_http_dsm_ctx_t *) st->data;
-    }
-
-    ctx = ngx_palloc(r->main->pool, sizeof(ngx_http_dsm_ctx_t));
-    if (ctx == NULL) {
-        return NULL;
-    }
-
-    /* the scanner state is initialised only if the body is read */
-    ngx_memzero(ctx, offsetof(ngx_http_dsm_ctx_t, parse));
-
-    ctx->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
-
-    st->data = (u_char *) ctx;
-    st->len |= NGX_HTTP_DSM_ST_CTX;
-
-    return ctx;
-}
-
-
-/* the endpoint, once per request, when the location starts counting it */
-
-void
-ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
-    ngx_http_variable_value_t *st)
-{
-    ngx_str_t            value, *b;
-    ngx_uint_t           kind, index;
-    ngx_http_dsm_ctx_t  *ctx;
-
-    kind = ngx_http_dsm_classify(&r->uri);
-    index = kind;
-
-    *st = ngx_http_dsm_state_init;
-    st->data = (u_char *) dlcf;
-
-    if (dlcf->endpoint
-        && ngx_http_complex_value(r, dlcf->endpoint, &value) == NGX_OK
-        && value.len)
-    {
-        if (value.len > NGX_HTTP_DSM_MAX_VALUE) {
-            value.len = NGX_HTTP_DSM_MAX_VALUE;
-        }
-
-        /* a built-in name: the location reads like that endpoint */
-
-        for (b = ngx_http_dsm_builtin_endpoints; b->len; b++) {
-            if (b->len == value.len
-                && ngx_strncmp(b->data, value.data, value.len) == 0)
-            {
-                kind = b - ngx_http_dsm_builtin_endpoints;
-                break;
-            }
-        }
-
-        index = ngx_http_dsm_endpoint_get(dlcf->zone, &value);
-
-        if (index == NGX_HTTP_DSM_MAX_ENDPOINTS) {
-
-            /* the endpoint table is full: the request keeps the value */
-
-            st->len = index | kind << NGX_HTTP_DSM_ST_KIND_SHIFT;
-
-            ctx = ngx_http_dsm_ctx(r);
-            if (ctx) {
-                ctx->ext = 1;
-                ctx->endpoint = value;
-                ctx->endpoint_hash = ngx_murmur_hash2(value.data, value.len);
-            }
-
-            return;
-        }
-    }
-
-    st->len = index | kind << NGX_HTTP_DSM_ST_KIND_SHIFT;
-}
-
-
-/* everything the state says, with no allocation */
-
-ngx_int_t
-ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
-{
-    ngx_http_variable_value_t  *st;
-
-    st = ngx_http_dsm_state(r);
-
-    if (!st->valid) {
-        return NGX_DECLINED;
-    }
-
-    if (st->len & NGX_HTTP_DSM_ST_CTX) {
-        q->ctx = (ngx_http_dsm_ctx_t *) st->data;
-        q->dlcf = q->ctx->dlcf;
-        q->parse = q->ctx->parsing ? &q->ctx->parse : &ngx_http_dsm_noparse;
-
-    } else {
-        q->ctx = NULL;
-        q->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
-        q->parse = &ngx_http_dsm_noparse;
-    }
-
-    q->zone = q->dlcf->zone;
-    q->kind = st->len >> NGX_HTTP_DSM_ST_KIND_SHIFT;
-    q->endpoint_index = st->len & NGX_HTTP_DSM_ST_ENDPOINT;
-    q->price = NULL;
-    q->endpoint.len = 0;
-
-    return NGX_OK;
-}
-
-
-/* the endpoint label value: needed for a new series, not to count */
-
-void
-ngx_http_dsm_resolve_endpoint(ngx_http_dsm_req_t *q)
-{
-    ngx_http_dsm_endpoint_t  *ep;
-
-    if (q->endpoint_index < NGX_HTTP_DSM_MAX_ENDPOINTS) {
-        ep = &q->zone->sh->endpoints[q->endpoint_index];
-        q->endpoint.data = ep->name;
-        q->endpoint.len = ep->len;
-        q->endpoint_hash = ep->hash;
-
-    } else if (q->ctx && q->ctx->ext) {
-        q->endpoint = q->ctx->endpoint;
-        q->endpoint_hash = q->ctx->endpoint_hash;
-
-    } else {
-        q->endpoint = ngx_http_dsm_overflow_ep;
-        q->endpoint_hash = ngx_http_dsm_overflow_hash;
-    }
-}
-
-
-ngx_int_t
-ngx_http_dsm_preaccess_handler(ngx_http_request_t *r)
-{
-    ngx_http_dsm_loc_conf_t    *dlcf;
-    ngx_http_variable_value_t  *st;
-
-    if (r != r->main) {
-        return NGX_DECLINED;
-    }
-
-    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_deepseek_metrics_module);
-
-    if (dlcf->zone == NULL || dlcf->zone->slot == NULL) {
-        return NGX_DECLINED;
-    }
-
-    st = ngx_http_dsm_state(r);
-
-    /* an internal redirect runs this phase again */
-
-    if (st->valid) {
-        return NGX_DECLINED;
-    }
-
-    ngx_http_dsm_start(r, dlcf, st);
-
-    st->len |= NGX_HTTP_DSM_ST_IN_FLIGHT;
-
-    (void) ngx_atomic_fetch_add(
-               &dlcf->zone->slot->in_flight[st->len & NGX_HTTP_DSM_ST_ENDPOINT],
-               1);
-
-    return NGX_DECLINED;
-}
-
-
-/* the endpoint by path suffix; a closed set whatever the client sends */
-
-static ngx_uint_t
-ngx_http_dsm_classify(ngx_str_t *uri)
-{
-    u_char  *p;
-    size_t   len;
-
-    p = uri->data;
-    len = uri->len;
-
-    /* a request nginx rejected before parsing its line has no $uri */
-
-    if (len == 0) {
-        return NGX_HTTP_DSM_EP_OTHER;
-    }
-
-    if (len > 1 && p[len - 1] == '/') {
-        len--;
-    }
-
-/* memcmp() of a constant length against 0 compiles to a few loads */
-
-#define ngx_http_dsm_ends(s)                                                 \
-    (len >= sizeof(s) - 1                                                    \
-     && ngx_memcmp(p + len - (sizeof(s) - 1), s, sizeof(s) - 1) == 0)
-
-    switch (p[len - 1]) {
-
-    case 's':
-        if (ngx_http_dsm_ends("/chat/completions")) {
-            return NGX_HTTP_DSM_EP_CHAT;
-        }
-
-        if (ngx_http_dsm_ends("/completions")) {
-            return NGX_HTTP_DSM_EP_COMPLETIONS;
-        }
-
-        if (ngx_http_dsm_ends("/models")) {
-            return NGX_HTTP_DSM_EP_MODELS;
-        }
-
-        if (ngx_http_dsm_ends("/messages")) {
-            return NGX_HTTP_DSM_EP_MESSAGES;
-        }
-
-        if (ngx_http_dsm_ends("/responses")) {
-            return NGX_HTTP_DSM_EP_RESPONSES;
-        }
-
-        break;
-
-    case 'e':
-        if (ngx_http_dsm_ends("/user/balance")) {
-            return NGX_HTTP_DSM_EP_BALANCE;
-        }
-
-        break;
-    }
-
-#undef ngx_http_dsm_ends
-
-    return NGX_HTTP_DSM_EP_OTHER;
-}
 
 
 static ngx_inline void
@@ -353,11 +77,11 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
         ngx_http_dsm_start(r, dlcf, st);
     }
 
-    if (st->len & NGX_HTTP_DSM_ST_COUNTED) {
+    if (ngx_http_dsm_st_counted(st)) {
         return NGX_OK;
     }
 
-    st->len |= NGX_HTTP_DSM_ST_COUNTED;
+    ngx_http_dsm_st_set_counted(st);
 
     (void) ngx_http_dsm_resolve(r, &q);
 
@@ -394,13 +118,19 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
     }
 
     if (s == NULL) {
-        ngx_http_dsm_resolve_endpoint(&q);
+        ngx_http_dsm_resolve_endpoint(r, &q);
 
-        if (ngx_http_dsm_key(r, &q, &k) != NGX_OK) {
+        if (ngx_http_dsm_series_key(r, &q, &k) != NGX_OK) {
             goto done;
         }
 
         s = ngx_http_dsm_series_get(zone, &k);
+
+        ngx_log_debug6(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: series key endpoint \"%V\" "
+                       "model \"%V\" labels %ui hash %08xD in zone \"%V\""
+                       "%s", &q.endpoint, &q.model, k.nvalues - 2, k.hash,
+                       &zone->name, s->overflow ? ": overflow" : "");
 
         if (cache) {
             *cache = s;
@@ -411,10 +141,38 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
     s = ngx_http_dsm_count_status(zone->sh, s, status);
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "deepseek metrics: counted status %ui model index %ui%s",
+                   status, q.model_index,
+                   s->overflow ? " in the overflow series" : "");
+
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
                          ngx_http_dsm_elapsed(start, now) * 1000);
 
     if (q.ctx && (q.ctx->parsing || q.ctx->compressed)) {
+
+#if (NGX_DEBUG)
+        {
+        ngx_http_deepseek_metrics_parse_t  *p = q.parse;
+
+        ngx_log_debug6(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: body %s, events %ui, finish %ui, "
+                       "error class %ui, usage %s fields %xi",
+                       q.ctx->compressed ? "compressed"
+                       : p->invalid ? "invalid"
+                       : p->seen ? "parsed" : "empty",
+                       p->events, p->finish_reason, p->error_class,
+                       p->usage_seen ? "found" : "missing", p->usage_fields);
+
+        ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: usage prompt %uL completion %uL "
+                       "hit %uL miss %uL reasoning %uL",
+                       p->prompt_tokens, p->completion_tokens,
+                       p->cache_hit_tokens, p->cache_miss_tokens,
+                       p->reasoning_tokens);
+        }
+#endif
+
         ngx_http_dsm_count_body(r, &q, s, now);
     }
 
@@ -422,95 +180,13 @@ done:
 
     /* given back last: once a request is not in flight, it is counted */
 
-    if (st->len & NGX_HTTP_DSM_ST_IN_FLIGHT) {
-        st->len &= ~NGX_HTTP_DSM_ST_IN_FLIGHT;
+    if (ngx_http_dsm_st_in_flight(st)) {
+        ngx_http_dsm_st_set_in_flight(st, 0);
         (void) ngx_atomic_fetch_add(&zone->slot->in_flight[q.endpoint_index],
                                     -1);
     }
 
     return NGX_OK;
-}
-
-
-/* the model label: from the response, else the request body; allowlisted */
-
-void
-ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
-    ngx_http_dsm_main_conf_t *dmcf)
-{
-    u_char                             *model, buf[64];
-    size_t                              len;
-    ngx_str_t                          *m;
-    ngx_uint_t                          i;
-    ngx_chain_t                        *cl;
-    ngx_http_dsm_price_t               *price;
-    ngx_http_deepseek_metrics_parse_t  *p;
-
-    model = q->parse->model;
-    len = q->parse->model_set ? q->parse->model_len : 0;
-
-    if (len == 0 && q->dlcf->request_body
-        && r->request_body && r->request_body->bufs)
-    {
-        /* the scan stops as soon as the top-level "model" is read */
-
-        p = ngx_palloc(r->pool, sizeof(ngx_http_deepseek_metrics_parse_t));
-        if (p == NULL) {
-            return;
-        }
-
-        ngx_http_deepseek_metrics_parse_init(p, NGX_HTTP_DSM_PARSE_REQUEST);
-
-        for (cl = r->request_body->bufs; cl; cl = cl->next) {
-            if (!ngx_buf_in_memory(cl->buf)) {
-                break;
-            }
-
-            if (ngx_http_deepseek_metrics_parse(p, cl->buf->pos,
-                                                cl->buf->last)
-                != NGX_OK)
-            {
-                break;
-            }
-        }
-
-        if (p->model_set) {
-            len = p->model_len;
-            model = p->model;
-        }
-    }
-
-    q->model = ngx_http_dsm_unknown;
-    q->model_hash = ngx_http_dsm_unknown_hash;
-    q->model_index = dmcf->models->nelts + 1;
-
-    if (len && ngx_strlchr(model, model + len, '\\')) {
-        len = ngx_http_dsm_unescape(buf, model, len);
-        model = buf;
-    }
-
-    if (len) {
-        q->model = ngx_http_dsm_other;
-        q->model_hash = ngx_http_dsm_other_hash;
-        q->model_index = dmcf->models->nelts;
-
-        m = dmcf->models->elts;
-        for (i = 0; i < dmcf->models->nelts; i++) {
-            if (m[i].len == len && ngx_memcmp(m[i].data, model, len) == 0) {
-                q->model = m[i];
-                q->model_hash = dmcf->model_hashes[i];
-                q->model_index = i;
-                break;
-            }
-        }
-    }
-
-    if (dmcf->prices) {
-        price = ngx_http_dsm_price_find(dmcf, &q->model);
-        if (price) {
-            q->price = price;
-        }
-    }
 }
 
 
@@ -521,7 +197,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
  */
 
 static ngx_int_t
-ngx_http_dsm_key(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+ngx_http_dsm_series_key(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_key_t *k)
 {
     u_char                   *p;
@@ -796,102 +472,4 @@ count:
         ngx_http_dsm_count(sh, s,
                          ngx_http_dsm_tag(NGX_HTTP_DSM_SLOT_MISSING, missing));
     }
-}
-
-
-/*
- * The scanner keeps the model as raw JSON string bytes: decode the escapes
- * (\uXXXX to UTF-8, surrogate pairs too) before matching the allowlist.
- * The result is never longer than the input.
- */
-
-static size_t
-ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len)
-{
-    u_char      *p, *last;
-    uint32_t     u, lo;
-    ngx_uint_t   i;
-    ngx_int_t    n;
-
-    p = dst;
-    last = src + len;
-
-    while (src < last) {
-
-        if (*src != '\\' || src + 1 == last) {
-            *p++ = *src++;
-            continue;
-        }
-
-        src++;
-
-        if (*src != 'u') {
-            switch (*src) {
-            case 'n':
-                *p++ = '\n';
-                break;
-            case 't':
-                *p++ = '\t';
-                break;
-            case 'r':
-                *p++ = '\r';
-                break;
-            case 'b':
-                *p++ = '\b';
-                break;
-            case 'f':
-                *p++ = '\f';
-                break;
-            default:
-                *p++ = *src;
-            }
-
-            src++;
-            continue;
-        }
-
-        if (last - src < 5) {
-            break;
-        }
-
-        n = ngx_hextoi(src + 1, 4);
-        if (n == NGX_ERROR) {
-            break;
-        }
-
-        u = (uint32_t) n;
-        src += 5;
-
-        if (u >= 0xd800 && u <= 0xdbff && last - src >= 6
-            && src[0] == '\\' && src[1] == 'u')
-        {
-            n = ngx_hextoi(src + 2, 4);
-            if (n != NGX_ERROR && n >= 0xdc00 && n <= 0xdfff) {
-                lo = (uint32_t) n;
-                u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
-                src += 6;
-            }
-        }
-
-        if (u < 0x80) {
-            *p++ = (u_char) u;
-
-        } else if (u < 0x800) {
-            *p++ = (u_char) (0xc0 | (u >> 6));
-            *p++ = (u_char) (0x80 | (u & 0x3f));
-
-        } else if (u < 0x10000) {
-            *p++ = (u_char) (0xe0 | (u >> 12));
-            *p++ = (u_char) (0x80 | ((u >> 6) & 0x3f));
-            *p++ = (u_char) (0x80 | (u & 0x3f));
-
-        } else {
-            *p++ = (u_char) (0xf0 | (u >> 18));
-            for (i = 3; i > 0; i--) {
-                *p++ = (u_char) (0x80 | ((u >> (6 * (i - 1))) & 0x3f));
-            }
-        }
-    }
-
-    return p - dst;
 }

@@ -158,7 +158,7 @@ ngx_module_t  ngx_http_deepseek_metrics_module = {
 
 
 /* every model name in DEEPSEEK-API.md: current, legacy and retired */
-static ngx_str_t  ngx_http_dsm_default_models[] = {
+static const ngx_str_t  ngx_http_dsm_default_models[] = {
     ngx_string("deepseek-flash"),
     ngx_string("deepseek-v4-pro"),
     ngx_string("deepseek-v4-flash"),
@@ -170,7 +170,7 @@ static ngx_str_t  ngx_http_dsm_default_models[] = {
 
 
 /* label names the module sets itself */
-static ngx_str_t  ngx_http_dsm_reserved_labels[] = {
+static const ngx_str_t  ngx_http_dsm_reserved_labels[] = {
     ngx_string("le"),
     ngx_string("quantile"),
     ngx_string("endpoint"),
@@ -187,7 +187,7 @@ static ngx_str_t  ngx_http_dsm_reserved_labels[] = {
 };
 
 
-static ngx_str_t  ngx_http_dsm_hist_names[] = {
+static const ngx_str_t  ngx_http_dsm_hist_names[] = {
     ngx_string("latency"),
     ngx_string("ttft"),
     ngx_string("answer"),
@@ -198,7 +198,7 @@ static ngx_str_t  ngx_http_dsm_hist_names[] = {
 
 
 /* deepseek_metrics_zone parameters, in the order of the enum below */
-static ngx_str_t  ngx_http_dsm_zone_params[] = {
+static const ngx_str_t  ngx_http_dsm_zone_params[] = {
     ngx_string("max_series="),
     ngx_string("buckets="),
     ngx_string("tpot_buckets="),
@@ -320,8 +320,9 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_dsm_main_conf_t *dmcf = conf;
 
-    ngx_str_t   *s, *m;
-    ngx_uint_t   i;
+    ngx_str_t        *s;
+    ngx_uint_t        i;
+    const ngx_str_t  *m;
 
     if (dmcf->models == NULL) {
         dmcf->models = ngx_array_create(cf->pool, 8, sizeof(ngx_str_t));
@@ -352,7 +353,7 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
         dmcf->model_hashes[i] = ngx_murmur_hash2(s[i].data, s[i].len);
     }
 
-    ngx_http_dsm_log_init();
+    ngx_http_dsm_request_init(dmcf);
 
     return ngx_http_dsm_check_prices(cf, dmcf);
 }
@@ -508,48 +509,6 @@ static void
 ngx_http_dsm_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_dsm_zone_exit_process(cycle);
-}
-
-
-ngx_http_dsm_zone_t *
-ngx_http_dsm_zone_lookup(ngx_conf_t *cf, ngx_str_t *name, char *directive)
-{
-    ngx_uint_t                 i;
-    ngx_http_dsm_zone_t       *zone, **zones, **zp;
-    ngx_http_dsm_main_conf_t  *dmcf;
-
-    dmcf = ngx_http_conf_get_module_main_conf(cf,
-                                             ngx_http_deepseek_metrics_module);
-
-    zones = dmcf->zones.elts;
-    for (i = 0; i < dmcf->zones.nelts; i++) {
-        if (zones[i]->name.len == name->len
-            && ngx_strncmp(zones[i]->name.data, name->data, name->len) == 0)
-        {
-            return zones[i];
-        }
-    }
-
-    /* a forward reference: checked in postconfiguration */
-
-    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsm_zone_t));
-    if (zone == NULL) {
-        return NULL;
-    }
-
-    zone->name = *name;
-    zone->directive = directive;
-    zone->file = cf->conf_file->file.name;
-    zone->line = cf->conf_file->line;
-
-    zp = ngx_array_push(&dmcf->zones);
-    if (zp == NULL) {
-        return NULL;
-    }
-
-    *zp = zone;
-
-    return zone;
 }
 
 
@@ -901,8 +860,9 @@ ngx_http_dsm_label(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_dsm_loc_conf_t *dlcf = conf;
 
     u_char                            *p;
-    ngx_str_t                         *value, *r;
+    ngx_str_t                         *value;
     ngx_uint_t                         i;
+    const ngx_str_t                   *r;
     ngx_http_dsm_label_t              *label;
     ngx_http_compile_complex_value_t   ccv;
 

@@ -21,7 +21,7 @@ static char *ngx_http_dsm_price_names[] = {
 };
 
 
-static ngx_int_t  ngx_http_dsm_month_days[] = {
+static const ngx_int_t  ngx_http_dsm_month_days[] = {
     31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31
 };
 

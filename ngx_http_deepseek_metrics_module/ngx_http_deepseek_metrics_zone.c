@@ -12,6 +12,10 @@ static ngx_int_t ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static size_t ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout);
 static size_t ngx_http_dsm_zone_usable(size_t size);
+static size_t ngx_http_dsm_zone_size_for(size_t need);
+static ngx_uint_t ngx_http_dsm_nhash(ngx_uint_t max_series);
+static ngx_http_dsm_zone_t **ngx_http_dsm_cycle_zones(ngx_cycle_t *cycle,
+    ngx_uint_t *n);
 static size_t ngx_http_dsm_render_len(ngx_http_dsm_key_t *k);
 static u_char *ngx_http_dsm_render(u_char *p, ngx_http_dsm_key_t *k);
 static ngx_http_dsm_series_t *ngx_http_dsm_full(ngx_http_dsm_zone_t *zone,
@@ -20,7 +24,7 @@ static ngx_int_t ngx_http_dsm_pid_gone(ngx_atomic_uint_t owner);
 static void ngx_http_dsm_slot_clear(ngx_http_dsm_slot_t *slot);
 
 
-ngx_str_t  ngx_http_dsm_builtin_endpoints[] = {
+const ngx_str_t  ngx_http_dsm_builtin_endpoints[] = {
     ngx_string("chat_completions"),
     ngx_string("completions"),
     ngx_string("models"),
@@ -216,7 +220,27 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
     if (ozone) {
-        sh = ozone->sh;
+
+        /*
+         * Found from the memory itself, not from the old cycle's zone: a
+         * reload may bring another build of the module, whose header is
+         * only trusted once its magic and layout version match ours.
+         */
+
+        sh = zone->shpool->data;
+
+        if (sh == NULL
+            || sh->magic != NGX_HTTP_DSM_MAGIC
+            || sh->version != NGX_HTTP_DSM_LAYOUT_VERSION)
+        {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "deepseek_metrics_zone \"%V\": the memory was "
+                          "laid out by another version of the module, "
+                          "refused; to apply the new module, also change "
+                          "the zone's size or name (its counters then "
+                          "start at zero) or restart nginx", &zone->name);
+            return NGX_ERROR;
+        }
 
         if (ngx_memcmp(&sh->layout, &zone->layout,
                        sizeof(ngx_http_dsm_layout_t))
@@ -236,6 +260,11 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         /* counted in init_module, once the whole reload has succeeded */
         zone->reused = 1;
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, shm_zone->shm.log, 0,
+                       "deepseek_metrics_zone \"%V\": reused with %ui of "
+                       "%ui series", &zone->name, (ngx_uint_t) sh->nseries,
+                       sh->layout.max_series);
 
         return NGX_OK;
     }
@@ -461,6 +490,10 @@ ngx_http_dsm_full(ngx_http_dsm_zone_t *zone, ngx_uint_t n)
 
     sh = zone->sh;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "deepseek_metrics_zone \"%V\": no new series after %ui, "
+                   "the overflow series counts it", &zone->name, n);
+
     if (sh->full_logged == 0 && ngx_atomic_cmp_set(&sh->full_logged, 0, 1)) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "deepseek_metrics_zone \"%V\" is full (%ui series): "
@@ -621,118 +654,6 @@ ngx_http_dsm_render(u_char *p, ngx_http_dsm_key_t *k)
     }
 
     return p;
-}
-
-
-/*
- * Escapes a label value for both exposition formats and replaces invalid
- * UTF-8 and control bytes other than LF with U+FFFD, so no input can make
- * a scrape unparsable.  With dst NULL it only returns the length.
- */
-
-size_t
-ngx_http_dsm_escape(u_char *dst, u_char *src, size_t len)
-{
-    u_char      c, *last;
-    size_t      n, need;
-    ngx_uint_t  ok, j;
-
-    n = 0;
-    last = src + len;
-
-    while (src < last) {
-        c = *src;
-
-        if (c < 0x20 && c != '\n') {
-            /* a raw CR or other control byte trips some consumers */
-            goto replace;
-        }
-
-        if (c < 0x80) {
-            if (c == '\\' || c == '"' || c == '\n') {
-                if (dst) {
-                    *dst++ = '\\';
-                    *dst++ = (c == '\n') ? 'n' : c;
-                }
-
-                n += 2;
-
-            } else {
-                if (dst) {
-                    *dst++ = c;
-                }
-
-                n++;
-            }
-
-            src++;
-            continue;
-        }
-
-        /* a multi-byte sequence: check lead, length, range, continuation */
-
-        ok = 1;
-
-        if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-
-        } else {
-            need = 0;
-            ok = 0;
-        }
-
-        if (ok && (size_t) (last - src) <= need) {
-            ok = 0;
-        }
-
-        if (ok) {
-            if ((c == 0xe0 && src[1] < 0xa0)
-                || (c == 0xed && src[1] > 0x9f)
-                || (c == 0xf0 && src[1] < 0x90)
-                || (c == 0xf4 && src[1] > 0x8f))
-            {
-                ok = 0;
-            }
-        }
-
-        if (ok) {
-            for (j = 1; j <= need; j++) {
-                if ((src[j] & 0xc0) != 0x80) {
-                    ok = 0;
-                    break;
-                }
-            }
-        }
-
-        if (ok) {
-            if (dst) {
-                dst = ngx_cpymem(dst, src, need + 1);
-            }
-
-            n += need + 1;
-            src += need + 1;
-            continue;
-        }
-
-    replace:
-
-        if (dst) {
-            *dst++ = 0xef;
-            *dst++ = 0xbf;
-            *dst++ = 0xbd;
-        }
-
-        n += 3;
-        src++;
-    }
-
-    return n;
 }
 
 
@@ -1038,4 +959,48 @@ ngx_http_dsm_slot_clear(ngx_http_dsm_slot_t *slot)
     for (i = 0; i <= NGX_HTTP_DSM_MAX_ENDPOINTS; i++) {
         slot->in_flight[i] = 0;
     }
+}
+
+
+/* a zone by name; a name not yet declared makes a forward reference */
+
+ngx_http_dsm_zone_t *
+ngx_http_dsm_zone_lookup(ngx_conf_t *cf, ngx_str_t *name, char *directive)
+{
+    ngx_uint_t                 i;
+    ngx_http_dsm_zone_t       *zone, **zones, **zp;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    dmcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_deepseek_metrics_module);
+
+    zones = dmcf->zones.elts;
+    for (i = 0; i < dmcf->zones.nelts; i++) {
+        if (zones[i]->name.len == name->len
+            && ngx_strncmp(zones[i]->name.data, name->data, name->len) == 0)
+        {
+            return zones[i];
+        }
+    }
+
+    /* a forward reference: checked in postconfiguration */
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsm_zone_t));
+    if (zone == NULL) {
+        return NULL;
+    }
+
+    zone->name = *name;
+    zone->directive = directive;
+    zone->file = cf->conf_file->file.name;
+    zone->line = cf->conf_file->line;
+
+    zp = ngx_array_push(&dmcf->zones);
+    if (zp == NULL) {
+        return NULL;
+    }
+
+    *zp = zone;
+
+    return zone;
 }

@@ -158,29 +158,35 @@ for my $acc (sort keys %ct_cases) {
     is($m->value('deepseek_requests_total', { zone => 'za' }), $want{za}, "Accept '$acc': za count") if $m;
 }
 
-# ---------------------------------------------------------------- allow / deny
-
-is(get('/allow')->{status}, 200, 'allow 127.0.0.1; deny all: 200 from 127.0.0.1');
-my $d = get('/deny');
-is($d->{status}, 403, 'deny all: 403');
-unlike($d->{body}, qr/^deepseek_/m, 'deny all: no metrics in the body');
-is(get('/deny', method => 'HEAD')->{status}, 403, 'deny all: HEAD 403');
-
-# ---------------------------------------------------------------- auth_basic
+# ---------------------------------------------------------------- allow / deny, auth_basic
 
 use MIME::Base64 qw(encode_base64);
-my $a0 = get('/auth');
-is($a0->{status}, 401, 'auth_basic: 401 without credentials');
-like($a0->{headers}{'www-authenticate'} // '', qr/^Basic realm="metrics"/, 'auth_basic: WWW-Authenticate');
-unlike($a0->{body}, qr/^deepseek_/m, 'auth_basic: no metrics without credentials');
-is(get('/auth', headers => { Authorization => 'Basic ' . encode_base64('scraper:wrong', '') })->{status}, 401,
-   'auth_basic: 401 with a wrong password');
-is(get('/auth', headers => { Authorization => 'Basic ' . encode_base64('nobody:s3cret', '') })->{status}, 401,
-   'auth_basic: 401 with an unknown user');
-my $a1 = get('/auth', headers => { Authorization => 'Basic ' . encode_base64('scraper:s3cret', '') });
-is($a1->{status}, 200, 'auth_basic: 200 with credentials');
-my $am = parse_ok($a1, 'auth_basic');
-is($am->value('deepseek_requests_total', { zone => 'zb' }), $want{zb}, 'auth_basic: metrics served') if $am;
+
+# nginx's own access control around the export location, one request per case:
+# [name, path, method, user:password, status, body ("metrics" or "none"), WWW-Authenticate]
+my @ACCESS = (
+    [ 'allow 127.0.0.1; deny all',       '/allow', 'GET',  undef,            200 ],
+    [ 'deny all',                        '/deny',  'GET',  undef,            403, 'none' ],
+    [ 'deny all: HEAD',                  '/deny',  'HEAD', undef,            403 ],
+    [ 'auth_basic without credentials',  '/auth',  'GET',  undef,            401, 'none', qr/^Basic realm="metrics"/ ],
+    [ 'auth_basic with a wrong password','/auth',  'GET',  'scraper:wrong',  401 ],
+    [ 'auth_basic with an unknown user', '/auth',  'GET',  'nobody:s3cret',  401 ],
+    [ 'auth_basic with credentials',     '/auth',  'GET',  'scraper:s3cret', 200, 'metrics' ],
+);
+for my $c (@ACCESS) {
+    my ($name, $path, $method, $cred, $status, $body, $www) = @$c;
+    my $r = get($path, method => $method,
+                headers => defined $cred ? { Authorization => 'Basic ' . encode_base64($cred, '') } : {});
+    is($r->{status}, $status, "$name: $status");
+    like($r->{headers}{'www-authenticate'} // '', $www, "$name: WWW-Authenticate") if $www;
+    next unless defined $body;
+    if ($body eq 'none') {
+        unlike($r->{body}, qr/^deepseek_/m, "$name: no metrics in the body");
+    } else {
+        my $am = parse_ok($r, $name);
+        is($am->value('deepseek_requests_total', { zone => 'zb' }), $want{zb}, "$name: metrics served") if $am;
+    }
+}
 
 # ---------------------------------------------------------------- gzip
 

@@ -1,0 +1,479 @@
+
+/*
+ * The request lifecycle: the request state (a hidden variable that survives
+ * internal redirects), the endpoint at the preaccess phase, the in-flight
+ * gauge, the context when a body is read, and the model label.
+ */
+
+
+#include "ngx_http_deepseek_metrics.h"
+
+
+static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
+static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
+
+
+static ngx_http_deepseek_metrics_parse_t  ngx_http_dsm_noparse;
+
+static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
+static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
+static ngx_str_t  ngx_http_dsm_overflow_ep = ngx_string("__overflow__");
+
+static const ngx_http_variable_value_t  ngx_http_dsm_state_init = {
+    0, 1, 1, 0, 0, NULL
+};
+
+
+/* the label values the hot path names without hashing them per request */
+
+void
+ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf)
+{
+    dmcf->other_hash = ngx_murmur_hash2(ngx_http_dsm_other.data,
+                                        ngx_http_dsm_other.len);
+    dmcf->unknown_hash = ngx_murmur_hash2(ngx_http_dsm_unknown.data,
+                                          ngx_http_dsm_unknown.len);
+    dmcf->overflow_hash = ngx_murmur_hash2(ngx_http_dsm_overflow_ep.data,
+                                           ngx_http_dsm_overflow_ep.len);
+}
+
+/* the request's context, allocated on first need and found from anywhere */
+
+ngx_http_dsm_ctx_t *
+ngx_http_dsm_ctx(ngx_http_request_t *r)
+{
+    ngx_http_dsm_ctx_t         *ctx;
+    ngx_http_variable_value_t  *st;
+
+    st = ngx_http_dsm_state(r);
+
+    if (!st->valid) {
+        return NULL;
+    }
+
+    if (ngx_http_dsm_st_has_ctx(st)) {
+        return (ngx_http_dsm_ctx_t *) st->data;
+    }
+
+    /*
+     * A proxied request has all but about 130 bytes of its 4 KB pool blocks
+     * in use: a small allocation here would add a pool block for the rest
+     * of the request, a large one adds only the list node.
+     */
+
+    ctx = ngx_pmemalign(r->main->pool, sizeof(ngx_http_dsm_ctx_t),
+                        NGX_ALIGNMENT);
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    /* the scanner state is initialised only if the body is read */
+    ngx_memzero(ctx, offsetof(ngx_http_dsm_ctx_t, parse));
+
+    ctx->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
+
+    ngx_http_dsm_st_set_ctx(st, ctx);
+
+    return ctx;
+}
+
+
+/* the endpoint, once per request, when the location starts counting it */
+
+void
+ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
+    ngx_http_variable_value_t *st)
+{
+    ngx_str_t            value;
+    ngx_uint_t           kind, index;
+    const ngx_str_t     *b;
+    ngx_http_dsm_ctx_t  *ctx;
+
+    kind = ngx_http_dsm_classify(&r->uri);
+    index = kind;
+
+    *st = ngx_http_dsm_state_init;
+    st->data = (u_char *) dlcf;
+
+    if (dlcf->endpoint
+        && ngx_http_complex_value(r, dlcf->endpoint, &value) == NGX_OK
+        && value.len)
+    {
+        if (value.len > NGX_HTTP_DSM_MAX_VALUE) {
+            value.len = NGX_HTTP_DSM_MAX_VALUE;
+        }
+
+        /* a built-in name: the location reads like that endpoint */
+
+        for (b = ngx_http_dsm_builtin_endpoints; b->len; b++) {
+            if (b->len == value.len
+                && ngx_strncmp(b->data, value.data, value.len) == 0)
+            {
+                kind = b - ngx_http_dsm_builtin_endpoints;
+                break;
+            }
+        }
+
+        index = ngx_http_dsm_endpoint_get(dlcf->zone, &value);
+
+        if (index == NGX_HTTP_DSM_MAX_ENDPOINTS) {
+
+            /* the endpoint table is full: the request keeps the value */
+
+            ngx_http_dsm_st_set(st, index, kind);
+
+            ctx = ngx_http_dsm_ctx(r);
+            if (ctx) {
+                ctx->ext = 1;
+                ctx->endpoint = value;
+                ctx->endpoint_hash = ngx_murmur_hash2(value.data, value.len);
+            }
+
+            return;
+        }
+    }
+
+    ngx_http_dsm_st_set(st, index, kind);
+}
+
+
+/* everything the state says, with no allocation */
+
+ngx_int_t
+ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
+{
+    ngx_http_variable_value_t  *st;
+
+    st = ngx_http_dsm_state(r);
+
+    if (!st->valid) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_dsm_st_has_ctx(st)) {
+        q->ctx = (ngx_http_dsm_ctx_t *) st->data;
+        q->dlcf = q->ctx->dlcf;
+        q->parse = q->ctx->parsing ? &q->ctx->parse : &ngx_http_dsm_noparse;
+
+    } else {
+        q->ctx = NULL;
+        q->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
+        q->parse = &ngx_http_dsm_noparse;
+    }
+
+    q->zone = q->dlcf->zone;
+    q->kind = ngx_http_dsm_st_kind(st);
+    q->endpoint_index = ngx_http_dsm_st_endpoint(st);
+    q->price = NULL;
+    q->endpoint.len = 0;
+
+    return NGX_OK;
+}
+
+
+/* the endpoint label value: needed for a new series, not to count */
+
+void
+ngx_http_dsm_resolve_endpoint(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
+{
+    ngx_http_dsm_endpoint_t   *ep;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    if (q->endpoint_index < NGX_HTTP_DSM_MAX_ENDPOINTS) {
+        ep = &q->zone->sh->endpoints[q->endpoint_index];
+        q->endpoint.data = ep->name;
+        q->endpoint.len = ep->len;
+        q->endpoint_hash = ep->hash;
+
+    } else if (q->ctx && q->ctx->ext) {
+        q->endpoint = q->ctx->endpoint;
+        q->endpoint_hash = q->ctx->endpoint_hash;
+
+    } else {
+        dmcf = ngx_http_get_module_main_conf(r,
+                                             ngx_http_deepseek_metrics_module);
+        q->endpoint = ngx_http_dsm_overflow_ep;
+        q->endpoint_hash = dmcf->overflow_hash;
+    }
+}
+
+
+ngx_int_t
+ngx_http_dsm_preaccess_handler(ngx_http_request_t *r)
+{
+    ngx_http_dsm_loc_conf_t    *dlcf;
+    ngx_http_variable_value_t  *st;
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_deepseek_metrics_module);
+
+    if (dlcf->zone == NULL || dlcf->zone->slot == NULL) {
+        return NGX_DECLINED;
+    }
+
+    st = ngx_http_dsm_state(r);
+
+    /* an internal redirect runs this phase again */
+
+    if (st->valid) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_dsm_start(r, dlcf, st);
+
+    ngx_http_dsm_st_set_in_flight(st, 1);
+
+    (void) ngx_atomic_fetch_add(
+               &dlcf->zone->slot->in_flight[ngx_http_dsm_st_endpoint(st)],
+               1);
+
+    return NGX_DECLINED;
+}
+
+
+/* the endpoint by path suffix; a closed set whatever the client sends */
+
+static ngx_uint_t
+ngx_http_dsm_classify(ngx_str_t *uri)
+{
+    u_char  *p;
+    size_t   len;
+
+    p = uri->data;
+    len = uri->len;
+
+    /* a request nginx rejected before parsing its line has no $uri */
+
+    if (len == 0) {
+        return NGX_HTTP_DSM_EP_OTHER;
+    }
+
+    if (len > 1 && p[len - 1] == '/') {
+        len--;
+    }
+
+/* memcmp() of a constant length against 0 compiles to a few loads */
+
+#define ngx_http_dsm_ends(s)                                                 \
+    (len >= sizeof(s) - 1                                                    \
+     && ngx_memcmp(p + len - (sizeof(s) - 1), s, sizeof(s) - 1) == 0)
+
+    switch (p[len - 1]) {
+
+    case 's':
+        if (ngx_http_dsm_ends("/chat/completions")) {
+            return NGX_HTTP_DSM_EP_CHAT;
+        }
+
+        if (ngx_http_dsm_ends("/completions")) {
+            return NGX_HTTP_DSM_EP_COMPLETIONS;
+        }
+
+        if (ngx_http_dsm_ends("/models")) {
+            return NGX_HTTP_DSM_EP_MODELS;
+        }
+
+        if (ngx_http_dsm_ends("/messages")) {
+            return NGX_HTTP_DSM_EP_MESSAGES;
+        }
+
+        if (ngx_http_dsm_ends("/responses")) {
+            return NGX_HTTP_DSM_EP_RESPONSES;
+        }
+
+        break;
+
+    case 'e':
+        if (ngx_http_dsm_ends("/user/balance")) {
+            return NGX_HTTP_DSM_EP_BALANCE;
+        }
+
+        break;
+    }
+
+#undef ngx_http_dsm_ends
+
+    return NGX_HTTP_DSM_EP_OTHER;
+}
+
+/* the model label: from the response, else the request body; allowlisted */
+
+void
+ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+    ngx_http_dsm_main_conf_t *dmcf)
+{
+    u_char                             *model, buf[64];
+    size_t                              len;
+    ngx_str_t                          *m;
+    ngx_uint_t                          i;
+    ngx_chain_t                        *cl;
+    ngx_http_dsm_price_t               *price;
+    ngx_http_deepseek_metrics_parse_t  *p;
+
+    model = q->parse->model;
+    len = q->parse->model_set ? q->parse->model_len : 0;
+
+    if (len == 0 && q->dlcf->request_body
+        && r->request_body && r->request_body->bufs)
+    {
+        /* the scan stops as soon as the top-level "model" is read */
+
+        p = ngx_palloc(r->pool, sizeof(ngx_http_deepseek_metrics_parse_t));
+        if (p == NULL) {
+            return;
+        }
+
+        ngx_http_deepseek_metrics_parse_init(p, NGX_HTTP_DSM_PARSE_REQUEST);
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            if (!ngx_buf_in_memory(cl->buf)) {
+                break;
+            }
+
+            if (ngx_http_deepseek_metrics_parse(p, cl->buf->pos,
+                                                cl->buf->last)
+                != NGX_OK)
+            {
+                break;
+            }
+        }
+
+        if (p->model_set) {
+            len = p->model_len;
+            model = p->model;
+        }
+    }
+
+    q->model = ngx_http_dsm_unknown;
+    q->model_hash = dmcf->unknown_hash;
+    q->model_index = dmcf->models->nelts + 1;
+
+    if (len && ngx_strlchr(model, model + len, '\\')) {
+        len = ngx_http_dsm_unescape(buf, model, len);
+        model = buf;
+    }
+
+    if (len) {
+        q->model = ngx_http_dsm_other;
+        q->model_hash = dmcf->other_hash;
+        q->model_index = dmcf->models->nelts;
+
+        m = dmcf->models->elts;
+        for (i = 0; i < dmcf->models->nelts; i++) {
+            if (m[i].len == len && ngx_memcmp(m[i].data, model, len) == 0) {
+                q->model = m[i];
+                q->model_hash = dmcf->model_hashes[i];
+                q->model_index = i;
+                break;
+            }
+        }
+    }
+
+    if (dmcf->prices) {
+        price = ngx_http_dsm_price_find(dmcf, &q->model);
+        if (price) {
+            q->price = price;
+        }
+    }
+}
+
+
+/*
+ * The scanner keeps the model as raw JSON string bytes: decode the escapes
+ * (\uXXXX to UTF-8, surrogate pairs too) before matching the allowlist.
+ * The result is never longer than the input.
+ */
+
+static size_t
+ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len)
+{
+    u_char      *p, *last;
+    uint32_t     u, lo;
+    ngx_uint_t   i;
+    ngx_int_t    n;
+
+    p = dst;
+    last = src + len;
+
+    while (src < last) {
+
+        if (*src != '\\' || src + 1 == last) {
+            *p++ = *src++;
+            continue;
+        }
+
+        src++;
+
+        if (*src != 'u') {
+            switch (*src) {
+            case 'n':
+                *p++ = '\n';
+                break;
+            case 't':
+                *p++ = '\t';
+                break;
+            case 'r':
+                *p++ = '\r';
+                break;
+            case 'b':
+                *p++ = '\b';
+                break;
+            case 'f':
+                *p++ = '\f';
+                break;
+            default:
+                *p++ = *src;
+            }
+
+            src++;
+            continue;
+        }
+
+        if (last - src < 5) {
+            break;
+        }
+
+        n = ngx_hextoi(src + 1, 4);
+        if (n == NGX_ERROR) {
+            break;
+        }
+
+        u = (uint32_t) n;
+        src += 5;
+
+        if (u >= 0xd800 && u <= 0xdbff && last - src >= 6
+            && src[0] == '\\' && src[1] == 'u')
+        {
+            n = ngx_hextoi(src + 2, 4);
+            if (n != NGX_ERROR && n >= 0xdc00 && n <= 0xdfff) {
+                lo = (uint32_t) n;
+                u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+                src += 6;
+            }
+        }
+
+        if (u < 0x80) {
+            *p++ = (u_char) u;
+
+        } else if (u < 0x800) {
+            *p++ = (u_char) (0xc0 | (u >> 6));
+            *p++ = (u_char) (0x80 | (u & 0x3f));
+
+        } else if (u < 0x10000) {
+            *p++ = (u_char) (0xe0 | (u >> 12));
+            *p++ = (u_char) (0x80 | ((u >> 6) & 0x3f));
+            *p++ = (u_char) (0x80 | (u & 0x3f));
+
+        } else {
+            *p++ = (u_char) (0xf0 | (u >> 18));
+            for (i = 3; i > 0; i--) {
+                *p++ = (u_char) (0x80 | ((u >> (6 * (i - 1))) & 0x3f));
+            }
+        }
+    }
+
+    return p - dst;
+}
