@@ -165,11 +165,6 @@ static const char  *ngx_http_dsm_lits[] = { "null", "true", "false" };
 static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 
 
-/* the usual end of an OpenAI chunk, from the '}' closing the delta */
-#define NGX_HTTP_DSM_TAIL                                                    \
-    "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}"
-
-
 #define dsm_ws(ch)  ((ch) == ' ' || (ch) == '\n' || (ch) == '\r'             \
                      || (ch) == '\t')
 
@@ -181,16 +176,21 @@ static u_char *ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_int_t ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
-static ngx_int_t ngx_http_dsm_close(ngx_http_deepseek_metrics_parse_t *p,
-    u_char ch);
-static void ngx_http_dsm_number(ngx_http_deepseek_metrics_parse_t *p);
+static ngx_http_dsm_inline ngx_int_t ngx_http_dsm_close(
+    ngx_http_deepseek_metrics_parse_t *p, u_char ch);
+static ngx_http_dsm_inline void ngx_http_dsm_number(
+    ngx_http_deepseek_metrics_parse_t *p);
 static void ngx_http_dsm_error(ngx_http_deepseek_metrics_parse_t *p);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_skip_str(
     ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
-static ngx_http_dsm_inline u_char *ngx_http_dsm_tail(
-    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
-static u_char *ngx_http_dsm_head(ngx_http_deepseek_metrics_parse_t *p,
+static u_char *ngx_http_dsm_sse_chunk(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
+static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
+    u_char *last, const char *lit, size_t n);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_quote(u_char *s,
+    u_char *last);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_digits(u_char *s,
+    u_char *last);
 static u_char *ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_probe(ngx_uint_t kind,
@@ -307,18 +307,22 @@ static ngx_int_t
 ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
     u_char *last)
 {
-    u_char      ch, *q;
+    u_char       ch, *q;
+    ngx_uint_t   state;
     const char  *pat;
+
+    state = p->state;
 
     for ( ;; ) {
 
         if (pos >= last) {
+            p->state = state;
             return NGX_OK;
         }
 
         ch = *pos;
 
-        switch (p->state) {
+        switch (state) {
 
         case sw_line:
 
@@ -329,6 +333,18 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             }
 
             if (ch == 'd') {
+                if (!p->in_doc && !p->doc_done && !p->ping
+                    && (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC) == 0)
+                {
+                    q = ngx_http_dsm_sse_chunk(p, pos, last);
+
+                    if (q != NULL) {
+                        /* a whole usual chunk event */
+                        pos = q;
+                        break;
+                    }
+                }
+
                 if (last - pos >= 7 && ngx_http_dsm_eq(pos, "data: {", 7)
                     && !p->in_doc && !p->doc_done && !p->ping)
                 {
@@ -341,19 +357,19 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                     p->depth = 0;
                     p->key = key_doc;
                     p->jstate = sw_j_value;
-                    p->state = sw_data_json;
-                    goto data_json;
+                    state = sw_data_json;
+                    break;
                 }
 
                 if (last - pos >= 5 && ngx_http_dsm_eq(pos, "data:", 5)) {
                     pos += 5;
-                    p->state = sw_data_start;
+                    state = sw_data_start;
                     break;
                 }
 
                 p->lit = 0;
                 p->idx = 1;
-                p->state = sw_field;
+                state = sw_field;
                 pos++;
                 break;
             }
@@ -381,14 +397,14 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             if (ch == 'e' && (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC)) {
                 p->lit = 1;
                 p->idx = 1;
-                p->state = sw_field;
+                state = sw_field;
                 pos++;
                 break;
             }
 
             /* a comment or a field we do not need */
 
-            p->state = sw_skip_line;
+            state = sw_skip_line;
             break;
 
         case sw_field:
@@ -400,10 +416,10 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 if (pat[++p->idx] == '\0') {
                     if (p->lit) {
                         p->klen = 0;
-                        p->state = sw_event_start;
+                        state = sw_event_start;
 
                     } else {
-                        p->state = sw_data_start;
+                        state = sw_data_start;
                     }
                 }
 
@@ -412,28 +428,29 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
-            p->state = sw_skip_line;
+            state = sw_skip_line;
             break;
 
         case sw_skip_line:
             q = memchr(pos, '\n', last - pos);
 
             if (q == NULL) {
-                return NGX_OK;
+                pos = last;
+                break;
             }
 
             pos = q + 1;
-            p->state = sw_line;
+            state = sw_line;
             break;
 
         case sw_data_start:
 
             if (p->ping) {
-                p->state = sw_skip_line;
+                state = sw_skip_line;
                 break;
             }
 
@@ -444,12 +461,12 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
             if (p->in_doc) {
-                p->state = sw_data_json;
+                state = sw_data_json;
                 break;
             }
 
@@ -464,7 +481,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 p->depth = 0;
                 p->key = key_doc;
                 p->jstate = sw_j_value;
-                p->state = sw_data_json;
+                state = sw_data_json;
                 break;
             }
 
@@ -472,7 +489,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 p->events++;
                 p->first_data = 1;
                 p->idx = 1;
-                p->state = sw_done_match;
+                state = sw_done_match;
                 pos++;
                 break;
             }
@@ -480,7 +497,6 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             goto bad_event;
 
         case sw_data_json:
-        data_json:
             pos = ngx_http_dsm_json(p, pos, last);
 
             if (p->invalid) {
@@ -490,14 +506,14 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             if (p->jstate == sw_j_end) {
                 p->in_doc = 0;
                 p->doc_done = 1;
-                p->state = sw_data_tail;
+                state = sw_data_tail;
                 break;
             }
 
             if (pos < last) {
                 /* a line break between tokens: the document goes on */
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
             }
 
             break;
@@ -511,13 +527,13 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
             if (ch == '\r') {
                 pos++;
-                p->state = sw_data_cr;
+                state = sw_data_cr;
                 break;
             }
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
@@ -529,7 +545,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
@@ -540,7 +556,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 p->ping = 0;
             }
 
-            p->state = sw_line;
+            state = sw_line;
             break;
 
         case sw_skip_event:
@@ -554,7 +570,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
             if (ch == '\r' || ch == '\n') {
                 p->idx = (ch == '\r');
-                p->state = sw_skip_bol;
+                state = sw_skip_bol;
             }
 
             break;
@@ -572,11 +588,11 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 pos++;
                 p->doc_done = 0;
                 p->ping = 0;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
-            p->state = sw_skip_event;
+            state = sw_skip_event;
             break;
 
         case sw_done_match:
@@ -598,7 +614,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 pos++;
             }
 
-            p->state = sw_event_name;
+            state = sw_event_name;
             break;
 
         case sw_event_name:
@@ -613,7 +629,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 break;
             }
 
-            p->state = sw_line;
+            state = sw_line;
 
             if (dsm_streq(p->kbuf, p->klen, "message_stop")) {
                 p->done = 1;
@@ -637,7 +653,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
         p->in_doc = 0;
         p->doc_done = 0;
         p->bad_events++;
-        p->state = sw_skip_event;
+        state = sw_skip_event;
     }
 }
 
@@ -672,7 +688,7 @@ ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
     for ( /* void */ ; pos < last; pos++) {
         ch = *pos;
 
-        if (state <= sw_j_num && dsm_ws(ch)) {
+        if (ch <= ' ' && state <= sw_j_num && dsm_ws(ch)) {
 
             if (state == sw_j_num) {
                 /* whitespace ends a number */
@@ -800,21 +816,6 @@ ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 break;
 
             case '{':
-
-                if (p->key == key_doc
-                    && (p->mode & (NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC
-                                   |NGX_HTTP_DSM_PARSE_MODE_REQUEST)) == 0)
-                {
-                    q = ngx_http_dsm_head(p, pos, last);
-
-                    if (q != NULL) {
-                        /* q is after the '{' of the message or delta */
-                        pos = q - 1;
-                        state = sw_j_obj_start;
-                        break;
-                    }
-                }
-
                 d = ++p->depth;
 
                 if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
@@ -918,6 +919,14 @@ ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 p->num = (ch == '-') ? 0 : (uint64_t) (ch - '0');
                 p->num_bad = (ch == '-');
                 state = sw_j_num;
+
+                if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS || ch == '-') {
+                    break;
+                }
+
+                /* a number nobody needs: its digits at once */
+
+                pos = ngx_http_dsm_digits(pos, last) - 1;
                 break;
 
             default:
@@ -925,6 +934,92 @@ ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             }
 
             break;
+
+        case sw_j_num:
+
+            /* the digits in this buffer in one go */
+
+            while ((u_char) (ch - '0') <= 9) {
+
+                if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS && !p->num_bad) {
+                    /* num < 2^53 here: no overflow */
+                    v = p->num * 10 + (ch - '0');
+
+                    if (v >= NGX_HTTP_DSM_USAGE_MAX) {
+                        p->num_bad = 1;
+                    }
+
+                    p->num = v;
+                }
+
+                if (pos + 1 == last) {
+                    break;
+                }
+
+                ch = *++pos;
+            }
+
+            if ((u_char) (ch - '0') <= 9) {
+                /* the number goes on in the next buffer */
+                break;
+            }
+
+            if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-'
+                || ch == '+')
+            {
+                p->num_bad = 1;
+                break;
+            }
+
+            if (dsm_ws(ch)) {
+                /* past a digit: the top of the loop ends the number */
+                pos--;
+                break;
+            }
+
+            ngx_http_dsm_number(p);
+            state = sw_j_after;
+
+            /* fall through */
+
+        case sw_j_after:
+
+            if (ch != ',') {
+
+                if (ch != '}' && ch != ']') {
+                    goto invalid;
+                }
+
+                rc = ngx_http_dsm_close(p, ch);
+
+                if (rc == NGX_DONE) {
+                    goto done;
+                }
+
+                if (rc == NGX_ERROR) {
+                    goto invalid;
+                }
+
+                break;
+            }
+
+            if (p->ca) {
+                p->key = ngx_http_dsm_elem_key[p->ck];
+                state = sw_j_value;
+                break;
+            }
+
+            state = sw_j_key;
+
+            if (last - pos < 2 || pos[1] != '"') {
+                break;
+            }
+
+            /* the usual ',"': on to the key */
+
+            ch = *++pos;
+
+            /* fall through */
 
         case sw_j_obj_start:
 
@@ -978,13 +1073,31 @@ ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
                 pos = q;
             }
 
-            if (last - pos > 1 && pos[1] == ':') {
-                pos++;
-                state = sw_j_value;
+            if (last - pos < 2 || pos[1] != ':') {
+                state = sw_j_colon;
                 break;
             }
 
-            state = sw_j_colon;
+            pos++;
+            state = sw_j_value;
+
+            if (p->key != key_none || last - pos < 2 || pos[1] != '"') {
+                break;
+            }
+
+            /* the usual "key":"string" nobody needs: skip it here */
+
+            pos++;
+            q = ngx_http_dsm_skip_str(p, pos + 1, last);
+
+            if (q == NULL) {
+                state = sw_j_str_skip;
+                pos = last - 1;
+                break;
+            }
+
+            pos = q;
+            state = sw_j_after;
             break;
 
         case sw_j_key_str:
@@ -1028,74 +1141,6 @@ ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             }
 
             state = sw_j_value;
-            break;
-
-        case sw_j_num:
-
-            if ((u_char) (ch - '0') <= 9) {
-                if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS && !p->num_bad) {
-                    /* num < 2^53 here: no overflow */
-                    v = p->num * 10 + (ch - '0');
-
-                    if (v >= NGX_HTTP_DSM_USAGE_MAX) {
-                        p->num_bad = 1;
-                    }
-
-                    p->num = v;
-                }
-
-                break;
-            }
-
-            if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-'
-                || ch == '+')
-            {
-                p->num_bad = 1;
-                break;
-            }
-
-            ngx_http_dsm_number(p);
-            state = sw_j_after;
-
-            /* fall through */
-
-        case sw_j_after:
-
-            if (ch == ',') {
-                if (p->ca) {
-                    p->key = ngx_http_dsm_elem_key[p->ck];
-                    state = sw_j_value;
-
-                } else {
-                    state = sw_j_key;
-                }
-
-                break;
-            }
-
-            if (ch != '}' && ch != ']') {
-                goto invalid;
-            }
-
-            if (p->ck == k_delta) {
-                q = ngx_http_dsm_tail(p, pos, last);
-
-                if (q != NULL) {
-                    pos = q - 1;
-                    goto done;
-                }
-            }
-
-            rc = ngx_http_dsm_close(p, ch);
-
-            if (rc == NGX_DONE) {
-                goto done;
-            }
-
-            if (rc == NGX_ERROR) {
-                goto invalid;
-            }
-
             break;
 
         case sw_j_lit:
@@ -1239,7 +1284,7 @@ invalid:
 
 /* ch is '}' or ']' closing the current level */
 
-static ngx_int_t
+static ngx_http_dsm_inline ngx_int_t
 ngx_http_dsm_close(ngx_http_deepseek_metrics_parse_t *p, u_char ch)
 {
     ngx_uint_t  d;
@@ -1267,7 +1312,7 @@ ngx_http_dsm_close(ngx_http_deepseek_metrics_parse_t *p, u_char ch)
 
 /* a number ended: a usage value is stored or makes the usage invalid */
 
-static void
+static ngx_http_dsm_inline void
 ngx_http_dsm_number(ngx_http_deepseek_metrics_parse_t *p)
 {
     if (p->slot >= NGX_HTTP_DSM_USAGE_NFIELDS) {
@@ -1323,114 +1368,100 @@ ngx_http_dsm_skip_str(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
 
 /*
- * The usual end of an OpenAI chunk, from the '}' closing the delta at
- * pos: the delta, choice, choices and the document close, logprobs,
- * finish_reason and usage are null.  k_delta is only ever level 4, in a
- * choice in "choices", so nothing of this changes a result: returns the
- * position after it, or NULL if it is not all there.
- */
-
-static ngx_http_dsm_inline u_char *
-ngx_http_dsm_tail(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
-    u_char *last)
-{
-    if (last - pos >= (ssize_t) sizeof(NGX_HTTP_DSM_TAIL) - 1
-        && ngx_http_dsm_eq(pos, NGX_HTTP_DSM_TAIL,
-                           sizeof(NGX_HTTP_DSM_TAIL) - 1))
-    {
-        p->depth = 0;
-        return pos + sizeof(NGX_HTTP_DSM_TAIL) - 1;
-    }
-
-    return NULL;
-}
-
-/*
- * The usual head of an OpenAI-format document, all in [pos, last):
+ * The usual DeepSeek stream chunk, a whole event in [pos, last):
  *
- *   {"id":"...","object":"chat.completion[.chunk]","created":DIGITS,
+ *   data: {"id":"...","object":"chat.completion.chunk","created":DIGITS,
  *   "model":"...",["system_fingerprint":"...",]
- *   "choices":[{"index":0,"delta" or "message":{
+ *   "choices":[{"index":0,"delta":{"content":"TEXT"} or
+ *   {"content":null,"reasoning_content":"TEXT"}},"logprobs":null,
+ *   "finish_reason":null}],"usage":null} LF LF
  *
  * with no backslash before the closing quotes of the strings.  If it is
- * there, sets the state the general scanner would have after it (levels
- * 1..4: top, choices, choice, delta; the model read) and returns the
- * position after the last '{'; else returns NULL and changes nothing.
+ * all there, makes the changes the general path would make for it (a data
+ * event, the model, the first token) and returns the position after the
+ * blank line; else returns NULL having changed nothing.  The fuzzer checks
+ * that both paths agree: an event split across buffers takes the general
+ * one.
  */
 
 static u_char *
-ngx_http_dsm_head(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_sse_chunk(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
     u_char *last)
 {
-    u_char  *s, *q, *m;
-    size_t   n, mlen;
+    u_char      *s, *m, *t;
+    size_t       n, len, mlen;
+    ngx_uint_t   answer;
 
-#define dsm_lit(l)                                                           \
-    if ((size_t) (last - s) < sizeof(l) - 1                                  \
-        || !ngx_http_dsm_eq(s, l, sizeof(l) - 1))                            \
-    {                                                                        \
-        return NULL;                                                         \
-    }                                                                        \
-    s += sizeof(l) - 1;
-
-/* s is after an opening quote: q is the closing one, s is set to it */
-#define dsm_str()                                                            \
-    q = memchr(s, '"', last - s);                                            \
-    if (q == NULL || q[-1] == '\\') {                                        \
-        return NULL;                                                         \
-    }                                                                        \
-    s = q;
+#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
 
     s = pos;
 
-    dsm_lit("{\"id\":\"");
-    dsm_str();
-    dsm_lit("\",\"object\":\"chat.completion");
-
-    if (last - s > 6 && ngx_http_dsm_eq(s, ".chunk", 6)) {
-        s += 6;
-    }
-
-    dsm_lit("\",\"created\":");
-
-    q = s;
-
-    while (s < last && (u_char) (*s - '0') <= 9) {
-        s++;
-    }
-
-    if (s == q) {
+    if (!dsm_match("data: {\"id\":\"")
+        || (s = ngx_http_dsm_quote(s, last)) == NULL
+        || !dsm_match("\",\"object\":\"chat.completion.chunk\","
+                      "\"created\":"))
+    {
         return NULL;
     }
 
-    dsm_lit(",\"model\":\"");
+    s = ngx_http_dsm_digits(s, last);
+
+    if (s == NULL || !dsm_match(",\"model\":\"")) {
+        return NULL;
+    }
+
     m = s;
-    dsm_str();
-    mlen = s - m;
-    dsm_lit("\",\"");
+    s = ngx_http_dsm_quote(s, last);
 
-    if ((size_t) (last - s) > sizeof("system_fingerprint\":\"") - 1
-        && ngx_http_dsm_eq(s, "system_fingerprint\":\"",
-                           sizeof("system_fingerprint\":\"") - 1))
-    {
-        s += sizeof("system_fingerprint\":\"") - 1;
-        dsm_str();
-        dsm_lit("\",\"");
+    if (s == NULL || !dsm_match("\",\"")) {
+        return NULL;
     }
 
-    dsm_lit("choices\":[{\"index\":0,\"");
+    mlen = s - 3 - m;
 
-    if ((size_t) (last - s) >= sizeof("delta\":{") - 1
-        && ngx_http_dsm_eq(s, "delta\":{", sizeof("delta\":{") - 1))
-    {
-        s += sizeof("delta\":{") - 1;
+    if (dsm_match("system_fingerprint\":\"")) {
+        s = ngx_http_dsm_quote(s, last);
 
-    } else {
-        dsm_lit("message\":{");
+        if (s == NULL || !dsm_match("\",\"")) {
+            return NULL;
+        }
     }
 
-#undef dsm_lit
-#undef dsm_str
+    if (!dsm_match("choices\":[{\"index\":0,\"delta\":{\"content\":")) {
+        return NULL;
+    }
+
+    answer = 1;
+
+    if (dsm_match("null,\"reasoning_content\":")) {
+        answer = 0;
+    }
+
+    if (!dsm_match("\"")) {
+        return NULL;
+    }
+
+    t = s;
+    s = ngx_http_dsm_quote(s, last);
+
+    if (s == NULL) {
+        return NULL;
+    }
+
+    len = s - t;
+
+    if (!dsm_match("\"},\"logprobs\":null,\"finish_reason\":null}],"
+                   "\"usage\":null}\n\n"))
+    {
+        return NULL;
+    }
+
+#undef dsm_match
+
+    /* all of it is there: what the general path would do */
+
+    p->events++;
+    p->first_data = 1;
 
     if (!p->model_set) {
         n = sizeof(p->model) - 1 - p->model_len;
@@ -1444,17 +1475,90 @@ ngx_http_dsm_head(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
         p->model_set = 1;
     }
 
-    p->depth = 4;
-    p->arrays = (p->arrays & ~(uint64_t) 0xf) | 2;
-    p->kind[0] = k_top;
-    p->kind[1] = k_choices;
-    p->kind[2] = k_choice;
-    p->kind[3] = k_delta;
-    p->ck = k_delta;
-    p->ca = 0;
-    p->key = key_delta;
+    if (len) {
+        /* non-empty text */
+        ngx_http_dsm_token(p, answer);
+    }
 
     return s;
+}
+
+
+/* *s matches the n bytes of lit: s moves past them */
+
+static ngx_http_dsm_inline ngx_uint_t
+ngx_http_dsm_match(u_char **s, u_char *last, const char *lit, size_t n)
+{
+    if ((size_t) (last - *s) < n || !ngx_http_dsm_eq(*s, lit, n)) {
+        return 0;
+    }
+
+    *s += n;
+
+    return 1;
+}
+
+
+/*
+ * The closing quote of a string from s (the byte before s is its opening
+ * quote), or NULL if it is not in [s, last).
+ */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_quote(u_char *s, u_char *last)
+{
+    u_char  *q, *b;
+
+    for ( ;; ) {
+        q = memchr(s, '"', last - s);
+
+        if (q == NULL || q[-1] != '\\') {
+            return q;
+        }
+
+        /* the opening quote ends the run of backslashes */
+
+        for (b = q - 1; b[-1] == '\\'; b--) { /* void */ }
+
+        if (((q - b) & 1) == 0) {
+            return q;
+        }
+
+        s = q + 1;
+    }
+}
+
+
+/* after one or more digits from s, or NULL */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_digits(u_char *s, u_char *last)
+{
+    u_char    *d;
+    uint64_t   v;
+
+    d = s;
+
+    while (last - s >= 8) {
+        ngx_memcpy(&v, s, 8);
+
+        /* all 8 bytes are '0'..'9' */
+
+        if (((v & 0xf0f0f0f0f0f0f0f0ULL)
+             | (((v + 0x0606060606060606ULL) & 0xf0f0f0f0f0f0f0f0ULL) >> 4))
+            != 0x3333333333333333ULL)
+        {
+            break;
+        }
+
+        s += 8;
+    }
+
+    while (s < last && (u_char) (*s - '0') <= 9) {
+        s++;
+    }
+
+    return (s == d) ? NULL : s;
 }
 
 
