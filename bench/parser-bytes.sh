@@ -3,7 +3,7 @@
 # callgrind (deterministic) on generated bodies: a realistic DeepSeek SSE
 # stream (thousands of small chunk events, reasoning_content then content)
 # and a JSON body with a long content string.  Only instructions executed
-# inside ngx_http_deepseek_metrics_parse() (and what it calls, e.g. memchr)
+# inside ngx_http_dsm_parse() (and what it calls, e.g. memchr)
 # are counted.
 #
 #   bench/parser-bytes.sh [MBYTES [BUFSIZE]]     (default 8 MB, 8192)
@@ -30,7 +30,7 @@ command -v valgrind >/dev/null 2>&1 \
 for kind in sse json; do
     cg=$out/callgrind.$kind.out
     info=$(valgrind --tool=callgrind --callgrind-out-file="$cg" \
-               --toggle-collect=ngx_http_deepseek_metrics_parse \
+               --toggle-collect=ngx_http_dsm_parse \
                "$out/bench" $kind "$mb" "$bufsize" 2>/dev/null)
     bytes=$(echo "$info" | sed -n 's/.*bytes=\([0-9]*\).*/\1/p')
     ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")
@@ -49,7 +49,7 @@ do
     name=$(basename "$fx")
     cg=$out/callgrind.file.out
     info=$(valgrind --tool=callgrind --callgrind-out-file="$cg" \
-               --toggle-collect=ngx_http_deepseek_metrics_parse \
+               --toggle-collect=ngx_http_dsm_parse \
                "$out/bench" file "$fx" 1000 2>/dev/null)
     bytes=$(echo "$info" | sed -n 's/.*bytes=\([0-9]*\).*/\1/p')
     ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")

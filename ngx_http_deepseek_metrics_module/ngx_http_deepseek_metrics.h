@@ -326,7 +326,7 @@ typedef struct {
     unsigned                      compressed:1;
     unsigned                      last_buf:1;
 
-    ngx_http_deepseek_metrics_parse_t  parse;
+    ngx_http_dsm_parse_t          parse;
 } ngx_http_dsm_ctx_t;
 
 
@@ -336,7 +336,7 @@ typedef struct {
     ngx_http_dsm_loc_conf_t      *dlcf;
     ngx_http_dsm_zone_t          *zone;
     ngx_http_dsm_ctx_t           *ctx;           /* NULL: nothing read */
-    ngx_http_deepseek_metrics_parse_t  *parse;   /* never NULL */
+    ngx_http_dsm_parse_t         *parse;         /* never NULL */
     ngx_http_dsm_price_t         *price;
     ngx_str_t                     endpoint;
     ngx_str_t                     model;

@@ -119,7 +119,7 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         mode = ctx->stream ? NGX_HTTP_DSM_PARSE_SSE : NGX_HTTP_DSM_PARSE_JSON;
     }
 
-    ngx_http_deepseek_metrics_parse_init(&ctx->parse, mode);
+    ngx_http_dsm_parse_init(&ctx->parse, mode);
     ctx->parsing = 1;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -173,11 +173,11 @@ ngx_http_dsm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 static void
 ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
 {
-    ngx_int_t                           rc;
-    ngx_msec_t                          now;
-    ngx_time_t                         *tp;
-    ngx_chain_t                        *cl;
-    ngx_http_deepseek_metrics_parse_t  *p;
+    ngx_int_t              rc;
+    ngx_msec_t             now;
+    ngx_time_t            *tp;
+    ngx_chain_t           *cl;
+    ngx_http_dsm_parse_t  *p;
 
     p = &ctx->parse;
 
@@ -193,7 +193,7 @@ ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
             continue;
         }
 
-        rc = ngx_http_deepseek_metrics_parse(p, cl->buf->pos, cl->buf->last);
+        rc = ngx_http_dsm_parse(p, cl->buf->pos, cl->buf->last);
 
         if (rc != NGX_OK) {
             ctx->parse_done = 1;

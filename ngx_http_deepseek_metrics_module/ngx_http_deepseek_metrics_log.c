@@ -153,7 +153,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
 #if (NGX_DEBUG)
         {
-        ngx_http_deepseek_metrics_parse_t  *p = q.parse;
+        ngx_http_dsm_parse_t  *p = q.parse;
 
         ngx_log_debug6(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "deepseek metrics: body %s, events %ui, finish %ui, "
@@ -292,12 +292,12 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     uint64_t                            out, cost;
     ngx_msec_t                          start;
     ngx_uint_t                          status, outcome, missing, inband;
-    ngx_connection_t                   *c;
-    ngx_http_dsm_sh_t                  *sh;
-    ngx_http_dsm_ctx_t                 *ctx;
-    ngx_http_dsm_layout_t              *l;
-    ngx_http_dsm_main_conf_t           *dmcf;
-    ngx_http_deepseek_metrics_parse_t  *p;
+    ngx_connection_t          *c;
+    ngx_http_dsm_sh_t         *sh;
+    ngx_http_dsm_ctx_t        *ctx;
+    ngx_http_dsm_layout_t     *l;
+    ngx_http_dsm_main_conf_t  *dmcf;
+    ngx_http_dsm_parse_t      *p;
 
     static ngx_uint_t  inband_errors[] = {
         NGX_HTTP_DSM_INBAND_STREAM_ERROR,   /* NGX_HTTP_DSM_ERROR_NONE */
@@ -377,7 +377,7 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
         goto count;
     }
 
-    outcome = ngx_http_deepseek_metrics_parse_outcome(p);
+    outcome = ngx_http_dsm_parse_outcome(p);
 
     if ((c->timedout || c->error) && !ctx->last_buf) {
 

@@ -172,18 +172,18 @@ static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
     ((l) == sizeof(lit) - 1 && ngx_http_dsm_eq(s, lit, sizeof(lit) - 1))
 
 
-static u_char *ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p,
+static u_char *ngx_http_dsm_json(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
-static ngx_int_t ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p,
+static ngx_int_t ngx_http_dsm_sse(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_http_dsm_inline ngx_int_t ngx_http_dsm_close(
-    ngx_http_deepseek_metrics_parse_t *p, u_char ch);
+    ngx_http_dsm_parse_t *p, u_char ch);
 static ngx_http_dsm_inline void ngx_http_dsm_number(
-    ngx_http_deepseek_metrics_parse_t *p);
-static void ngx_http_dsm_error(ngx_http_deepseek_metrics_parse_t *p);
+    ngx_http_dsm_parse_t *p);
+static void ngx_http_dsm_error(ngx_http_dsm_parse_t *p);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_skip_str(
-    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
-static u_char *ngx_http_dsm_sse_chunk(ngx_http_deepseek_metrics_parse_t *p,
+    ngx_http_dsm_parse_t *p, u_char *pos, u_char *last);
+static u_char *ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
     u_char *last, const char *lit, size_t n);
@@ -191,28 +191,28 @@ static ngx_http_dsm_inline u_char *ngx_http_dsm_quote(u_char *s,
     u_char *last);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_digits(u_char *s,
     u_char *last);
-static u_char *ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p,
+static u_char *ngx_http_dsm_str_end(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_probe(ngx_uint_t kind,
     u_char *k, u_char *last, size_t *len);
 static ngx_uint_t ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_eq(u_char *a,
     const char *b, size_t n);
-static void ngx_http_dsm_append(ngx_http_deepseek_metrics_parse_t *p,
+static void ngx_http_dsm_append(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
-static void ngx_http_dsm_enum(ngx_http_deepseek_metrics_parse_t *p);
-static void ngx_http_dsm_bad_usage(ngx_http_deepseek_metrics_parse_t *p);
-static void ngx_http_dsm_token(ngx_http_deepseek_metrics_parse_t *p,
+static void ngx_http_dsm_enum(ngx_http_dsm_parse_t *p);
+static void ngx_http_dsm_bad_usage(ngx_http_dsm_parse_t *p);
+static void ngx_http_dsm_token(ngx_http_dsm_parse_t *p,
     ngx_uint_t answer);
-static void ngx_http_dsm_commit(ngx_http_deepseek_metrics_parse_t *p);
+static void ngx_http_dsm_commit(ngx_http_dsm_parse_t *p);
 static uint64_t ngx_http_dsm_add(uint64_t a, uint64_t b);
 
 
 void
-ngx_http_deepseek_metrics_parse_init(ngx_http_deepseek_metrics_parse_t *p,
+ngx_http_dsm_parse_init(ngx_http_dsm_parse_t *p,
     ngx_uint_t mode)
 {
-    ngx_memzero(p, sizeof(ngx_http_deepseek_metrics_parse_t));
+    ngx_memzero(p, sizeof(ngx_http_dsm_parse_t));
 
     p->mode = mode;
     p->state = sw_line;
@@ -221,7 +221,7 @@ ngx_http_deepseek_metrics_parse_init(ngx_http_deepseek_metrics_parse_t *p,
 
 
 ngx_int_t
-ngx_http_deepseek_metrics_parse(ngx_http_deepseek_metrics_parse_t *p,
+ngx_http_dsm_parse(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last)
 {
     if (p->done) {
@@ -258,7 +258,7 @@ ngx_http_deepseek_metrics_parse(ngx_http_deepseek_metrics_parse_t *p,
 
 
 ngx_uint_t
-ngx_http_deepseek_metrics_parse_outcome(ngx_http_deepseek_metrics_parse_t *p)
+ngx_http_dsm_parse_outcome(ngx_http_dsm_parse_t *p)
 {
     /* an error object wins: what follows it does not matter */
 
@@ -304,7 +304,7 @@ ngx_http_deepseek_metrics_parse_outcome(ngx_http_deepseek_metrics_parse_t *p)
 
 
 static ngx_int_t
-ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
     u_char       ch, *q;
@@ -329,7 +329,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
             if (ch == '{' && p->events == 0 && p->bad_events == 0) {
                 /* a JSON body sent as text/event-stream: read it as JSON */
                 p->mode &= ~NGX_HTTP_DSM_PARSE_MODE_SSE;
-                return ngx_http_deepseek_metrics_parse(p, pos, last);
+                return ngx_http_dsm_parse(p, pos, last);
             }
 
             if (ch == 'd') {
@@ -674,7 +674,7 @@ ngx_http_dsm_sse(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
  */
 
 static u_char *
-ngx_http_dsm_json(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_json(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
     u_char      ch, *q;
@@ -1285,7 +1285,7 @@ invalid:
 /* ch is '}' or ']' closing the current level */
 
 static ngx_http_dsm_inline ngx_int_t
-ngx_http_dsm_close(ngx_http_deepseek_metrics_parse_t *p, u_char ch)
+ngx_http_dsm_close(ngx_http_dsm_parse_t *p, u_char ch)
 {
     ngx_uint_t  d;
 
@@ -1313,7 +1313,7 @@ ngx_http_dsm_close(ngx_http_deepseek_metrics_parse_t *p, u_char ch)
 /* a number ended: a usage value is stored or makes the usage invalid */
 
 static ngx_http_dsm_inline void
-ngx_http_dsm_number(ngx_http_deepseek_metrics_parse_t *p)
+ngx_http_dsm_number(ngx_http_dsm_parse_t *p)
 {
     if (p->slot >= NGX_HTTP_DSM_USAGE_NFIELDS) {
         return;
@@ -1333,7 +1333,7 @@ ngx_http_dsm_number(ngx_http_deepseek_metrics_parse_t *p)
 /* an "error" member: the body is an in-band error */
 
 static void
-ngx_http_dsm_error(ngx_http_deepseek_metrics_parse_t *p)
+ngx_http_dsm_error(ngx_http_dsm_parse_t *p)
 {
     p->error = 1;
 
@@ -1350,7 +1350,7 @@ ngx_http_dsm_error(ngx_http_deepseek_metrics_parse_t *p)
  */
 
 static ngx_http_dsm_inline u_char *
-ngx_http_dsm_skip_str(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_skip_str(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
     u_char  *q;
@@ -1385,7 +1385,7 @@ ngx_http_dsm_skip_str(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
  */
 
 static u_char *
-ngx_http_dsm_sse_chunk(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
     u_char      *s, *m, *t;
@@ -1568,7 +1568,7 @@ ngx_http_dsm_digits(u_char *s, u_char *last)
  */
 
 static u_char *
-ngx_http_dsm_str_end(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_str_end(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
     u_char      *s, *q, *b;
@@ -1869,7 +1869,7 @@ ngx_http_dsm_eq(u_char *a, const char *b, size_t n)
 
 
 static void
-ngx_http_dsm_append(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
+ngx_http_dsm_append(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
     size_t  n;
@@ -1887,7 +1887,7 @@ ngx_http_dsm_append(ngx_http_deepseek_metrics_parse_t *p, u_char *pos,
 
 
 static void
-ngx_http_dsm_enum(ngx_http_deepseek_metrics_parse_t *p)
+ngx_http_dsm_enum(ngx_http_dsm_parse_t *p)
 {
     u_char      *s;
     size_t       l;
@@ -1966,7 +1966,7 @@ ngx_http_dsm_enum(ngx_http_deepseek_metrics_parse_t *p)
 
 
 static void
-ngx_http_dsm_token(ngx_http_deepseek_metrics_parse_t *p, ngx_uint_t answer)
+ngx_http_dsm_token(ngx_http_dsm_parse_t *p, ngx_uint_t answer)
 {
     p->first_token = 1;
     p->has_content = 1;
@@ -1978,7 +1978,7 @@ ngx_http_dsm_token(ngx_http_deepseek_metrics_parse_t *p, ngx_uint_t answer)
 
 
 static void
-ngx_http_dsm_commit(ngx_http_deepseek_metrics_parse_t *p)
+ngx_http_dsm_commit(ngx_http_dsm_parse_t *p)
 {
     uint64_t    *u, prompt, completion, total, hit, miss, reasoning;
     ngx_uint_t   m;
@@ -2052,7 +2052,7 @@ ngx_http_dsm_commit(ngx_http_deepseek_metrics_parse_t *p)
 /* the response's usage cannot be trusted: none of it counts */
 
 static void
-ngx_http_dsm_bad_usage(ngx_http_deepseek_metrics_parse_t *p)
+ngx_http_dsm_bad_usage(ngx_http_dsm_parse_t *p)
 {
     p->usage_invalid = 1;
     p->usage_fields = 0;

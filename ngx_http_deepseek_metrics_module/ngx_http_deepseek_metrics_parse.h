@@ -35,7 +35,7 @@
  *   model read before an error stay valid (usage_seen tells whether any
  *   usage was read).
  * - At the end of the body (last_buf, or upstream EOF/abort) call
- *   ngx_http_deepseek_metrics_parse_outcome() for the in-band failure
+ *   ngx_http_dsm_parse_outcome() for the in-band failure
  *   reason; only meaningful for a 200 response.
  * - Token counts: use the *_tokens fields (already derived: for OpenAI
  *   hit = prompt_cache_hit_tokens, else prompt_tokens_details.cached_tokens,
@@ -109,7 +109,7 @@
 #define NGX_HTTP_DSM_USAGE_NFIELDS              11
 
 /*
- * ngx_http_deepseek_metrics_parse_outcome(), checked in this order:
+ * ngx_http_dsm_parse_outcome(), checked in this order:
  * error_body (a top-level "error" member, e.g. an in-band error event);
  * invalid_json; content_filter and insufficient_system_resource (last
  * finish_reason / stop_reason, even if the stream then broke off); not
@@ -201,11 +201,11 @@ typedef struct {
     unsigned     seen:1;       /* any byte of the body */
     ngx_uint_t   error_class;  /* NGX_HTTP_DSM_ERROR_* */
     ngx_uint_t   bad_events;   /* SSE: events skipped as invalid */
-} ngx_http_deepseek_metrics_parse_t;
+} ngx_http_dsm_parse_t;
 
 
-void ngx_http_deepseek_metrics_parse_init(
-    ngx_http_deepseek_metrics_parse_t *p, ngx_uint_t mode);
+void ngx_http_dsm_parse_init(
+    ngx_http_dsm_parse_t *p, ngx_uint_t mode);
 
 /*
  * Feeds bytes [pos, last).  Returns NGX_OK normally, NGX_DONE once complete
@@ -213,12 +213,12 @@ void ngx_http_deepseek_metrics_parse_init(
  * calls return NGX_ERROR at once).  Never reads outside [pos, last),
  * never allocates, never copies the body.
  */
-ngx_int_t ngx_http_deepseek_metrics_parse(
-    ngx_http_deepseek_metrics_parse_t *p, u_char *pos, u_char *last);
+ngx_int_t ngx_http_dsm_parse(
+    ngx_http_dsm_parse_t *p, u_char *pos, u_char *last);
 
 /* classifies the body once it has ended: NGX_HTTP_DSM_OUTCOME_* */
-ngx_uint_t ngx_http_deepseek_metrics_parse_outcome(
-    ngx_http_deepseek_metrics_parse_t *p);
+ngx_uint_t ngx_http_dsm_parse_outcome(
+    ngx_http_dsm_parse_t *p);
 
 
 #endif /* _NGX_HTTP_DEEPSEEK_METRICS_PARSE_H_INCLUDED_ */

@@ -13,7 +13,7 @@ static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
 static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
 
 
-static ngx_http_deepseek_metrics_parse_t  ngx_http_dsm_noparse;
+static ngx_http_dsm_parse_t  ngx_http_dsm_noparse;
 
 static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
 static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
@@ -305,13 +305,13 @@ void
 ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf)
 {
-    u_char                             *model, buf[64];
-    size_t                              len;
-    ngx_str_t                          *m;
-    ngx_uint_t                          i;
-    ngx_chain_t                        *cl;
-    ngx_http_dsm_price_t               *price;
-    ngx_http_deepseek_metrics_parse_t  *p;
+    u_char                *model, buf[64];
+    size_t                 len;
+    ngx_str_t             *m;
+    ngx_uint_t             i;
+    ngx_chain_t           *cl;
+    ngx_http_dsm_price_t  *price;
+    ngx_http_dsm_parse_t  *p;
 
     model = q->parse->model;
     len = q->parse->model_set ? q->parse->model_len : 0;
@@ -321,19 +321,19 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     {
         /* the scan stops as soon as the top-level "model" is read */
 
-        p = ngx_palloc(r->pool, sizeof(ngx_http_deepseek_metrics_parse_t));
+        p = ngx_palloc(r->pool, sizeof(ngx_http_dsm_parse_t));
         if (p == NULL) {
             return;
         }
 
-        ngx_http_deepseek_metrics_parse_init(p, NGX_HTTP_DSM_PARSE_REQUEST);
+        ngx_http_dsm_parse_init(p, NGX_HTTP_DSM_PARSE_REQUEST);
 
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
             if (!ngx_buf_in_memory(cl->buf)) {
                 break;
             }
 
-            if (ngx_http_deepseek_metrics_parse(p, cl->buf->pos,
+            if (ngx_http_dsm_parse(p, cl->buf->pos,
                                                 cl->buf->last)
                 != NGX_OK)
             {

@@ -144,13 +144,13 @@ static ngx_int_t
 ngx_http_dsm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
 {
-    u_char                             *s;
-    uint64_t                            n, cost;
-    ngx_msec_t                          t, start;
-    ngx_http_dsm_req_t                  q;
-    ngx_http_dsm_ctx_t                 *ctx;
-    ngx_http_dsm_main_conf_t           *dmcf;
-    ngx_http_deepseek_metrics_parse_t  *p;
+    u_char                    *s;
+    uint64_t                   n, cost;
+    ngx_msec_t                 t, start;
+    ngx_http_dsm_req_t         q;
+    ngx_http_dsm_ctx_t        *ctx;
+    ngx_http_dsm_main_conf_t  *dmcf;
+    ngx_http_dsm_parse_t      *p;
 
     if (ngx_http_dsm_resolve(r->main, &q) != NGX_OK)
     {

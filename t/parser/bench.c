@@ -3,7 +3,7 @@
  * Benchmark driver for bench/parser-bytes.sh: generates a deterministic
  * body in memory, then parses it in BUFSIZE-byte buffers (as a body
  * filter sees it).  Run under callgrind with
- * --toggle-collect=ngx_http_deepseek_metrics_parse to count only the
+ * --toggle-collect=ngx_http_dsm_parse to count only the
  * parser's instructions (memchr etc. called from it included).
  *
  *   bench sse|json [MBYTES [BUFSIZE]]
@@ -136,7 +136,7 @@ bench_file(const char *path, long reps)
     FILE                               *f;
     ngx_int_t                           rc;
     ngx_uint_t                          mode;
-    ngx_http_deepseek_metrics_parse_t   p;
+    ngx_http_dsm_parse_t                p;
 
     /* a .sse file is a text/event-stream body */
 
@@ -162,14 +162,14 @@ bench_file(const char *path, long reps)
     memset(&p, 0, sizeof(p));
 
     for (i = 0; i < reps; i++) {
-        ngx_http_deepseek_metrics_parse_init(&p, mode);
-        rc = ngx_http_deepseek_metrics_parse(&p, (u_char *) body,
+        ngx_http_dsm_parse_init(&p, mode);
+        rc = ngx_http_dsm_parse(&p, (u_char *) body,
                                              (u_char *) body + len);
     }
 
     printf("bytes=%lu reps=%ld rc=%ld outcome=%lu completion=%llu "
            "model=%.*s\n", (unsigned long) len, reps, (long) rc,
-           (unsigned long) ngx_http_deepseek_metrics_parse_outcome(&p),
+           (unsigned long) ngx_http_dsm_parse_outcome(&p),
            (unsigned long long) p.completion_tokens,
            (int) p.model_len, p.model);
 
@@ -184,7 +184,7 @@ main(int argc, char **argv)
     size_t                              len, size, buf, off, n;
     ngx_int_t                           rc;
     ngx_uint_t                          mode;
-    ngx_http_deepseek_metrics_parse_t   p;
+    ngx_http_dsm_parse_t                p;
 
     if (argc < 2) {
         fprintf(stderr, "usage: bench sse|json [MBYTES [BUFSIZE]]\n");
@@ -212,19 +212,19 @@ main(int argc, char **argv)
         mode = NGX_HTTP_DSM_PARSE_JSON;
     }
 
-    ngx_http_deepseek_metrics_parse_init(&p, mode);
+    ngx_http_dsm_parse_init(&p, mode);
 
     rc = NGX_OK;
 
     for (off = 0; off < len; off += n) {
         n = (len - off < buf) ? len - off : buf;
-        rc = ngx_http_deepseek_metrics_parse(&p, (u_char *) body + off,
+        rc = ngx_http_dsm_parse(&p, (u_char *) body + off,
                                              (u_char *) body + off + n);
     }
 
     printf("bytes=%lu rc=%ld outcome=%lu events=%lu completion=%llu "
            "model=%.*s\n", (unsigned long) len, (long) rc,
-           (unsigned long) ngx_http_deepseek_metrics_parse_outcome(&p),
+           (unsigned long) ngx_http_dsm_parse_outcome(&p),
            (unsigned long) p.events,
            (unsigned long long) p.completion_tokens,
            (int) p.model_len, p.model);

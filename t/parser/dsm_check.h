@@ -74,7 +74,7 @@ dsm_finish_name(ngx_uint_t f)
 
 
 static void
-dsm_dump(ngx_http_deepseek_metrics_parse_t *p, ngx_int_t rc, char *buf,
+dsm_dump(ngx_http_dsm_parse_t *p, ngx_int_t rc, char *buf,
     size_t size)
 {
     char    model[64 * 4 + 1], *m;
@@ -113,7 +113,7 @@ dsm_dump(ngx_http_deepseek_metrics_parse_t *p, ngx_int_t rc, char *buf,
              "error_class=%s usage_invalid=%u bad_events=%lu seen=%u\n",
              rc == NGX_OK ? "ok" : rc == NGX_DONE ? "done"
                  : rc == NGX_ERROR ? "error" : "?",
-             dsm_outcome_name(ngx_http_deepseek_metrics_parse_outcome(p)),
+             dsm_outcome_name(ngx_http_dsm_parse_outcome(p)),
              model, (unsigned long) p->model_len,
              (unsigned long long) p->prompt_tokens,
              (unsigned long long) p->completion_tokens,
@@ -133,7 +133,7 @@ dsm_dump(ngx_http_deepseek_metrics_parse_t *p, ngx_int_t rc, char *buf,
 
 
 static unsigned
-dsm_flag(ngx_http_deepseek_metrics_parse_t *p, ngx_int_t rc, int i)
+dsm_flag(ngx_http_dsm_parse_t *p, ngx_int_t rc, int i)
 {
     switch (i) {
     case 0: return p->first_data;
@@ -156,11 +156,11 @@ dsm_run(ngx_uint_t mode, const u_char *body, size_t len, const size_t *cuts,
     unsigned                            was[DSM_NFLAGS];
     ngx_int_t                           rc;
     int                                 f;
-    ngx_http_deepseek_metrics_parse_t   p;
+    ngx_http_dsm_parse_t                p;
 
     /* garbage first: init must not depend on previous contents */
     memset(&p, 0xa5, sizeof(p));
-    ngx_http_deepseek_metrics_parse_init(&p, mode);
+    ngx_http_dsm_parse_init(&p, mode);
 
     for (f = 0; f < DSM_NFLAGS; f++) {
         r->from[f] = -1;
@@ -187,7 +187,7 @@ dsm_run(ngx_uint_t mode, const u_char *body, size_t len, const size_t *cuts,
             memcpy(chunk, body + start, end - start);
         }
 
-        rc = ngx_http_deepseek_metrics_parse(&p, chunk, chunk + (end - start));
+        rc = ngx_http_dsm_parse(&p, chunk, chunk + (end - start));
         free(chunk);
 
         for (f = 0; f < DSM_NFLAGS; f++) {
