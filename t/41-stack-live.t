@@ -182,7 +182,7 @@ for my $q (@article) {
         my $text = DSM::Stack::slurp($f);
         # (recording rule names level:metric:ops are not metric names)
         for my $name ($text =~ /(?<![:\w])(deepseek_[a-z_]+)(?![:\w])/g) {
-            next if $name =~ /^deepseek_metrics(_(zone|price|label|endpoint|export))?$/;   # directives
+            next if $name =~ /^deepseek_metrics(_(zone|price|label|endpoint|export|models|peak_hours|holidays|request_body|stream_unbuffered))?$/;   # directives
             next if $name =~ /^deepseek_(api|metrics_module|proxy)/;                      # file/host names
             $unknown{"$name ($f)"}++ unless $known{$name} || $known{"${name}_total"};
         }
