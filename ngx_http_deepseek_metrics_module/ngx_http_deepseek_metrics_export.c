@@ -122,6 +122,8 @@ static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
     ngx_http_dsm_zone_t *zone, ngx_http_dsm_snap_t *snap, ngx_uint_t multi);
 static ngx_int_t ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r,
     ngx_http_dsm_sh_t *sh, ngx_http_dsm_entry_t *e);
+static void ngx_http_dsm_snapshot_in_flight(ngx_http_dsm_zone_t *zone,
+    ngx_http_dsm_snap_t *snap);
 static u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
 static ngx_uint_t ngx_http_dsm_family_shown(ngx_http_dsm_out_t *o,
     const ngx_http_dsm_family_t *f, ngx_http_dsm_snap_t *snaps,
@@ -562,9 +564,7 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     size_t                       nv, len;
     ngx_pid_t                    pid;
     ngx_uint_t                   i, j, n, h;
-    ngx_atomic_uint_t            owner;
     ngx_http_dsm_sh_t           *sh;
-    ngx_http_dsm_slot_t         *slot;
     ngx_http_dsm_entry_t        *e;
     ngx_atomic_uint_t           *v;
     volatile ngx_atomic_uint_t  *src;
@@ -598,6 +598,8 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         *p++ = ',';
         snap->prefix.len = p - snap->prefix.data;
     }
+
+    ngx_http_dsm_snapshot_in_flight(zone, snap);
 
     snap->values[NGX_HTTP_DSM_V_DROPPED] = sh->dropped;
     snap->values[NGX_HTTP_DSM_V_START_TIME] = sh->start_time;
@@ -674,10 +676,32 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         return NGX_ERROR;
     }
 
-    (void) ngx_http_dsm_slots_reap(zone);
-
     snap->nendpoints = sh->nendpoints;
     snap->endpoints = sh->endpoints;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Read before any counter: the log phase counts a request first and gives
+ * its in-flight slot back last, so a request this read finds no longer in
+ * flight is in the counters read after it.  Read the other way round, a
+ * request finishing in between is in neither.
+ */
+
+static void
+ngx_http_dsm_snapshot_in_flight(ngx_http_dsm_zone_t *zone,
+    ngx_http_dsm_snap_t *snap)
+{
+    ngx_uint_t            i, j, n;
+    ngx_atomic_uint_t     owner;
+    ngx_http_dsm_sh_t    *sh;
+    ngx_http_dsm_slot_t  *slot;
+
+    sh = zone->sh;
+
+    (void) ngx_http_dsm_slots_reap(zone);
 
     n = sh->nslots;
 
@@ -696,7 +720,7 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         }
     }
 
-    return NGX_OK;
+    ngx_memory_barrier();
 }
 
 
