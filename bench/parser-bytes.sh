@@ -41,17 +41,21 @@ for kind in sse json; do
                k, ir, b, ir / b }'
 done
 
-# a realistic small non-streaming response, parsed whole 1000 times
-fx=$root/bench/fixtures/chat.json
-cg=$out/callgrind.file.out
-info=$(valgrind --tool=callgrind --callgrind-out-file="$cg" \
-           --toggle-collect=ngx_http_dsm_parse \
-           "$out/bench" file "$fx" 1000 2>/dev/null)
-bytes=$(echo "$info" | sed -n 's/.*bytes=\([0-9]*\).*/\1/p')
-ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")
-[ -n "$ir" ] || ir=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$cg")
-echo "chat.json: $info"
-awk -v ir="$ir" -v b="$bytes" 'BEGIN {
-    printf "chat.json: %d instructions / body = %.3f instructions/byte\n",
-           ir / 1000, ir / 1000 / b }'
+# a realistic small non-streaming response and a 30-event stream, each
+# parsed whole 1000 times
 
+for fx in "$root/bench/fixtures/chat.json" "$root/bench/fixtures/chat-stream.sse"
+do
+    name=$(basename "$fx")
+    cg=$out/callgrind.file.out
+    info=$(valgrind --tool=callgrind --callgrind-out-file="$cg" \
+               --toggle-collect=ngx_http_dsm_parse \
+               "$out/bench" file "$fx" 1000 2>/dev/null)
+    bytes=$(echo "$info" | sed -n 's/.*bytes=\([0-9]*\).*/\1/p')
+    ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")
+    [ -n "$ir" ] || ir=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$cg")
+    echo "$name: $info"
+    awk -v n="$name" -v ir="$ir" -v b="$bytes" 'BEGIN {
+        printf "%s: %d instructions / body = %.3f instructions/byte\n",
+               n, ir / 1000, ir / 1000 / b }'
+done

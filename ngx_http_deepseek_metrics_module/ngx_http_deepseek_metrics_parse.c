@@ -41,7 +41,7 @@ enum {
 };
 
 
-/* JSON states; the string states are kept contiguous */
+/* JSON states; whitespace is skipped in the states up to sw_j_num */
 enum {
     sw_j_doc = 0,
     sw_j_value,
@@ -50,11 +50,9 @@ enum {
     sw_j_colon,
     sw_j_after,
     sw_j_arr_start,
-    sw_j_tools,
-    sw_j_num,
-    sw_j_skip_num,
-    sw_j_lit,
     sw_j_deep,
+    sw_j_num,
+    sw_j_lit,
     sw_j_key_str,
     sw_j_str_skip,
     sw_j_str_first,
@@ -167,11 +165,6 @@ static const char  *ngx_http_dsm_lits[] = { "null", "true", "false" };
 static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 
 
-/* the usual end of an OpenAI chunk, from the '}' closing the delta */
-#define NGX_HTTP_DSM_TAIL                                                    \
-    "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}"
-
-
 #define dsm_ws(ch)  ((ch) == ' ' || (ch) == '\n' || (ch) == '\r'             \
                      || (ch) == '\t')
 
@@ -183,8 +176,21 @@ static u_char *ngx_http_dsm_json(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_int_t ngx_http_dsm_sse(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
-static u_char *ngx_http_dsm_head(ngx_http_dsm_parse_t *p,
+static ngx_http_dsm_inline ngx_int_t ngx_http_dsm_close(
+    ngx_http_dsm_parse_t *p, u_char ch);
+static ngx_http_dsm_inline void ngx_http_dsm_number(
+    ngx_http_dsm_parse_t *p);
+static void ngx_http_dsm_error(ngx_http_dsm_parse_t *p);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_skip_str(
+    ngx_http_dsm_parse_t *p, u_char *pos, u_char *last);
+static u_char *ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
+static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
+    u_char *last, const char *lit, size_t n);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_quote(u_char *s,
+    u_char *last);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_digits(u_char *s,
+    u_char *last);
 static u_char *ngx_http_dsm_str_end(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_probe(ngx_uint_t kind,
@@ -301,18 +307,22 @@ static ngx_int_t
 ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
-    u_char      ch, *q;
+    u_char       ch, *q;
+    ngx_uint_t   state;
     const char  *pat;
+
+    state = p->state;
 
     for ( ;; ) {
 
         if (pos >= last) {
+            p->state = state;
             return NGX_OK;
         }
 
         ch = *pos;
 
-        switch (p->state) {
+        switch (state) {
 
         case sw_line:
 
@@ -323,6 +333,18 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
             }
 
             if (ch == 'd') {
+                if (!p->in_doc && !p->doc_done && !p->ping
+                    && (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC) == 0)
+                {
+                    q = ngx_http_dsm_sse_chunk(p, pos, last);
+
+                    if (q != NULL) {
+                        /* a whole usual chunk event */
+                        pos = q;
+                        break;
+                    }
+                }
+
                 if (last - pos >= 7 && ngx_http_dsm_eq(pos, "data: {", 7)
                     && !p->in_doc && !p->doc_done && !p->ping)
                 {
@@ -335,19 +357,19 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                     p->depth = 0;
                     p->key = key_doc;
                     p->jstate = sw_j_value;
-                    p->state = sw_data_json;
-                    goto data_json;
+                    state = sw_data_json;
+                    break;
                 }
 
                 if (last - pos >= 5 && ngx_http_dsm_eq(pos, "data:", 5)) {
                     pos += 5;
-                    p->state = sw_data_start;
+                    state = sw_data_start;
                     break;
                 }
 
                 p->lit = 0;
                 p->idx = 1;
-                p->state = sw_field;
+                state = sw_field;
                 pos++;
                 break;
             }
@@ -375,14 +397,14 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
             if (ch == 'e' && (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC)) {
                 p->lit = 1;
                 p->idx = 1;
-                p->state = sw_field;
+                state = sw_field;
                 pos++;
                 break;
             }
 
             /* a comment or a field we do not need */
 
-            p->state = sw_skip_line;
+            state = sw_skip_line;
             break;
 
         case sw_field:
@@ -394,10 +416,10 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 if (pat[++p->idx] == '\0') {
                     if (p->lit) {
                         p->klen = 0;
-                        p->state = sw_event_start;
+                        state = sw_event_start;
 
                     } else {
-                        p->state = sw_data_start;
+                        state = sw_data_start;
                     }
                 }
 
@@ -406,28 +428,29 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
-            p->state = sw_skip_line;
+            state = sw_skip_line;
             break;
 
         case sw_skip_line:
             q = memchr(pos, '\n', last - pos);
 
             if (q == NULL) {
-                return NGX_OK;
+                pos = last;
+                break;
             }
 
             pos = q + 1;
-            p->state = sw_line;
+            state = sw_line;
             break;
 
         case sw_data_start:
 
             if (p->ping) {
-                p->state = sw_skip_line;
+                state = sw_skip_line;
                 break;
             }
 
@@ -438,12 +461,12 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
             if (p->in_doc) {
-                p->state = sw_data_json;
+                state = sw_data_json;
                 break;
             }
 
@@ -458,7 +481,7 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 p->depth = 0;
                 p->key = key_doc;
                 p->jstate = sw_j_value;
-                p->state = sw_data_json;
+                state = sw_data_json;
                 break;
             }
 
@@ -466,7 +489,7 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 p->events++;
                 p->first_data = 1;
                 p->idx = 1;
-                p->state = sw_done_match;
+                state = sw_done_match;
                 pos++;
                 break;
             }
@@ -474,7 +497,6 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
             goto bad_event;
 
         case sw_data_json:
-        data_json:
             pos = ngx_http_dsm_json(p, pos, last);
 
             if (p->invalid) {
@@ -484,14 +506,14 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
             if (p->jstate == sw_j_end) {
                 p->in_doc = 0;
                 p->doc_done = 1;
-                p->state = sw_data_tail;
+                state = sw_data_tail;
                 break;
             }
 
             if (pos < last) {
                 /* a line break between tokens: the document goes on */
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
             }
 
             break;
@@ -505,13 +527,13 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
 
             if (ch == '\r') {
                 pos++;
-                p->state = sw_data_cr;
+                state = sw_data_cr;
                 break;
             }
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
@@ -523,7 +545,7 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
 
             if (ch == '\n') {
                 pos++;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
@@ -534,7 +556,7 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 p->ping = 0;
             }
 
-            p->state = sw_line;
+            state = sw_line;
             break;
 
         case sw_skip_event:
@@ -548,7 +570,7 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
 
             if (ch == '\r' || ch == '\n') {
                 p->idx = (ch == '\r');
-                p->state = sw_skip_bol;
+                state = sw_skip_bol;
             }
 
             break;
@@ -566,11 +588,11 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 pos++;
                 p->doc_done = 0;
                 p->ping = 0;
-                p->state = sw_line;
+                state = sw_line;
                 break;
             }
 
-            p->state = sw_skip_event;
+            state = sw_skip_event;
             break;
 
         case sw_done_match:
@@ -592,7 +614,7 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 pos++;
             }
 
-            p->state = sw_event_name;
+            state = sw_event_name;
             break;
 
         case sw_event_name:
@@ -607,7 +629,7 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 break;
             }
 
-            p->state = sw_line;
+            state = sw_line;
 
             if (dsm_streq(p->kbuf, p->klen, "message_stop")) {
                 p->done = 1;
@@ -631,44 +653,25 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
         p->in_doc = 0;
         p->doc_done = 0;
         p->bad_events++;
-        p->state = sw_skip_event;
+        state = sw_skip_event;
     }
 }
 
 
 /*
- * Scans JSON in [pos, last).  Returns the position after the byte that
- * closed the top-level value (jstate == sw_j_end), or last, or NULL if
- * the input is invalid.
+ * Scans JSON in [pos, last), one byte per step of a switch on the state
+ * saved in p->jstate once per call.  Returns the position after the byte
+ * that closed the top-level value (jstate == sw_j_end), or last, or the
+ * offending byte with p->invalid set.
  *
- * The scanner jumps between labels while bytes are available; its state
- * is saved in p->jstate only when it runs out of input (dsm_need()), and
- * the switch at the top resumes there.  A string whose opening quote is
- * in this buffer takes a fast path (memchr(), then one look at the byte
- * before the quote); strings resumed across buffers or holding escaped
- * quotes take ngx_http_dsm_str_end().
+ * Whitespace between tokens is handled in one place, at the top of the
+ * loop.  In SSE mode a line break there ends the data line: the scanner
+ * returns at it, and the SSE layer resumes the document on the next
+ * "data:" line.  (A raw line break inside a string, invalid JSON, is not
+ * looked for: string contents are not validated.)  Strings are skipped
+ * with memchr() to the closing quote: a string nobody needs costs one
+ * call, not a step per byte.
  */
-
-/*
- * SSE: a line break between tokens ends the data line; the SSE layer takes
- * it and resumes the document on the next "data:" line.  (A raw line break
- * inside a string, invalid JSON, is not looked for: string contents are
- * not validated.)
- */
-
-#define dsm_eol(st)                                                          \
-    if (ch == '\n' && (p->mode & NGX_HTTP_DSM_PARSE_MODE_SSE)) {             \
-        p->jstate = st;                                                      \
-        return pos;                                                          \
-    }
-
-
-#define dsm_need(st)                                                         \
-    if (pos == last) {                                                       \
-        p->jstate = st;                                                      \
-        return pos;                                                          \
-    }
-
 
 static u_char *
 ngx_http_dsm_json(ngx_http_dsm_parse_t *p, u_char *pos,
@@ -677,873 +680,788 @@ ngx_http_dsm_json(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char      ch, *q;
     size_t      n;
     uint64_t    v;
-    ngx_uint_t  kind, d;
+    ngx_int_t   rc;
+    ngx_uint_t  state, kind, d;
 
-    switch (p->jstate) {
-    case sw_j_doc:
-        goto doc;
-    case sw_j_value:
-        goto value;
-    case sw_j_obj_start:
-        goto obj_start;
-    case sw_j_key:
-        goto key;
-    case sw_j_colon:
-        goto colon;
-    case sw_j_after:
-        goto after;
-    case sw_j_arr_start:
-        goto arr_start;
-    case sw_j_tools:
-        goto tools;
-    case sw_j_num:
-        goto num;
-    case sw_j_skip_num:
-        goto skip_num;
-    case sw_j_lit:
-        goto lit;
-    case sw_j_deep:
-        goto deep;
-    case sw_j_key_str:
-        goto key_str;
-    case sw_j_str_skip:
-        goto str_skip;
-    case sw_j_str_first:
-        goto str_first;
-    case sw_j_str_model:
-        goto str_model;
-    case sw_j_str_enum:
-        goto str_enum;
-    case sw_j_deep_str:
-        goto deep_str;
-    default: /* sw_j_end */
-        return pos;
-    }
+    state = p->jstate;
 
-doc:
-
-    /* JSON mode: the body may start with blank lines while queued */
-
-    for ( ;; ) {
-        dsm_need(sw_j_doc);
-
+    for ( /* void */ ; pos < last; pos++) {
         ch = *pos;
 
-        if (!dsm_ws(ch)) {
-            break;
+        if (ch <= ' ' && state <= sw_j_num && dsm_ws(ch)) {
+
+            if (state == sw_j_num) {
+                /* whitespace ends a number */
+                ngx_http_dsm_number(p);
+                state = sw_j_after;
+            }
+
+            if (ch == '\n' && (p->mode & NGX_HTTP_DSM_PARSE_MODE_SSE)) {
+                p->jstate = state;
+                return pos;
+            }
+
+            continue;
         }
 
-        pos++;
-    }
+        switch (state) {
 
-    /* a response is an object: a top-level array is not one */
+        case sw_j_doc:
 
-    if (ch != '{') {
-        goto invalid;
-    }
+            /* a response is an object: a top-level array is not one */
 
-    p->first_data = 1;
-    p->events = 1;
-    p->key = key_doc;
+            if (ch != '{') {
+                goto invalid;
+            }
 
-value:
+            p->first_data = 1;
+            p->events = 1;
+            p->key = key_doc;
 
-    dsm_need(sw_j_value);
+            /* '{' is not ']': sw_j_arr_start passes it on as a value */
 
-    ch = *pos;
+            /* fall through */
 
-    if (p->key >= key_u && (u_char) (ch - '0') > 9 && ch != '-'
-        && ch != 'n' && !dsm_ws(ch))
-    {
-        /* a usage value that is a string, a boolean, an object, ... */
-        ngx_http_dsm_bad_usage(p);
-    }
+        case sw_j_arr_start:
 
-    if (ch == '"') {
-        pos++;
+            if (p->key == key_tool_calls) {
+                /* the first element of a tool_calls array: a token */
 
-        switch (p->key) {
+                if (ch != ']') {
+                    ngx_http_dsm_token(p, 1);
+                }
 
-        case key_model:
-            if (!p->model_set) {
+                p->key = key_none;
+            }
+
+            if (ch == ']') {
+                rc = ngx_http_dsm_close(p, ch);
+
+                if (rc == NGX_DONE) {
+                    goto done;
+                }
+
+                if (rc == NGX_ERROR) {
+                    goto invalid;
+                }
+
+                state = sw_j_after;
+                break;
+            }
+
+            state = sw_j_value;
+
+            /* fall through */
+
+        case sw_j_value:
+
+            if (p->key >= key_u && (u_char) (ch - '0') > 9 && ch != '-'
+                && ch != 'n')
+            {
+                /* a usage value that is a string, a boolean, an object */
+                ngx_http_dsm_bad_usage(p);
+            }
+
+            switch (ch) {
+
+            case '"':
+
                 p->esc = 0;
-                goto str_model;
-            }
 
-            break;
+                switch (p->key) {
 
-        case key_content:
-        case key_reasoning:
-            p->esc = 0;
-            goto str_first;
+                case key_model:
+                    if (!p->model_set) {
+                        state = sw_j_str_model;
+                    }
 
-        case key_finish:
-        case key_stop:
-        case key_a_type:
-        case key_err_type:
-        case key_err_code:
-            p->esc = 0;
-            p->klen = 0;
-            goto str_enum;
+                    break;
 
-        case key_error:
-            p->error = 1;
+                case key_content:
+                case key_reasoning:
+                    state = sw_j_str_first;
+                    break;
 
-            if (p->error_class == NGX_HTTP_DSM_ERROR_NONE) {
-                p->error_class = NGX_HTTP_DSM_ERROR_OTHER;
-            }
+                case key_finish:
+                case key_stop:
+                case key_a_type:
+                case key_err_type:
+                case key_err_code:
+                    p->klen = 0;
+                    state = sw_j_str_enum;
+                    break;
 
-            break;
-        }
+                case key_error:
+                    ngx_http_dsm_error(p);
+                    break;
+                }
 
-        /* a string nobody needs, its opening quote in this buffer */
+                if (state != sw_j_value) {
+                    /* a string read from its first byte on */
+                    break;
+                }
 
-        q = memchr(pos, '"', last - pos);
+                /* a string nobody needs */
 
-        if (q == NULL || q[-1] == '\\') {
-            p->esc = 0;
-            goto str_skip;
-        }
+                q = ngx_http_dsm_skip_str(p, pos + 1, last);
 
-        pos = q + 1;
+                if (q == NULL) {
+                    state = sw_j_str_skip;
+                    pos = last - 1;
+                    break;
+                }
 
-        if (last - pos > 1 && pos[0] == ',' && pos[1] == '"' && !p->ca) {
-            pos++;
-            goto key_open;
-        }
-
-        goto after;
-    }
-
-    if (ch == '{') {
-
-        if (p->key == key_doc
-            && (p->mode & (NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC
-                           |NGX_HTTP_DSM_PARSE_MODE_REQUEST)) == 0)
-        {
-            /* the usual OpenAI head, up to the message or delta object */
-
-            q = ngx_http_dsm_head(p, pos, last);
-
-            if (q != NULL) {
                 pos = q;
-                goto obj_start;
+                state = sw_j_after;
+                break;
+
+            case '{':
+                d = ++p->depth;
+
+                if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
+                    p->too_deep = 1;
+                    state = sw_j_deep;
+                    break;
+                }
+
+                p->arrays &= ~((uint64_t) 1 << (d - 1));
+                kind = ngx_http_dsm_obj_kind[p->key];
+
+                if (p->key == key_doc) {
+                    if (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC) {
+                        kind = k_a_top;
+                    }
+
+                } else if (p->key == key_usage) {
+                    p->umask = 0;
+
+                } else if (p->key == key_error) {
+                    ngx_http_dsm_error(p);
+                }
+
+                if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
+                    p->kind[d - 1] = (u_char) kind;
+
+                } else {
+                    kind = k_other;
+                }
+
+                p->ck = kind;
+                p->ca = 0;
+                state = sw_j_obj_start;
+                break;
+
+            case '[':
+                d = ++p->depth;
+
+                if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
+                    p->too_deep = 1;
+                    state = sw_j_deep;
+                    break;
+                }
+
+                p->arrays |= (uint64_t) 1 << (d - 1);
+
+                if (d > NGX_HTTP_DSM_PARSE_KINDS) {
+                    kind = k_other;
+
+                } else {
+                    if (p->key == key_choices) {
+                        kind = k_choices;
+
+                    } else if (p->key == key_a_content) {
+                        kind = k_a_blocks;
+
+                    } else {
+                        kind = k_other;
+                    }
+
+                    p->kind[d - 1] = (u_char) kind;
+                }
+
+                p->ck = kind;
+                p->ca = 1;
+
+                if (p->key != key_tool_calls) {
+                    p->key = ngx_http_dsm_elem_key[kind];
+                }
+
+                state = sw_j_arr_start;
+                break;
+
+            case 'n':
+            case 't':
+            case 'f':
+                p->lit = (ch == 'n') ? 0 : (ch == 't') ? 1 : 2;
+                n = ngx_http_dsm_lit_len[p->lit];
+
+                if ((size_t) (last - pos) >= n
+                    && ngx_http_dsm_eq(pos, ngx_http_dsm_lits[p->lit], n))
+                {
+                    pos += n - 1;
+                    state = sw_j_after;
+                    break;
+                }
+
+                /* a literal split across buffers */
+
+                p->idx = 1;
+                state = sw_j_lit;
+                break;
+
+            case '-':
+            case '0': case '1': case '2': case '3': case '4':
+            case '5': case '6': case '7': case '8': case '9':
+
+                /* slot: NFIELDS or more for a number nobody needs */
+
+                p->slot = p->key - key_u;
+                p->num = (ch == '-') ? 0 : (uint64_t) (ch - '0');
+                p->num_bad = (ch == '-');
+                state = sw_j_num;
+
+                if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS || ch == '-') {
+                    break;
+                }
+
+                /* a number nobody needs: its digits at once */
+
+                pos = ngx_http_dsm_digits(pos, last) - 1;
+                break;
+
+            default:
+                goto invalid;
             }
-        }
 
-        pos++;
-        d = ++p->depth;
+            break;
 
-        if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
-            p->too_deep = 1;
-            goto deep;
-        }
+        case sw_j_num:
 
-        p->arrays &= ~((uint64_t) 1 << (d - 1));
-        kind = ngx_http_dsm_obj_kind[p->key];
+            /* the digits in this buffer in one go */
 
-        if (p->key == key_doc) {
-            if (p->mode & NGX_HTTP_DSM_PARSE_MODE_ANTHROPIC) {
-                kind = k_a_top;
+            while ((u_char) (ch - '0') <= 9) {
+
+                if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS && !p->num_bad) {
+                    /* num < 2^53 here: no overflow */
+                    v = p->num * 10 + (ch - '0');
+
+                    if (v >= NGX_HTTP_DSM_USAGE_MAX) {
+                        p->num_bad = 1;
+                    }
+
+                    p->num = v;
+                }
+
+                if (pos + 1 == last) {
+                    break;
+                }
+
+                ch = *++pos;
             }
 
-        } else if (p->key == key_usage) {
-            p->umask = 0;
-
-        } else if (p->key == key_error) {
-            p->error = 1;
-
-            if (p->error_class == NGX_HTTP_DSM_ERROR_NONE) {
-                p->error_class = NGX_HTTP_DSM_ERROR_OTHER;
+            if ((u_char) (ch - '0') <= 9) {
+                /* the number goes on in the next buffer */
+                break;
             }
-        }
 
-        if (d <= NGX_HTTP_DSM_PARSE_KINDS) {
-            p->kind[d - 1] = (u_char) kind;
+            if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-'
+                || ch == '+')
+            {
+                p->num_bad = 1;
+                break;
+            }
 
-        } else {
-            kind = k_other;
-        }
+            if (dsm_ws(ch)) {
+                /* past a digit: the top of the loop ends the number */
+                pos--;
+                break;
+            }
 
-        p->ck = kind;
-        p->ca = 0;
+            ngx_http_dsm_number(p);
+            state = sw_j_after;
 
-        goto obj_start;
-    }
+            /* fall through */
 
-    if (ch == 'n') {
-        if (last - pos >= 4 && ngx_http_dsm_eq(pos, "null", 4)) {
-            pos += 4;
-            goto after;
-        }
+        case sw_j_after:
 
-        p->lit = 0;
-        goto lit_start;
-    }
+            if (ch != ',') {
 
-    if ((ch >= '0' && ch <= '9') || ch == '-') {
-        p->slot = p->key - key_u;
+                if (ch != '}' && ch != ']') {
+                    goto invalid;
+                }
 
-        if (p->slot < NGX_HTTP_DSM_USAGE_NFIELDS) {
-            p->num = 0;
-            p->num_bad = 0;
-            goto num;
-        }
+                rc = ngx_http_dsm_close(p, ch);
 
-        goto skip_num;
-    }
+                if (rc == NGX_DONE) {
+                    goto done;
+                }
 
-    if (ch == '[') {
-        pos++;
-        d = ++p->depth;
+                if (rc == NGX_ERROR) {
+                    goto invalid;
+                }
 
-        if (d > NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
-            p->too_deep = 1;
-            goto deep;
-        }
+                break;
+            }
 
-        p->arrays |= (uint64_t) 1 << (d - 1);
+            if (p->ca) {
+                p->key = ngx_http_dsm_elem_key[p->ck];
+                state = sw_j_value;
+                break;
+            }
 
-        if (d > NGX_HTTP_DSM_PARSE_KINDS) {
-            kind = k_other;
+            state = sw_j_key;
 
-        } else {
-            if (p->key == key_choices) {
-                kind = k_choices;
+            if (last - pos < 2 || pos[1] != '"') {
+                break;
+            }
 
-            } else if (p->key == key_a_content) {
-                kind = k_a_blocks;
+            /* the usual ',"': on to the key */
+
+            ch = *++pos;
+
+            /* fall through */
+
+        case sw_j_obj_start:
+
+            if (ch == '}') {
+                rc = ngx_http_dsm_close(p, ch);
+
+                if (rc == NGX_DONE) {
+                    goto done;
+                }
+
+                if (rc == NGX_ERROR) {
+                    goto invalid;
+                }
+
+                state = sw_j_after;
+                break;
+            }
+
+            /* fall through */
+
+        case sw_j_key:
+
+            if (ch != '"') {
+                goto invalid;
+            }
+
+            p->key = ngx_http_dsm_probe(p->ck, pos + 1, last, &n);
+
+            if (n) {
+                /* a known key: pos to its closing quote */
+                pos += n + 1;
 
             } else {
-                kind = k_other;
+                /* an unknown key, or a key split across buffers */
+
+                p->esc = 0;
+                p->klen = 0;
+
+                q = ngx_http_dsm_skip_str(p, pos + 1, last);
+
+                if (q == NULL) {
+                    if (p->ck != k_other) {
+                        ngx_http_dsm_append(p, pos + 1, last);
+                    }
+
+                    state = sw_j_key_str;
+                    pos = last - 1;
+                    break;
+                }
+
+                pos = q;
             }
 
-            p->kind[d - 1] = (u_char) kind;
-        }
+            if (last - pos < 2 || pos[1] != ':') {
+                state = sw_j_colon;
+                break;
+            }
 
-        p->ck = kind;
-        p->ca = 1;
+            pos++;
+            state = sw_j_value;
 
-        if (p->key == key_tool_calls) {
-            p->key = key_none;
-            goto tools;
-        }
+            if (p->key != key_none || last - pos < 2 || pos[1] != '"') {
+                break;
+            }
 
-        p->key = ngx_http_dsm_elem_key[kind];
-        goto arr_start;
-    }
+            /* the usual "key":"string" nobody needs: skip it here */
 
-    if (ch == 't') {
-        if (last - pos >= 4 && ngx_http_dsm_eq(pos, "true", 4)) {
-            pos += 4;
-            goto after;
-        }
+            pos++;
+            q = ngx_http_dsm_skip_str(p, pos + 1, last);
 
-        p->lit = 1;
-        goto lit_start;
-    }
+            if (q == NULL) {
+                state = sw_j_str_skip;
+                pos = last - 1;
+                break;
+            }
 
-    if (ch == 'f') {
-        if (last - pos >= 5 && ngx_http_dsm_eq(pos, "false", 5)) {
-            pos += 5;
-            goto after;
-        }
-
-        p->lit = 2;
-        goto lit_start;
-    }
-
-    if (dsm_ws(ch)) {
-        dsm_eol(sw_j_value);
-        pos++;
-        goto value;
-    }
-
-    goto invalid;
-
-lit_start:
-
-    /* a literal split across buffers */
-
-    p->idx = 1;
-    pos++;
-
-lit:
-
-    for ( ;; ) {
-        dsm_need(sw_j_lit);
-
-        if (*pos != (u_char) ngx_http_dsm_lits[p->lit][p->idx]) {
-            goto invalid;
-        }
-
-        pos++;
-
-        if (++p->idx == ngx_http_dsm_lit_len[p->lit]) {
-            goto after;
-        }
-    }
-
-skip_num:
-
-    /* a number nobody needs */
-
-    while (last - pos >= 8) {
-        ngx_memcpy(&v, pos, 8);
-
-        /* all 8 bytes are '0'..'9' */
-
-        if (((v & 0xf0f0f0f0f0f0f0f0ULL)
-             | (((v + 0x0606060606060606ULL) & 0xf0f0f0f0f0f0f0f0ULL) >> 4))
-            != 0x3333333333333333ULL)
-        {
+            pos = q;
+            state = sw_j_after;
             break;
-        }
 
-        pos += 8;
-    }
+        case sw_j_key_str:
 
-    while (pos < last && (u_char) (*pos - '0') <= 9) {
-        pos++;
-    }
+            /* the rest of a key split across buffers */
 
-    dsm_need(sw_j_skip_num);
+            q = ngx_http_dsm_str_end(p, pos, last);
 
-    ch = *pos;
+            if (q == NULL) {
+                if (p->ck != k_other) {
+                    ngx_http_dsm_append(p, pos, last);
+                }
 
-    if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-' || ch == '+') {
-        pos++;
-        goto skip_num;
-    }
+                pos = last - 1;
+                break;
+            }
 
-    goto after;
+            if (p->ck == k_other) {
+                p->key = key_none;
 
-num:
+            } else {
+                ngx_http_dsm_append(p, pos, q);
 
-    v = p->num;
+                if (p->klen <= NGX_HTTP_DSM_PARSE_KEYBUF) {
+                    p->kbuf[p->klen] = '"';
+                    p->key = ngx_http_dsm_key(p->ck, p->kbuf, p->klen);
 
-    for ( ;; ) {
-        if (pos == last) {
-            p->num = v;
-            p->jstate = sw_j_num;
+                } else {
+                    p->key = key_none;
+                }
+            }
+
+            pos = q;
+            state = sw_j_colon;
+            break;
+
+        case sw_j_colon:
+
+            if (ch != ':') {
+                goto invalid;
+            }
+
+            state = sw_j_value;
+            break;
+
+        case sw_j_lit:
+
+            if (ch != (u_char) ngx_http_dsm_lits[p->lit][p->idx]) {
+                goto invalid;
+            }
+
+            if (++p->idx == ngx_http_dsm_lit_len[p->lit]) {
+                state = sw_j_after;
+            }
+
+            break;
+
+        case sw_j_deep:
+
+            /* beyond the depth limit: count brackets, skip strings */
+
+            if (ch == '"') {
+                p->esc = 0;
+                state = sw_j_deep_str;
+
+            } else if (ch == '{' || ch == '[') {
+                p->depth++;
+
+            } else if (ch == '}' || ch == ']') {
+                if (--p->depth == NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
+                    state = sw_j_after;
+                }
+            }
+
+            break;
+
+        case sw_j_str_first:
+
+            /* the first byte of content, reasoning_content, text, ... */
+
+            if (ch == '"') {
+                state = sw_j_after;
+                break;
+            }
+
+            ngx_http_dsm_token(p, p->key == key_content);
+
+            /* ch is not '"': skip_str() looks no further back than pos */
+
+            state = sw_j_str_skip;
+
+            q = ngx_http_dsm_skip_str(p, pos, last);
+
+            if (q == NULL) {
+                pos = last - 1;
+                break;
+            }
+
+            pos = q;
+            state = sw_j_after;
+            break;
+
+        case sw_j_str_skip:
+        case sw_j_deep_str:
+
+            q = ngx_http_dsm_str_end(p, pos, last);
+
+            if (q == NULL) {
+                pos = last - 1;
+                break;
+            }
+
+            pos = q;
+            state = (state == sw_j_str_skip) ? sw_j_after : sw_j_deep;
+            break;
+
+        case sw_j_str_model:
+
+            q = ngx_http_dsm_str_end(p, pos, last);
+
+            n = (q ? q : last) - pos;
+            if (n > sizeof(p->model) - 1 - p->model_len) {
+                n = sizeof(p->model) - 1 - p->model_len;
+            }
+
+            ngx_memcpy(p->model + p->model_len, pos, n);
+            p->model_len += n;
+
+            if (q == NULL) {
+                pos = last - 1;
+                break;
+            }
+
+            p->model_set = 1;
+            pos = q;
+
+            if (p->mode & NGX_HTTP_DSM_PARSE_MODE_REQUEST) {
+                goto done;
+            }
+
+            state = sw_j_after;
+            break;
+
+        case sw_j_str_enum:
+
+            q = ngx_http_dsm_str_end(p, pos, last);
+
+            ngx_http_dsm_append(p, pos, q ? q : last);
+
+            if (q == NULL) {
+                pos = last - 1;
+                break;
+            }
+
+            ngx_http_dsm_enum(p);
+            pos = q;
+            state = sw_j_after;
+            break;
+
+        default: /* sw_j_end */
             return pos;
         }
-
-        ch = *pos;
-        d = (ngx_uint_t) (ch - '0');
-
-        if (d <= 9) {
-            /* v < 2^53 here: no overflow */
-            v = v * 10 + d;
-
-            if (v >= NGX_HTTP_DSM_USAGE_MAX) {
-                p->num_bad = 1;
-                v = 0;
-            }
-
-        } else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '-'
-                   || ch == '+')
-        {
-            p->num_bad = 1;
-
-        } else {
-            break;
-        }
-
-        pos++;
     }
 
-    if (p->num_bad) {
-        /* negative, fractional, an exponent, or 2^53 or more */
-        ngx_http_dsm_bad_usage(p);
+    p->jstate = state;
 
-    } else {
-        p->u[p->slot] = v;
-        p->umask |= (ngx_uint_t) 1 << p->slot;
-    }
+    return pos;
 
-    goto after;
+done:
 
-obj_start:
+    p->jstate = sw_j_end;
 
-    dsm_need(sw_j_obj_start);
-
-    ch = *pos;
-
-    if (ch == '"') {
-        goto key_open;
-    }
-
-    if (ch == '}') {
-        goto close;
-    }
-
-    if (dsm_ws(ch)) {
-        dsm_eol(sw_j_obj_start);
-        pos++;
-        goto obj_start;
-    }
-
-    goto invalid;
-
-key:
-
-    dsm_need(sw_j_key);
-
-    ch = *pos;
-
-    if (ch == '"') {
-        goto key_open;
-    }
-
-    if (dsm_ws(ch)) {
-        dsm_eol(sw_j_key);
-        pos++;
-        goto key;
-    }
-
-    goto invalid;
-
-key_open:
-
-    /* pos is at the opening quote of a key */
-
-    pos++;
-
-    p->key = ngx_http_dsm_probe(p->ck, pos, last, &n);
-
-    if (n) {
-        q = pos + n;
-
-    } else {
-        /* an unknown key */
-
-        q = memchr(pos, '"', last - pos);
-
-        if (q == NULL || q[-1] == '\\') {
-            p->esc = 0;
-            p->klen = 0;
-            goto key_str;
-        }
-    }
-
-    pos = q + 1;
-
-    if (pos < last && *pos == ':') {
-        pos++;
-
-        if (last - pos >= 4 && pos[0] == 'n'
-            && ngx_http_dsm_eq(pos, "null", 4))
-        {
-            /* null never matters */
-            pos += 4;
-            goto after;
-        }
-
-        if (p->key == key_none && pos < last && *pos == '"') {
-
-            /* "unneeded":"string": skip it right here */
-
-            q = memchr(pos + 1, '"', last - pos - 1);
-
-            if (q == NULL || q[-1] == '\\') {
-                goto value;
-            }
-
-            pos = q + 1;
-
-            if (last - pos > 1 && pos[0] == ',' && pos[1] == '"') {
-                pos++;
-                goto key_open;
-            }
-
-            goto after;
-        }
-
-        goto value;
-    }
-
-    goto colon;
-
-key_str:
-
-    q = ngx_http_dsm_str_end(p, pos, last);
-
-    if (q == NULL) {
-        if (p->ck != k_other) {
-            ngx_http_dsm_append(p, pos, last);
-        }
-
-        p->jstate = sw_j_key_str;
-        return last;
-    }
-
-    if (p->ck == k_other) {
-        p->key = key_none;
-
-    } else if (p->klen == 0) {
-        p->key = ngx_http_dsm_key(p->ck, pos, q - pos);
-
-    } else {
-        ngx_http_dsm_append(p, pos, q);
-
-        if (p->klen <= NGX_HTTP_DSM_PARSE_KEYBUF) {
-            p->kbuf[p->klen] = '"';
-            p->key = ngx_http_dsm_key(p->ck, p->kbuf, p->klen);
-
-        } else {
-            p->key = key_none;
-        }
-    }
-
-    pos = q + 1;
-
-colon:
-
-    dsm_need(sw_j_colon);
-
-    ch = *pos;
-
-    if (ch == ':') {
-        pos++;
-        goto value;
-    }
-
-    if (dsm_ws(ch)) {
-        dsm_eol(sw_j_colon);
-        pos++;
-        goto colon;
-    }
-
-    goto invalid;
-
-after:
-
-    dsm_need(sw_j_after);
-
-    ch = *pos;
-
-    if (ch == ',') {
-        pos++;
-
-        if (p->ca) {
-            p->key = ngx_http_dsm_elem_key[p->ck];
-            goto value;
-        }
-
-        if (pos < last && *pos == '"') {
-            goto key_open;
-        }
-
-        goto key;
-    }
-
-    if (ch == '}' || ch == ']') {
-        goto close;
-    }
-
-    if (dsm_ws(ch)) {
-        dsm_eol(sw_j_after);
-        pos++;
-        goto after;
-    }
-
-    goto invalid;
-
-tools:
-
-    /* the first byte of a tool_calls array: non-empty? */
-
-    dsm_need(sw_j_tools);
-
-    ch = *pos;
-
-    if (dsm_ws(ch)) {
-        dsm_eol(sw_j_tools);
-        pos++;
-        goto tools;
-    }
-
-    if (ch != ']') {
-        ngx_http_dsm_token(p, 1);
-    }
-
-arr_start:
-
-    dsm_need(sw_j_arr_start);
-
-    ch = *pos;
-
-    if (ch == ']') {
-        goto close;
-    }
-
-    if (dsm_ws(ch)) {
-        dsm_eol(sw_j_arr_start);
-        pos++;
-        goto arr_start;
-    }
-
-    goto value;
-
-str_skip:
-
-    q = ngx_http_dsm_str_end(p, pos, last);
-
-    if (q == NULL) {
-        p->jstate = sw_j_str_skip;
-        return last;
-    }
-
-    pos = q + 1;
-    goto after;
-
-str_first:
-
-    /* the first byte of content, reasoning_content, text, ... */
-
-    dsm_need(sw_j_str_first);
-
-    if (*pos == '"') {
-        pos++;
-        goto after;
-    }
-
-    ngx_http_dsm_token(p, p->key == key_content);
-
-    /* *pos is not '"', so q[-1] below is inside [pos, last) */
-
-    q = memchr(pos, '"', last - pos);
-
-    if (q == NULL || q[-1] == '\\') {
-        goto str_skip;
-    }
-
-    pos = q + 1;
-    goto after;
-
-str_model:
-
-    q = ngx_http_dsm_str_end(p, pos, last);
-
-    n = (q ? q : last) - pos;
-    if (n > sizeof(p->model) - 1 - p->model_len) {
-        n = sizeof(p->model) - 1 - p->model_len;
-    }
-
-    ngx_memcpy(p->model + p->model_len, pos, n);
-    p->model_len += n;
-
-    if (q == NULL) {
-        p->jstate = sw_j_str_model;
-        return last;
-    }
-
-    p->model_set = 1;
-    pos = q + 1;
-
-    if (p->mode & NGX_HTTP_DSM_PARSE_MODE_REQUEST) {
-        p->jstate = sw_j_end;
-        return pos;
-    }
-
-    goto after;
-
-str_enum:
-
-    q = ngx_http_dsm_str_end(p, pos, last);
-
-    ngx_http_dsm_append(p, pos, q ? q : last);
-
-    if (q == NULL) {
-        p->jstate = sw_j_str_enum;
-        return last;
-    }
-
-    ngx_http_dsm_enum(p);
-    pos = q + 1;
-    goto after;
-
-deep:
-
-    /* beyond the depth limit: count brackets, skip strings */
-
-    for ( ;; ) {
-        dsm_need(sw_j_deep);
-
-        ch = *pos;
-
-        dsm_eol(sw_j_deep);
-
-        pos++;
-
-        if (ch == '"') {
-            p->esc = 0;
-            goto deep_str;
-        }
-
-        if (ch == '{' || ch == '[') {
-            p->depth++;
-
-        } else if (ch == '}' || ch == ']') {
-            if (--p->depth == NGX_HTTP_DSM_PARSE_MAX_DEPTH) {
-                goto after;
-            }
-        }
-    }
-
-deep_str:
-
-    q = ngx_http_dsm_str_end(p, pos, last);
-
-    if (q == NULL) {
-        p->jstate = sw_j_deep_str;
-        return last;
-    }
-
-    pos = q + 1;
-    goto deep;
-
-close:
-
-    /* ch is '}' or ']' closing the current level */
-
-    if (p->ck == k_delta
-        && last - pos >= (ssize_t) sizeof(NGX_HTTP_DSM_TAIL) - 1
-        && ngx_http_dsm_eq(pos, NGX_HTTP_DSM_TAIL,
-                           sizeof(NGX_HTTP_DSM_TAIL) - 1))
-    {
-        /*
-         * the usual end of a chunk: the delta, choice, choices and the
-         * document close, logprobs, finish_reason and usage are null;
-         * k_delta is only ever level 4, in a choice in "choices"
-         */
-
-        p->depth = 0;
-        p->ck = k_top;
-        p->ca = 0;
-        p->key = key_usage;
-        p->jstate = sw_j_end;
-
-        return pos + sizeof(NGX_HTTP_DSM_TAIL) - 1;
-    }
-
-    if (p->ca != (ngx_uint_t) (ch == ']')) {
-        goto invalid;
-    }
-
-    if (p->ck == k_usage || p->ck == k_a_usage) {
-        ngx_http_dsm_commit(p);
-    }
-
-    pos++;
-    d = --p->depth;
-
-    if (d == 0) {
-        p->jstate = sw_j_end;
-        return pos;
-    }
-
-    p->ck = (d <= NGX_HTTP_DSM_PARSE_KINDS) ? p->kind[d - 1] : k_other;
-    p->ca = (ngx_uint_t) (p->arrays >> (d - 1)) & 1;
-
-    goto after;
+    return pos + 1;
 
 invalid:
 
     /* pos is at the offending byte: SSE resumes after this event */
 
     p->invalid = 1;
+
     return pos;
 }
 
 
+/* ch is '}' or ']' closing the current level */
+
+static ngx_http_dsm_inline ngx_int_t
+ngx_http_dsm_close(ngx_http_dsm_parse_t *p, u_char ch)
+{
+    ngx_uint_t  d;
+
+    if (p->ca != (ngx_uint_t) (ch == ']')) {
+        return NGX_ERROR;
+    }
+
+    if (p->ck == k_usage || p->ck == k_a_usage) {
+        ngx_http_dsm_commit(p);
+    }
+
+    d = --p->depth;
+
+    if (d == 0) {
+        return NGX_DONE;
+    }
+
+    p->ck = (d <= NGX_HTTP_DSM_PARSE_KINDS) ? p->kind[d - 1] : k_other;
+    p->ca = (ngx_uint_t) (p->arrays >> (d - 1)) & 1;
+
+    return NGX_OK;
+}
+
+
+/* a number ended: a usage value is stored or makes the usage invalid */
+
+static ngx_http_dsm_inline void
+ngx_http_dsm_number(ngx_http_dsm_parse_t *p)
+{
+    if (p->slot >= NGX_HTTP_DSM_USAGE_NFIELDS) {
+        return;
+    }
+
+    if (p->num_bad) {
+        /* negative, fractional, an exponent, or 2^53 or more */
+        ngx_http_dsm_bad_usage(p);
+        return;
+    }
+
+    p->u[p->slot] = p->num;
+    p->umask |= (ngx_uint_t) 1 << p->slot;
+}
+
+
+/* an "error" member: the body is an in-band error */
+
+static void
+ngx_http_dsm_error(ngx_http_dsm_parse_t *p)
+{
+    p->error = 1;
+
+    if (p->error_class == NGX_HTTP_DSM_ERROR_NONE) {
+        p->error_class = NGX_HTTP_DSM_ERROR_OTHER;
+    }
+}
+
+
 /*
- * The usual head of an OpenAI-format document, all in [pos, last):
+ * The closing quote of a string starting at pos, or NULL (the state for
+ * sw_j_str_skip in p->esc) if it is not in [pos, last).  The byte before
+ * pos is in the buffer (the opening quote), or *pos is not '"'.
+ */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_skip_str(ngx_http_dsm_parse_t *p, u_char *pos,
+    u_char *last)
+{
+    u_char  *q;
+
+    q = memchr(pos, '"', last - pos);
+
+    if (q != NULL && q[-1] != '\\') {
+        return q;
+    }
+
+    p->esc = 0;
+
+    return ngx_http_dsm_str_end(p, pos, last);
+}
+
+
+/*
+ * The usual DeepSeek stream chunk, a whole event in [pos, last):
  *
- *   {"id":"...","object":"chat.completion[.chunk]","created":DIGITS,
+ *   data: {"id":"...","object":"chat.completion.chunk","created":DIGITS,
  *   "model":"...",["system_fingerprint":"...",]
- *   "choices":[{"index":0,"delta" or "message":{
+ *   "choices":[{"index":0,"delta":{"content":"TEXT"} or
+ *   {"content":null,"reasoning_content":"TEXT"}},"logprobs":null,
+ *   "finish_reason":null}],"usage":null} LF LF
  *
  * with no backslash before the closing quotes of the strings.  If it is
- * there, sets the state the general scanner would have after it (levels
- * 1..4: top, choices, choice, delta; the model read) and returns the
- * position after the last '{'; else returns NULL and changes nothing.
+ * all there, makes the changes the general path would make for it (a data
+ * event, the model, the first token) and returns the position after the
+ * blank line; else returns NULL having changed nothing.  The fuzzer checks
+ * that both paths agree: an event split across buffers takes the general
+ * one.
  */
 
 static u_char *
-ngx_http_dsm_head(ngx_http_dsm_parse_t *p, u_char *pos,
+ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
-    u_char  *s, *q, *m;
-    size_t   n, mlen;
+    u_char      *s, *m, *t;
+    size_t       n, len, mlen;
+    ngx_uint_t   answer;
 
-#define dsm_lit(l)                                                           \
-    if ((size_t) (last - s) < sizeof(l) - 1                                  \
-        || !ngx_http_dsm_eq(s, l, sizeof(l) - 1))                            \
-    {                                                                        \
-        return NULL;                                                         \
-    }                                                                        \
-    s += sizeof(l) - 1;
-
-/* s is after an opening quote: q is the closing one, s is set to it */
-#define dsm_str()                                                            \
-    q = memchr(s, '"', last - s);                                            \
-    if (q == NULL || q[-1] == '\\') {                                        \
-        return NULL;                                                         \
-    }                                                                        \
-    s = q;
+#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
 
     s = pos;
 
-    dsm_lit("{\"id\":\"");
-    dsm_str();
-    dsm_lit("\",\"object\":\"chat.completion");
-
-    if (last - s > 6 && ngx_http_dsm_eq(s, ".chunk", 6)) {
-        s += 6;
-    }
-
-    dsm_lit("\",\"created\":");
-
-    q = s;
-
-    while (s < last && (u_char) (*s - '0') <= 9) {
-        s++;
-    }
-
-    if (s == q) {
+    if (!dsm_match("data: {\"id\":\"")
+        || (s = ngx_http_dsm_quote(s, last)) == NULL
+        || !dsm_match("\",\"object\":\"chat.completion.chunk\","
+                      "\"created\":"))
+    {
         return NULL;
     }
 
-    dsm_lit(",\"model\":\"");
+    s = ngx_http_dsm_digits(s, last);
+
+    if (s == NULL || !dsm_match(",\"model\":\"")) {
+        return NULL;
+    }
+
     m = s;
-    dsm_str();
-    mlen = s - m;
-    dsm_lit("\",\"");
+    s = ngx_http_dsm_quote(s, last);
 
-    if ((size_t) (last - s) > sizeof("system_fingerprint\":\"") - 1
-        && ngx_http_dsm_eq(s, "system_fingerprint\":\"",
-                           sizeof("system_fingerprint\":\"") - 1))
-    {
-        s += sizeof("system_fingerprint\":\"") - 1;
-        dsm_str();
-        dsm_lit("\",\"");
+    if (s == NULL || !dsm_match("\",\"")) {
+        return NULL;
     }
 
-    dsm_lit("choices\":[{\"index\":0,\"");
+    mlen = s - 3 - m;
 
-    if ((size_t) (last - s) >= sizeof("delta\":{") - 1
-        && ngx_http_dsm_eq(s, "delta\":{", sizeof("delta\":{") - 1))
-    {
-        s += sizeof("delta\":{") - 1;
+    if (dsm_match("system_fingerprint\":\"")) {
+        s = ngx_http_dsm_quote(s, last);
 
-    } else {
-        dsm_lit("message\":{");
+        if (s == NULL || !dsm_match("\",\"")) {
+            return NULL;
+        }
     }
 
-#undef dsm_lit
-#undef dsm_str
+    if (!dsm_match("choices\":[{\"index\":0,\"delta\":{\"content\":")) {
+        return NULL;
+    }
+
+    answer = 1;
+
+    if (dsm_match("null,\"reasoning_content\":")) {
+        answer = 0;
+    }
+
+    if (!dsm_match("\"")) {
+        return NULL;
+    }
+
+    t = s;
+    s = ngx_http_dsm_quote(s, last);
+
+    if (s == NULL) {
+        return NULL;
+    }
+
+    len = s - t;
+
+    if (!dsm_match("\"},\"logprobs\":null,\"finish_reason\":null}],"
+                   "\"usage\":null}\n\n"))
+    {
+        return NULL;
+    }
+
+#undef dsm_match
+
+    /* all of it is there: what the general path would do */
+
+    p->events++;
+    p->first_data = 1;
 
     if (!p->model_set) {
         n = sizeof(p->model) - 1 - p->model_len;
@@ -1557,17 +1475,90 @@ ngx_http_dsm_head(ngx_http_dsm_parse_t *p, u_char *pos,
         p->model_set = 1;
     }
 
-    p->depth = 4;
-    p->arrays = (p->arrays & ~(uint64_t) 0xf) | 2;
-    p->kind[0] = k_top;
-    p->kind[1] = k_choices;
-    p->kind[2] = k_choice;
-    p->kind[3] = k_delta;
-    p->ck = k_delta;
-    p->ca = 0;
-    p->key = key_delta;
+    if (len) {
+        /* non-empty text */
+        ngx_http_dsm_token(p, answer);
+    }
 
     return s;
+}
+
+
+/* *s matches the n bytes of lit: s moves past them */
+
+static ngx_http_dsm_inline ngx_uint_t
+ngx_http_dsm_match(u_char **s, u_char *last, const char *lit, size_t n)
+{
+    if ((size_t) (last - *s) < n || !ngx_http_dsm_eq(*s, lit, n)) {
+        return 0;
+    }
+
+    *s += n;
+
+    return 1;
+}
+
+
+/*
+ * The closing quote of a string from s (the byte before s is its opening
+ * quote), or NULL if it is not in [s, last).
+ */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_quote(u_char *s, u_char *last)
+{
+    u_char  *q, *b;
+
+    for ( ;; ) {
+        q = memchr(s, '"', last - s);
+
+        if (q == NULL || q[-1] != '\\') {
+            return q;
+        }
+
+        /* the opening quote ends the run of backslashes */
+
+        for (b = q - 1; b[-1] == '\\'; b--) { /* void */ }
+
+        if (((q - b) & 1) == 0) {
+            return q;
+        }
+
+        s = q + 1;
+    }
+}
+
+
+/* after one or more digits from s, or NULL */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_digits(u_char *s, u_char *last)
+{
+    u_char    *d;
+    uint64_t   v;
+
+    d = s;
+
+    while (last - s >= 8) {
+        ngx_memcpy(&v, s, 8);
+
+        /* all 8 bytes are '0'..'9' */
+
+        if (((v & 0xf0f0f0f0f0f0f0f0ULL)
+             | (((v + 0x0606060606060606ULL) & 0xf0f0f0f0f0f0f0f0ULL) >> 4))
+            != 0x3333333333333333ULL)
+        {
+            break;
+        }
+
+        s += 8;
+    }
+
+    while (s < last && (u_char) (*s - '0') <= 9) {
+        s++;
+    }
+
+    return (s == d) ? NULL : s;
 }
 
 

@@ -7,7 +7,8 @@
  * parser's instructions (memchr etc. called from it included).
  *
  *   bench sse|json [MBYTES [BUFSIZE]]
- *   bench file PATH [REPS]      (a JSON body from a file, parsed REPS times
+ *   bench file PATH [REPS]      (a JSON body, or SSE if PATH ends in .sse,
+ *                                from a file, parsed REPS times
  *                                whole, default 1000)
  */
 
@@ -134,7 +135,14 @@ bench_file(const char *path, long reps)
     size_t                              len;
     FILE                               *f;
     ngx_int_t                           rc;
+    ngx_uint_t                          mode;
     ngx_http_dsm_parse_t                p;
+
+    /* a .sse file is a text/event-stream body */
+
+    len = strlen(path);
+    mode = (len > 4 && strcmp(path + len - 4, ".sse") == 0)
+           ? NGX_HTTP_DSM_PARSE_SSE : NGX_HTTP_DSM_PARSE_JSON;
 
     f = fopen(path, "rb");
     if (f == NULL) {
@@ -154,7 +162,7 @@ bench_file(const char *path, long reps)
     memset(&p, 0, sizeof(p));
 
     for (i = 0; i < reps; i++) {
-        ngx_http_dsm_parse_init(&p, NGX_HTTP_DSM_PARSE_JSON);
+        ngx_http_dsm_parse_init(&p, mode);
         rc = ngx_http_dsm_parse(&p, (u_char *) body,
                                              (u_char *) body + len);
     }
