@@ -402,7 +402,11 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                 break;
             }
 
-            /* a comment or a field we do not need */
+            /* a comment (DeepSeek's keep-alive) or a field we do not need */
+
+            if (ch == ':') {
+                p->comments++;
+            }
 
             state = sw_skip_line;
             break;

@@ -201,6 +201,7 @@ typedef struct {
     unsigned     seen:1;       /* any byte of the body */
     ngx_uint_t   error_class;  /* NGX_HTTP_DSM_ERROR_* */
     ngx_uint_t   bad_events;   /* SSE: events skipped as invalid */
+    ngx_uint_t   comments;     /* SSE: comment lines (": keep-alive") */
 } ngx_http_dsm_parse_t;
 
 
