@@ -161,6 +161,18 @@ static const u_char  ngx_http_dsm_elem_key[k_last] = {
 };
 
 
+/* what a fast path read, applied only once all of it matched */
+typedef struct {
+    u_char      *model;        /* NULL: the model is already set */
+    size_t       model_len;
+    u_char      *finish;       /* NULL: "finish_reason":null */
+    size_t       finish_len;
+    ngx_uint_t   usage;        /* a usage object, in umask and u */
+    ngx_uint_t   umask;
+    uint64_t     u[NGX_HTTP_DSM_USAGE_NFIELDS];
+} ngx_http_dsm_fast_t;
+
+
 static const char  *ngx_http_dsm_lits[] = { "null", "true", "false" };
 static const size_t  ngx_http_dsm_lit_len[] = { 4, 4, 5 };
 
@@ -185,6 +197,20 @@ static ngx_http_dsm_inline u_char *ngx_http_dsm_skip_str(
     ngx_http_dsm_parse_t *p, u_char *pos, u_char *last);
 static u_char *ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
+static u_char *ngx_http_dsm_chunk_head(u_char *pos, u_char *last,
+    ngx_http_dsm_fast_t *f);
+static u_char *ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos,
+    u_char *last);
+static u_char *ngx_http_dsm_choice_end(u_char *s, u_char *last,
+    ngx_http_dsm_fast_t *f);
+static u_char *ngx_http_dsm_usage(u_char *s, u_char *last,
+    ngx_http_dsm_fast_t *f);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_text(u_char *s, u_char *last,
+    ngx_uint_t *nonempty);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_integer(u_char *s,
+    u_char *last, uint64_t *v);
+static void ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p,
+    ngx_http_dsm_fast_t *f);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
     u_char *last, const char *lit, size_t n);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_quote(u_char *s,
@@ -212,7 +238,9 @@ void
 ngx_http_dsm_parse_init(ngx_http_dsm_parse_t *p,
     ngx_uint_t mode)
 {
-    ngx_memzero(p, sizeof(ngx_http_dsm_parse_t));
+    /* the memo is valid up to memo_len only */
+
+    ngx_memzero(p, offsetof(ngx_http_dsm_parse_t, memo));
 
     p->mode = mode;
     p->state = sw_line;
@@ -240,6 +268,17 @@ ngx_http_dsm_parse(ngx_http_dsm_parse_t *p,
 
     if (p->mode & NGX_HTTP_DSM_PARSE_MODE_SSE) {
         return ngx_http_dsm_sse(p, pos, last);
+    }
+
+    if (p->jstate == sw_j_doc && *pos == '{'
+        && p->mode == NGX_HTTP_DSM_PARSE_JSON
+        && ngx_http_dsm_json_doc(p, pos, last) != NULL)
+    {
+        /* a whole usual document; what follows it is not read */
+
+        p->jstate = sw_j_end;
+        p->done = 1;
+        return NGX_DONE;
     }
 
     (void) ngx_http_dsm_json(p, pos, last);
@@ -1376,25 +1415,135 @@ ngx_http_dsm_skip_str(ngx_http_dsm_parse_t *p, u_char *pos,
  *
  *   data: {"id":"...","object":"chat.completion.chunk","created":DIGITS,
  *   "model":"...",["system_fingerprint":"...",]
- *   "choices":[{"index":0,"delta":{"content":"TEXT"} or
- *   {"content":null,"reasoning_content":"TEXT"}},"logprobs":null,
- *   "finish_reason":null}],"usage":null} LF LF
+ *   "choices":[{"index":0,"delta":{["role":"assistant",]
+ *   "content":"TEXT" or "content":null,"reasoning_content":"TEXT"}
+ *   [,"logprobs":null],"finish_reason":null or "WORD"}],
+ *   "usage":null or {USAGE}} LF LF
  *
  * with no backslash before the closing quotes of the strings.  If it is
- * all there, makes the changes the general path would make for it (a data
- * event, the model, the first token) and returns the position after the
- * blank line; else returns NULL having changed nothing.  The fuzzer checks
- * that both paths agree: an event split across buffers takes the general
- * one.
+ * all there, makes the changes the general path would make for it and
+ * returns the position after the blank line; else returns NULL having
+ * changed nothing.  The head up to "delta":{ is the same in every chunk
+ * of a stream but for the delta's first member: once a chunk matched, its
+ * head up to the text is kept and the next heads are compared with one
+ * memcmp(), and so is a tail with no finish reason and no usage.  The
+ * fuzzer checks that both paths agree: an event split across buffers
+ * takes the general one.
  */
 
 static u_char *
 ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last)
 {
-    u_char      *s, *m, *t;
-    size_t       n, len, mlen;
-    ngx_uint_t   answer;
+    u_char               *s, *text, *q;
+    ngx_uint_t            answer, nonempty, full, tail;
+    ngx_http_dsm_fast_t   f;
+
+    f.model = NULL;
+    f.finish = NULL;
+    f.usage = 0;
+
+    if (p->memo_len
+        && (size_t) (last - pos) > p->memo_len
+        && ngx_memcmp(pos, p->memo, p->memo_len) == 0)
+    {
+        text = pos + p->memo_len;
+        answer = p->memo_answer;
+        full = 0;
+
+    } else {
+        s = ngx_http_dsm_chunk_head(pos, last, &f);
+
+        if (s == NULL) {
+            return NULL;
+        }
+
+        (void) ngx_http_dsm_match(&s, last, "\"role\":\"assistant\",", 19);
+
+        if (!ngx_http_dsm_match(&s, last, "\"content\":", 10)) {
+            return NULL;
+        }
+
+        answer = !ngx_http_dsm_match(&s, last,
+                                     "null,\"reasoning_content\":", 25);
+
+        if (!ngx_http_dsm_match(&s, last, "\"", 1)) {
+            return NULL;
+        }
+
+        text = s;
+        full = 1;
+    }
+
+    q = ngx_http_dsm_quote(text, last);
+
+    if (q == NULL) {
+        return NULL;
+    }
+
+    nonempty = (q != text);
+
+    if (p->tail_len
+        && (size_t) (last - q) >= p->tail_len
+        && ngx_memcmp(q, p->tail, p->tail_len) == 0)
+    {
+        /* no finish reason, no usage */
+        s = q + p->tail_len;
+        tail = 0;
+
+    } else {
+        s = q + 1;
+
+        if (!ngx_http_dsm_match(&s, last, "}", 1)) {
+            return NULL;
+        }
+
+        s = ngx_http_dsm_choice_end(s, last, &f);
+
+        if (s == NULL || !ngx_http_dsm_match(&s, last, "}\n\n", 3)) {
+            return NULL;
+        }
+
+        tail = (f.finish == NULL && !f.usage);
+    }
+
+    /* all of it is there: what the general path would do */
+
+    if (full && (size_t) (text - pos) <= NGX_HTTP_DSM_PARSE_MEMO) {
+        ngx_memcpy(p->memo, pos, text - pos);
+        p->memo_len = text - pos;
+        p->memo_answer = answer;
+    }
+
+    if (tail && (size_t) (s - q) <= NGX_HTTP_DSM_PARSE_TAIL) {
+        ngx_memcpy(p->tail, q, s - q);
+        p->tail_len = s - q;
+    }
+
+    p->events++;
+    p->first_data = 1;
+
+    if (nonempty) {
+        ngx_http_dsm_token(p, answer);
+    }
+
+    if (f.model || f.finish || f.usage) {
+        ngx_http_dsm_fast_apply(p, &f);
+    }
+
+    return s;
+}
+
+
+/*
+ * A chunk's head, "data: {" to "delta":{ included, checked byte by byte;
+ * returns the position after it, or NULL.
+ */
+
+static u_char *
+ngx_http_dsm_chunk_head(u_char *pos, u_char *last, ngx_http_dsm_fast_t *f)
+{
+    u_char  *s, *m;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
 
@@ -1403,25 +1552,26 @@ ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
     if (!dsm_match("data: {\"id\":\"")
         || (s = ngx_http_dsm_quote(s, last)) == NULL
         || !dsm_match("\",\"object\":\"chat.completion.chunk\","
-                      "\"created\":"))
+                      "\"created\":")
+        || (s = ngx_http_dsm_digits(s, last)) == NULL
+        || !dsm_match(",\"model\":\""))
     {
-        return NULL;
-    }
-
-    s = ngx_http_dsm_digits(s, last);
-
-    if (s == NULL || !dsm_match(",\"model\":\"")) {
         return NULL;
     }
 
     m = s;
     s = ngx_http_dsm_quote(s, last);
 
-    if (s == NULL || !dsm_match("\",\"")) {
+    if (s == NULL) {
         return NULL;
     }
 
-    mlen = s - 3 - m;
+    f->model = m;
+    f->model_len = s - m;
+
+    if (!dsm_match("\",\"")) {
+        return NULL;
+    }
 
     if (dsm_match("system_fingerprint\":\"")) {
         s = ngx_http_dsm_quote(s, last);
@@ -1431,32 +1581,113 @@ ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
         }
     }
 
-    if (!dsm_match("choices\":[{\"index\":0,\"delta\":{\"content\":")) {
+    if (!dsm_match("choices\":[{\"index\":0,\"delta\":{")) {
         return NULL;
     }
 
-    answer = 1;
+#undef dsm_match
 
-    if (dsm_match("null,\"reasoning_content\":")) {
-        answer = 0;
-    }
+    return s;
+}
 
-    if (!dsm_match("\"")) {
+
+/*
+ * A whole usual DeepSeek chat completion in [pos, last), in one buffer:
+ *
+ *   {"id":"...","object":"chat.completion","created":DIGITS,"model":"...",
+ *   ["system_fingerprint":"...",]"choices":[{"index":0,"message":
+ *   {"role":"assistant","content":"TEXT"[,"reasoning_content":"TEXT"]}
+ *   [,"logprobs":null],"finish_reason":null or "WORD"}],
+ *   "usage":null or {USAGE}[,"system_fingerprint":"..."]}
+ *
+ * Returns the position after the closing brace having made the changes
+ * the general path would make for the document, or NULL having changed
+ * nothing.
+ */
+
+static u_char *
+ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
+{
+    u_char               *s, *m;
+    ngx_uint_t            answer, reasoning;
+    ngx_http_dsm_fast_t   f;
+
+#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+
+    s = pos;
+
+    if (!dsm_match("{\"id\":\"")
+        || (s = ngx_http_dsm_quote(s, last)) == NULL
+        || !dsm_match("\",\"object\":\"chat.completion\",\"created\":")
+        || (s = ngx_http_dsm_digits(s, last)) == NULL
+        || !dsm_match(",\"model\":\""))
+    {
         return NULL;
     }
 
-    t = s;
+    m = s;
     s = ngx_http_dsm_quote(s, last);
 
     if (s == NULL) {
         return NULL;
     }
 
-    len = s - t;
+    f.model = m;
+    f.model_len = s - m;
 
-    if (!dsm_match("\"},\"logprobs\":null,\"finish_reason\":null}],"
-                   "\"usage\":null}\n\n"))
+    if (!dsm_match("\",")) {
+        return NULL;
+    }
+
+    if (dsm_match("\"system_fingerprint\":\"")) {
+        s = ngx_http_dsm_quote(s, last);
+
+        if (s == NULL || !dsm_match("\",")) {
+            return NULL;
+        }
+    }
+
+    if (!dsm_match("\"choices\":[{\"index\":0,\"message\":"
+                   "{\"role\":\"assistant\",\"content\":"))
     {
+        return NULL;
+    }
+
+    reasoning = 0;
+
+    s = ngx_http_dsm_text(s, last, &answer);
+
+    if (s == NULL) {
+        return NULL;
+    }
+
+    if (dsm_match(",\"reasoning_content\":")) {
+        s = ngx_http_dsm_text(s, last, &reasoning);
+
+        if (s == NULL) {
+            return NULL;
+        }
+    }
+
+    if (!dsm_match("}")) {
+        return NULL;
+    }
+
+    s = ngx_http_dsm_choice_end(s, last, &f);
+
+    if (s == NULL) {
+        return NULL;
+    }
+
+    if (dsm_match(",\"system_fingerprint\":\"")) {
+        s = ngx_http_dsm_quote(s, last);
+
+        if (s == NULL || !dsm_match("\"")) {
+            return NULL;
+        }
+    }
+
+    if (!dsm_match("}")) {
         return NULL;
     }
 
@@ -1464,27 +1695,269 @@ ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
 
     /* all of it is there: what the general path would do */
 
-    p->events++;
     p->first_data = 1;
+    p->events = 1;
 
-    if (!p->model_set) {
-        n = sizeof(p->model) - 1 - p->model_len;
+    if (answer) {
+        ngx_http_dsm_token(p, 1);
+    }
 
-        if (mlen < n) {
-            n = mlen;
+    if (reasoning) {
+        ngx_http_dsm_token(p, 0);
+    }
+
+    ngx_http_dsm_fast_apply(p, &f);
+
+    return s;
+}
+
+
+/*
+ * After the delta or message object: [,"logprobs":null],
+ * "finish_reason":null or "WORD"}],"usage":null or {USAGE}
+ */
+
+static u_char *
+ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
+{
+    u_char  *w;
+
+#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+
+    (void) dsm_match(",\"logprobs\":null");
+
+    if (!dsm_match(",\"finish_reason\":")) {
+        return NULL;
+    }
+
+    f->finish = NULL;
+
+    if (!dsm_match("null")) {
+        if (!dsm_match("\"")) {
+            return NULL;
         }
 
-        ngx_memcpy(p->model + p->model_len, m, n);
+        /* a word the enum can read: letters and '_', no escapes */
+
+        for (w = s; s < last && ((*s >= 'a' && *s <= 'z') || *s == '_'); s++)
+        {
+            /* void */
+        }
+
+        if ((size_t) (s - w) > NGX_HTTP_DSM_PARSE_KEYBUF || !dsm_match("\""))
+        {
+            return NULL;
+        }
+
+        f->finish = w;
+        f->finish_len = s - 1 - w;
+    }
+
+    if (!dsm_match("}],\"usage\":")) {
+        return NULL;
+    }
+
+    f->usage = 0;
+
+    if (dsm_match("null")) {
+        return s;
+    }
+
+#undef dsm_match
+
+    s = ngx_http_dsm_usage(s, last, f);
+
+    if (s != NULL) {
+        f->usage = 1;
+    }
+
+    return s;
+}
+
+
+/*
+ * DeepSeek's usage object: integer members in any order, the two details
+ * objects with their one member each; anything else is left to the
+ * general path.  Members are looked for in DeepSeek's order first, so
+ * each usually costs one comparison.
+ */
+
+typedef struct {
+    const char  *name;         /* from after the opening quote */
+    size_t       len;
+    ngx_uint_t   slot;
+    ngx_uint_t   nested;       /* a details object: one more '}' */
+} ngx_http_dsm_umember_t;
+
+#define dsm_um(name, slot, nested)                                           \
+    { name, sizeof(name) - 1, slot, nested }
+
+static const ngx_http_dsm_umember_t  ngx_http_dsm_umembers[] = {
+    dsm_um("prompt_tokens\":", u_prompt, 0),
+    dsm_um("completion_tokens\":", u_completion, 0),
+    dsm_um("total_tokens\":", u_total, 0),
+    dsm_um("prompt_tokens_details\":{\"cached_tokens\":", u_cached, 1),
+    dsm_um("completion_tokens_details\":{\"reasoning_tokens\":",
+           u_reasoning, 1),
+    dsm_um("prompt_cache_hit_tokens\":", u_hit, 0),
+    dsm_um("prompt_cache_miss_tokens\":", u_miss, 0)
+};
+
+#undef dsm_um
+
+#define NGX_HTTP_DSM_UMEMBERS                                                \
+    (sizeof(ngx_http_dsm_umembers) / sizeof(ngx_http_dsm_umember_t))
+
+
+static u_char *
+ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
+{
+    ngx_uint_t                     i, n;
+    const ngx_http_dsm_umember_t  *m;
+
+#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+
+    if (!dsm_match("{")) {
+        return NULL;
+    }
+
+    f->umask = 0;
+
+    if (dsm_match("}")) {
+        return s;
+    }
+
+    i = 0;
+
+    for ( ;; ) {
+        if (!dsm_match("\"")) {
+            return NULL;
+        }
+
+        m = NULL;
+
+        for (n = 0; n < NGX_HTTP_DSM_UMEMBERS; n++) {
+            if (ngx_http_dsm_match(&s, last, ngx_http_dsm_umembers[i].name,
+                                   ngx_http_dsm_umembers[i].len))
+            {
+                m = &ngx_http_dsm_umembers[i];
+            }
+
+            i = (i + 1 == NGX_HTTP_DSM_UMEMBERS) ? 0 : i + 1;
+
+            if (m) {
+                break;
+            }
+        }
+
+        if (m == NULL) {
+            return NULL;
+        }
+
+        s = ngx_http_dsm_integer(s, last, &f->u[m->slot]);
+
+        if (s == NULL || (m->nested && !dsm_match("}"))) {
+            return NULL;
+        }
+
+        f->umask |= (ngx_uint_t) 1 << m->slot;
+
+        if (dsm_match("}")) {
+            return s;
+        }
+
+        if (!dsm_match(",")) {
+            return NULL;
+        }
+    }
+
+#undef dsm_match
+}
+
+
+/* a string from s (its opening quote); *nonempty: it has a byte */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
+{
+    u_char  *t;
+
+    if (s >= last || *s != '"') {
+        return NULL;
+    }
+
+    t = ++s;
+    s = ngx_http_dsm_quote(s, last);
+
+    if (s == NULL) {
+        return NULL;
+    }
+
+    *nonempty = (s != t);
+
+    return s + 1;
+}
+
+
+/*
+ * An integer the general path reads as valid usage: no sign, fraction,
+ * exponent or leading zero, and at most 15 digits, so below 2^53.
+ */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
+{
+    u_char    *d;
+    uint64_t   n;
+
+    d = s;
+    n = 0;
+
+    while (s < last && (u_char) (*s - '0') <= 9) {
+        n = n * 10 + (*s++ - '0');
+    }
+
+    if (s == d || s - d > 15 || (*d == '0' && s - d > 1)) {
+        return NULL;
+    }
+
+    *v = n;
+
+    return s;
+}
+
+
+/* sets the model, finish reason and usage a fast path read */
+
+static void
+ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
+{
+    size_t  n;
+
+    if (f->model && !p->model_set) {
+        n = sizeof(p->model) - 1 - p->model_len;
+
+        if (f->model_len < n) {
+            n = f->model_len;
+        }
+
+        ngx_memcpy(p->model + p->model_len, f->model, n);
         p->model_len += n;
         p->model_set = 1;
     }
 
-    if (len) {
-        /* non-empty text */
-        ngx_http_dsm_token(p, answer);
+    if (f->finish) {
+        p->key = key_finish;
+        p->klen = f->finish_len;
+        ngx_memcpy(p->kbuf, f->finish, f->finish_len);
+        ngx_http_dsm_enum(p);
     }
 
-    return s;
+    if (f->usage) {
+        p->umask = f->umask;
+        ngx_memcpy(p->u, f->u, sizeof(p->u));
+        ngx_http_dsm_commit(p);
+    }
 }
 
 

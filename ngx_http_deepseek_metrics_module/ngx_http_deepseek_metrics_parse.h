@@ -145,6 +145,8 @@
 #define NGX_HTTP_DSM_PARSE_MAX_DEPTH            64
 
 #define NGX_HTTP_DSM_PARSE_KEYBUF               32
+#define NGX_HTTP_DSM_PARSE_MEMO                 256
+#define NGX_HTTP_DSM_PARSE_TAIL                 64
 
 
 typedef struct {
@@ -202,6 +204,13 @@ typedef struct {
     ngx_uint_t   error_class;  /* NGX_HTTP_DSM_ERROR_* */
     ngx_uint_t   bad_events;   /* SSE: events skipped as invalid */
     ngx_uint_t   comments;     /* SSE: comment lines (": keep-alive") */
+
+    /* private: the last head and tail the chunk fast path matched */
+    size_t       memo_len;
+    size_t       tail_len;
+    ngx_uint_t   memo_answer;  /* the head ends with "content":" */
+    u_char       memo[NGX_HTTP_DSM_PARSE_MEMO];
+    u_char       tail[NGX_HTTP_DSM_PARSE_TAIL];
 } ngx_http_dsm_parse_t;
 
 
