@@ -582,7 +582,8 @@ ngx_int_t ngx_http_dsm_resolve(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q);
 void ngx_http_dsm_resolve_endpoint(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q);
-ngx_http_dsm_ctx_t *ngx_http_dsm_ctx(ngx_http_request_t *r);
+ngx_http_dsm_ctx_t *ngx_http_dsm_ctx(ngx_http_request_t *r,
+    ngx_uint_t stream);
 void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf);
 ngx_int_t ngx_http_dsm_filter_init(ngx_conf_t *cf);

@@ -35,7 +35,7 @@ static ngx_int_t
 ngx_http_dsm_header_filter(ngx_http_request_t *r)
 {
     ngx_str_t                  *ce, *ct;
-    ngx_uint_t                  mode, kind;
+    ngx_uint_t                  mode, kind, stream;
     ngx_http_dsm_ctx_t         *ctx;
     ngx_http_dsm_loc_conf_t    *dlcf;
     ngx_http_variable_value_t  *st;
@@ -76,7 +76,14 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    ctx = ngx_http_dsm_ctx(r);
+    ct = &r->headers_out.content_type;
+
+    stream = (ct->len >= 17
+              && ngx_strlcasestrn(ct->data, ct->data + ct->len,
+                                  (u_char *) "text/event-stream", 17 - 1)
+                 != NULL);
+
+    ctx = ngx_http_dsm_ctx(r, stream);
 
     if (ctx == NULL || ctx->parsing || ctx->compressed) {
         return ngx_http_next_header_filter(r);
@@ -101,15 +108,7 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
         }
     }
 
-    ct = &r->headers_out.content_type;
-
-    if (ct->len >= 17
-        && ngx_strlcasestrn(ct->data, ct->data + ct->len,
-                            (u_char *) "text/event-stream", 17 - 1)
-           != NULL)
-    {
-        ctx->stream = 1;
-    }
+    ctx->stream = stream;
 
     if (kind == NGX_HTTP_DSM_EP_MESSAGES) {
         mode = ctx->stream ? NGX_HTTP_DSM_PARSE_ANTHROPIC_SSE

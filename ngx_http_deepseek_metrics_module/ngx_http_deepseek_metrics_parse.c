@@ -37,7 +37,8 @@ enum {
     sw_event_name,
     sw_data_cr,
     sw_skip_event,
-    sw_skip_bol
+    sw_skip_bol,
+    sw_stash
 };
 
 
@@ -197,6 +198,9 @@ static ngx_http_dsm_inline u_char *ngx_http_dsm_skip_str(
     ngx_http_dsm_parse_t *p, u_char *pos, u_char *last);
 static u_char *ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
+static u_char *ngx_http_dsm_stash_more(ngx_http_dsm_parse_t *p,
+    u_char *pos, u_char *last);
+static void ngx_http_dsm_unstash(ngx_http_dsm_parse_t *p);
 static u_char *ngx_http_dsm_chunk_head(u_char *pos, u_char *last,
     ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos,
@@ -299,6 +303,8 @@ ngx_http_dsm_parse(ngx_http_dsm_parse_t *p,
 ngx_uint_t
 ngx_http_dsm_parse_outcome(ngx_http_dsm_parse_t *p)
 {
+    ngx_http_dsm_parse_end(p);
+
     /* an error object wins: what follows it does not matter */
 
     if (p->error) {
@@ -350,6 +356,14 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
     ngx_uint_t   state;
     const char  *pat;
 
+    if (p->state == sw_stash) {
+        pos = ngx_http_dsm_stash_more(p, pos, last);
+
+        if (pos == NULL) {
+            return NGX_OK;
+        }
+    }
+
     state = p->state;
 
     for ( ;; ) {
@@ -381,6 +395,25 @@ ngx_http_dsm_sse(ngx_http_dsm_parse_t *p, u_char *pos,
                         /* a whole usual chunk event */
                         pos = q;
                         break;
+                    }
+
+                    /*
+                     * An event cut by the end of the buffer, once nothing
+                     * that is timed can happen in it: kept and completed
+                     * from the next buffer, so that the fast path can
+                     * read it whole.
+                     */
+
+                    if (p->first_answer && !p->no_stash
+                        && last - pos >= 7
+                        && (size_t) (last - pos) <= NGX_HTTP_DSM_PARSE_STASH
+                        && ngx_http_dsm_eq(pos, "data: {", 7)
+                        && memchr(pos, '\n', last - pos) == NULL)
+                    {
+                        ngx_memcpy(p->stash, pos, last - pos);
+                        p->stash_len = last - pos;
+                        p->state = sw_stash;
+                        return NGX_OK;
                     }
                 }
 
@@ -1957,6 +1990,83 @@ ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
         p->umask = f->umask;
         ngx_memcpy(p->u, f->u, sizeof(p->u));
         ngx_http_dsm_commit(p);
+    }
+}
+
+
+/*
+ * The stashed event goes on in [pos, last).  Returns where the scan goes
+ * on, or NULL if all of [pos, last) was stashed too.
+ */
+
+static u_char *
+ngx_http_dsm_stash_more(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
+{
+    u_char  *q;
+    size_t   n, len;
+
+    q = memchr(pos, '\n', last - pos);
+
+    if (q == NULL) {
+        n = last - pos;
+
+        if (p->stash_len + n <= NGX_HTTP_DSM_PARSE_STASH) {
+            ngx_memcpy(p->stash + p->stash_len, pos, n);
+            p->stash_len += n;
+            return NULL;
+        }
+
+    } else if (q + 1 < last && q[1] == '\n') {
+        n = q + 2 - pos;
+
+        if (p->stash_len + n <= NGX_HTTP_DSM_PARSE_STASH) {
+
+            /* the whole event, as if it had come in one buffer */
+
+            ngx_memcpy(p->stash + p->stash_len, pos, n);
+            len = p->stash_len + n;
+            p->stash_len = 0;
+            p->state = sw_line;
+
+            (void) ngx_http_dsm_sse(p, p->stash, p->stash + len);
+
+            return pos + n;
+        }
+    }
+
+    ngx_http_dsm_unstash(p);
+
+    return pos;
+}
+
+
+/* the stashed bytes through the general path, as the split came */
+
+static void
+ngx_http_dsm_unstash(ngx_http_dsm_parse_t *p)
+{
+    size_t  len;
+
+    len = p->stash_len;
+    p->stash_len = 0;
+    p->state = sw_line;
+
+    p->no_stash = 1;
+    (void) ngx_http_dsm_sse(p, p->stash, p->stash + len);
+    p->no_stash = 0;
+}
+
+
+/*
+ * Before the results are read: a stashed event is read now.  Any time is
+ * right: parsing goes on after it as if the buffer had been split there.
+ */
+
+void
+ngx_http_dsm_parse_end(ngx_http_dsm_parse_t *p)
+{
+    if (p->state == sw_stash) {
+        ngx_http_dsm_unstash(p);
     }
 }
 

@@ -147,6 +147,7 @@
 #define NGX_HTTP_DSM_PARSE_KEYBUF               32
 #define NGX_HTTP_DSM_PARSE_MEMO                 256
 #define NGX_HTTP_DSM_PARSE_TAIL                 64
+#define NGX_HTTP_DSM_PARSE_STASH                512
 
 
 typedef struct {
@@ -209,10 +210,22 @@ typedef struct {
     size_t       memo_len;
     size_t       tail_len;
     ngx_uint_t   memo_answer;  /* the head ends with "content":" */
+
+    /* private: an event cut by a buffer's end, kept to read it whole */
+    size_t       stash_len;
+    ngx_uint_t   no_stash;
+
     u_char       memo[NGX_HTTP_DSM_PARSE_MEMO];
     u_char       tail[NGX_HTTP_DSM_PARSE_TAIL];
+    u_char       stash[NGX_HTTP_DSM_PARSE_STASH];
 } ngx_http_dsm_parse_t;
 
+
+/*
+ * A parser whose mode has no NGX_HTTP_DSM_PARSE_MODE_SSE uses only its
+ * first NGX_HTTP_DSM_PARSE_JSON_SIZE bytes: the rest need not exist.
+ */
+#define NGX_HTTP_DSM_PARSE_JSON_SIZE  offsetof(ngx_http_dsm_parse_t, memo)
 
 void ngx_http_dsm_parse_init(
     ngx_http_dsm_parse_t *p, ngx_uint_t mode);
@@ -221,10 +234,18 @@ void ngx_http_dsm_parse_init(
  * Feeds bytes [pos, last).  Returns NGX_OK normally, NGX_DONE once complete
  * (further calls return NGX_DONE at once), NGX_ERROR once invalid (further
  * calls return NGX_ERROR at once).  Never reads outside [pos, last),
- * never allocates, never copies the body.
+ * never allocates; copies at most the head and tail of a stream chunk and
+ * one event cut by the end of a buffer (NGX_HTTP_DSM_PARSE_STASH bytes).
  */
 ngx_int_t ngx_http_dsm_parse(
     ngx_http_dsm_parse_t *p, u_char *pos, u_char *last);
+
+/*
+ * Reads a stream event kept from the end of the last buffer, if any: call
+ * it before reading the results (ngx_http_dsm_parse_outcome() does).  The
+ * parse may go on after it.
+ */
+void ngx_http_dsm_parse_end(ngx_http_dsm_parse_t *p);
 
 /* classifies the body once it has ended: NGX_HTTP_DSM_OUTCOME_* */
 ngx_uint_t ngx_http_dsm_parse_outcome(

@@ -37,11 +37,15 @@ ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf)
                                            ngx_http_dsm_overflow_ep.len);
 }
 
-/* the request's context, allocated on first need and found from anywhere */
+/*
+ * The request's context, allocated on first need and found from anywhere;
+ * a JSON body needs only the first part of the scanner state.
+ */
 
 ngx_http_dsm_ctx_t *
-ngx_http_dsm_ctx(ngx_http_request_t *r)
+ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_uint_t stream)
 {
+    size_t                      size;
     ngx_http_dsm_ctx_t         *ctx;
     ngx_http_variable_value_t  *st;
 
@@ -61,8 +65,11 @@ ngx_http_dsm_ctx(ngx_http_request_t *r)
      * of the request, a large one adds only the list node.
      */
 
-    ctx = ngx_pmemalign(r->main->pool, sizeof(ngx_http_dsm_ctx_t),
-                        NGX_ALIGNMENT);
+    size = stream ? sizeof(ngx_http_dsm_ctx_t)
+                  : offsetof(ngx_http_dsm_ctx_t, parse)
+                    + NGX_HTTP_DSM_PARSE_JSON_SIZE;
+
+    ctx = ngx_pmemalign(r->main->pool, size, NGX_ALIGNMENT);
     if (ctx == NULL) {
         return NULL;
     }
@@ -122,7 +129,7 @@ ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
 
             ngx_http_dsm_st_set(st, index, kind);
 
-            ctx = ngx_http_dsm_ctx(r);
+            ctx = ngx_http_dsm_ctx(r, 1);
             if (ctx) {
                 ctx->ext = 1;
                 ctx->endpoint = value;
@@ -154,6 +161,9 @@ ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
         q->ctx = (ngx_http_dsm_ctx_t *) st->data;
         q->dlcf = q->ctx->dlcf;
         q->parse = q->ctx->parsing ? &q->ctx->parse : &ngx_http_dsm_noparse;
+
+        /* the results are read: an event kept from a cut buffer first */
+        ngx_http_dsm_parse_end(q->parse);
 
     } else {
         q->ctx = NULL;
@@ -321,7 +331,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     {
         /* the scan stops as soon as the top-level "model" is read */
 
-        p = ngx_palloc(r->pool, sizeof(ngx_http_dsm_parse_t));
+        p = ngx_palloc(r->pool, NGX_HTTP_DSM_PARSE_JSON_SIZE);
         if (p == NULL) {
             return;
         }

@@ -201,6 +201,7 @@ dsm_run(ngx_uint_t mode, const u_char *body, size_t len, const size_t *cuts,
         start = end;
     }
 
+    ngx_http_dsm_parse_end(&p);
     dsm_dump(&p, rc, r->dump, sizeof(r->dump));
     r->state_size = sizeof(p);
 }
