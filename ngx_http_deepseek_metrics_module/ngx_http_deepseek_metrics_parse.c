@@ -1816,7 +1816,7 @@ ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
  */
 
 typedef struct {
-    const char  *name;         /* from after the opening quote */
+    const char  *name;         /* from the opening quote to the colon */
     size_t       len;
     ngx_uint_t   slot;
     ngx_uint_t   nested;       /* a details object: one more '}' */
@@ -1826,14 +1826,14 @@ typedef struct {
     { name, sizeof(name) - 1, slot, nested }
 
 static const ngx_http_dsm_umember_t  ngx_http_dsm_umembers[] = {
-    dsm_um("prompt_tokens\":", u_prompt, 0),
-    dsm_um("completion_tokens\":", u_completion, 0),
-    dsm_um("total_tokens\":", u_total, 0),
-    dsm_um("prompt_tokens_details\":{\"cached_tokens\":", u_cached, 1),
-    dsm_um("completion_tokens_details\":{\"reasoning_tokens\":",
+    dsm_um("\"prompt_tokens\":", u_prompt, 0),
+    dsm_um("\"completion_tokens\":", u_completion, 0),
+    dsm_um("\"total_tokens\":", u_total, 0),
+    dsm_um("\"prompt_tokens_details\":{\"cached_tokens\":", u_cached, 1),
+    dsm_um("\"completion_tokens_details\":{\"reasoning_tokens\":",
            u_reasoning, 1),
-    dsm_um("prompt_cache_hit_tokens\":", u_hit, 0),
-    dsm_um("prompt_cache_miss_tokens\":", u_miss, 0)
+    dsm_um("\"prompt_cache_hit_tokens\":", u_hit, 0),
+    dsm_um("\"prompt_cache_miss_tokens\":", u_miss, 0)
 };
 
 #undef dsm_um
@@ -1863,10 +1863,6 @@ ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
     i = 0;
 
     for ( ;; ) {
-        if (!dsm_match("\"")) {
-            return NULL;
-        }
-
         m = NULL;
 
         for (n = 0; n < NGX_HTTP_DSM_UMEMBERS; n++) {
@@ -1895,11 +1891,15 @@ ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 
         f->umask |= (ngx_uint_t) 1 << m->slot;
 
-        if (dsm_match("}")) {
+        if (s == last) {
+            return NULL;
+        }
+
+        if (*s++ == '}') {
             return s;
         }
 
-        if (!dsm_match(",")) {
+        if (s[-1] != ',') {
             return NULL;
         }
     }
@@ -1940,14 +1940,41 @@ ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
 static ngx_http_dsm_inline u_char *
 ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
 {
-    u_char    *d;
-    uint64_t   n;
+    u_char      *d;
+    uint64_t     n, w, t;
+    ngx_uint_t   k;
 
     d = s;
     n = 0;
+    k = 8;
 
-    while (s < last && (u_char) (*s - '0') <= 9) {
-        n = n * 10 + (*s++ - '0');
+#if (defined __GNUC__ || defined __clang__)
+
+    if (last - s >= 8) {
+
+        /* 8 bytes at once; a borrow only follows the first non-digit */
+
+        ngx_memcpy(&w, s, 8);
+        t = w - 0x3030303030303030ULL;
+        w = (t | (t + 0x7676767676767676ULL)) & 0x8080808080808080ULL;
+        k = w ? (ngx_uint_t) __builtin_ctzll(w) >> 3 : 8;
+
+        if (k) {
+            /* the k digits first, most significant first, after zeros */
+            t = (t << (8 * (8 - k))) & 0x0f0f0f0f0f0f0f0fULL;
+            t = (t * 2561) >> 8;
+            t = ((t & 0x00ff00ff00ff00ffULL) * 6553601) >> 16;
+            n = ((t & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
+            s += k;
+        }
+    }
+
+#endif
+
+    if (k == 8) {
+        while (s < last && (u_char) (*s - '0') <= 9) {
+            n = n * 10 + (*s++ - '0');
+        }
     }
 
     if (s == d || s - d > 15 || (*d == '0' && s - d > 1)) {
