@@ -11,10 +11,12 @@
 # proxied to the mock. dpkg -r disables and removes it, dpkg -P leaves /etc/nginx
 # and every path the package touched exactly as before.
 #
-# Changes the machine while it runs (dpkg -i, a file in /etc/nginx/conf.d):
-# root only; refuses to run over an installed copy of the package or a running
-# system nginx (the package's nginx-reload trigger would reload it); purges the
-# package and removes its conf.d file in END whatever happens.
+# Changes the machine while it runs (dpkg -i, a file in /etc/nginx/conf.d for
+# the nginx -t runs only): root only; refuses to run over a copy of the package
+# dpkg knows; purges the package and removes the conf.d file in END whatever
+# happens. A running system nginx is left running: the package's nginx-reload
+# trigger reloads it on install and removal (as for any Debian module), never
+# while the conf.d file exists, and its master must be the same at the end.
 
 use strict;
 use warnings;
@@ -43,11 +45,12 @@ for my $bin (qw(dpkg-buildpackage dh dh_nginx dpkg-deb dpkg dpkg-query)) {
         unless system("command -v $bin >/dev/null 2>&1") == 0;
 }
 plan skip_all => "no Debian nginx configuration ($STOCK, $ENDIR)" unless -f $STOCK && -d $ENDIR;
-if (open my $pf, '<', '/run/nginx.pid') {
+sub system_nginx {   # master pid of a running system nginx, or 0
+    open my $pf, '<', '/run/nginx.pid' or return 0;
     my ($pid) = (<$pf> // '') =~ /(\d+)/;
-    plan skip_all => "a system nginx runs (pid $pid): the package's nginx-reload trigger would reload it"
-        if $pid && kill(0, $pid) && (readlink("/proc/$pid/exe") // '') =~ /nginx/;
+    return $pid && kill(0, $pid) && (readlink("/proc/$pid/exe") // '') =~ /nginx/ ? $pid : 0;
 }
+my $system_nginx = system_nginx();
 
 sub run {   # (exit code, output)
     my ($cmd, $timeout) = @_;
@@ -117,8 +120,9 @@ my $tree_before = source_tree();
 my $t0 = time;
 delete @ENV{qw(MAKEFLAGS MFLAGS MAKELEVEL)};   # a make of its own, not a sub-make of `make test`
 my ($bc, $bout) = run([ 'make', '-C', $REPO, '--no-print-directory', 'deb' ], 900);
-is($bc, 0, sprintf('make deb succeeds (%.0f s)', time - $t0)) or diag $bout;
 my $deb = "$REPO/build/deb/${PKG}_${VERSION}_$ARCH.deb";
+# a failed build installs nothing (deb.sh also fails a package with the wrong nginx-abi)
+is($bc, 0, sprintf('make deb succeeds (%.0f s)', time - $t0)) or do { diag $bout; done_testing; exit 1 };
 ok(-f $deb, "make deb produced build/deb/${PKG}_${VERSION}_$ARCH.deb")
     or do { done_testing; exit 1 };
 my $tree_after = source_tree();
@@ -240,10 +244,15 @@ server {
     location = /metrics { deepseek_metrics_export; }
 }
 EOF
-$confd = "/etc/nginx/conf.d/dsm-t35-$$.conf";
-open my $cfh, '>', $confd or die "$confd: $!";
-print $cfh $site;
-close $cfh;
+# in /etc/nginx/conf.d only while nginx -t reads it (no dpkg trigger meanwhile)
+sub confd_write {
+    $confd = "/etc/nginx/conf.d/dsm-t35-$$.conf";
+    open my $fh, '>', $confd or die "$confd: $!";
+    print $fh $site;
+    close $fh;
+}
+sub confd_remove { unlink $confd or die "$confd: $!"; undef $confd }
+confd_write();
 my ($tc, $tout) = run([ '/usr/sbin/nginx', '-t' ]);
 is($tc, 0, "nginx -t: stock $STOCK + conf.d file using the module") or diag $tout;
 
@@ -255,6 +264,7 @@ is($tc, 0, "nginx -t: stock $STOCK + conf.d file using the module") or diag $tou
 my $p = $t->prefix;
 my ($cc, $cout) = run([ 'cp', '-a', '/etc/nginx', "$p/etc" ]);
 is($cc, 0, 'copy of /etc/nginx') or diag $cout;
+confd_remove();
 unlink glob("$p/etc/sites-enabled/*"), grep { $_ ne "$p/etc/conf.d/dsm-t35-$$.conf" } glob("$p/etc/conf.d/*");
 symlink('/usr/lib/nginx/modules', "$p/modules") or die "symlink: $!";
 is(readlink("$p/etc/modules-enabled/50-mod-http-deepseek-metrics.conf"), $AVAIL, 'the copy enables the package\'s snippet');
@@ -298,11 +308,11 @@ is("@left", '', 'no file of dpkg -L is left after dpkg -r');
 ok(!-e $LINK && !-l $LINK, "$LINK gone after dpkg -r");
 is(readlink("$LINK.removed"), $AVAIL,
    "dpkg -r leaves Debian's marker $LINK.removed (not *.conf: never loaded; re-enabled by a reinstall, deleted by purge)");
+confd_write();
 ($tc, $tout) = run([ '/usr/sbin/nginx', '-t' ]);
+confd_remove();
 like($tout, qr/unknown directive "deepseek_metrics_zone"/, 'after dpkg -r the stock nginx.conf no longer loads the module')
     or diag $tout;
-unlink $confd or die "$confd: $!";
-undef $confd;
 ($tc, $tout) = run([ '/usr/sbin/nginx', '-t' ]);
 is($tc, 0, 'without the conf.d file the stock nginx.conf passes nginx -t') or diag $tout;
 
@@ -316,5 +326,7 @@ is("@changed", '', 'every path the package touched exists after dpkg -P exactly 
 opendir $ed, $ENDIR or die;
 is(join(' ', sort grep { !/^\.\.?$/ } readdir $ed), "@enabled_before", "$ENDIR as before");
 is_deeply(etc_nginx_snapshot(), $etc_before, '/etc/nginx exactly as before (names, links, contents)');
+is(system_nginx(), $system_nginx, $system_nginx ? "the system nginx still runs (master $system_nginx)"
+                                                : 'no system nginx was running, none runs');
 
 done_testing;
