@@ -27,6 +27,7 @@ use Digest::MD5 ();
 use File::Find ();
 use File::Temp qw(tempdir);
 use Time::HiRes qw(time);
+use POSIX ();
 
 my $PKG   = 'libnginx-mod-http-deepseek-metrics';
 my $SO    = '/usr/lib/nginx/modules/ngx_http_deepseek_metrics_module.so';
@@ -60,6 +61,8 @@ sub run {   # (exit code, output)
 sub slurp { my ($f) = @_; open my $fh, '<', $f or return undef; local $/; my $c = <$fh>; return $c }
 sub status { my (undef, $o) = run([ 'dpkg-query', '-W', '-f=${db:Status-Abbrev}', $PKG ]); return $o }
 
+my $t = DSM::Test->new;
+
 # the test must not overwrite an operator's copy (and could not restore it)
 my ($known) = run([ 'dpkg-query', '-W', $PKG ]);
 if ($known == 0) {
@@ -83,14 +86,25 @@ sub etc_nginx_snapshot {
 my $etc_before = etc_nginx_snapshot();
 
 my ($installed, $confd);
-END {
-    my $exit = $?;
+sub cleanup {
     unlink $confd if $confd;
+    undef $confd;
     if ($installed) {
-        my ($c, $o) = run([ 'dpkg', '-P', $PKG ]);
-        diag("END: dpkg -P $PKG failed: $o") if $c;
+        undef $installed;
+        my ($c, $o);
+        for (1 .. 120) {   # a dpkg run of the test may still hold the lock: 60 s at most
+            ($c, $o) = run([ 'dpkg', '-P', $PKG ]);
+            last unless $c && $o =~ /lock/;
+            Time::HiRes::sleep(0.5);
+        }
+        diag("cleanup: dpkg -P $PKG failed: $o") if $c;
     }
-    $? = $exit;
+}
+END { my $exit = $?; cleanup(); $? = $exit }
+# the harness's signal handlers and watchdog end the process without END blocks
+for my $sig (qw(INT TERM HUP PIPE ALRM)) {
+    my $prev = $SIG{$sig};
+    $SIG{$sig} = sub { cleanup(); ref $prev eq 'CODE' ? $prev->(@_) : POSIX::_exit(1) };
 }
 
 # ------------------------------------------------------------------ build
@@ -218,7 +232,6 @@ SKIP: {
 
 # ------------------------------------------------------------------ stock nginx.conf + conf.d
 
-my $t = DSM::Test->new;
 $t->mock_start;
 my (undef, $cf) = run([ 'dpkg-query', '-W', '-f=${Conffiles}', 'nginx-common' ]);
 my ($stock_md5) = $cf =~ m{^\s*\Q$STOCK\E\s+([0-9a-f]{32})}m;
