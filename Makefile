@@ -10,6 +10,8 @@
 #   make mutants     scripts/mutants.sh: plant each defect of mutants/*.mut, rebuild, run its
 #                    tests; prints killed/total, fails unless every mutant is killed
 #                    (MUTANTS=id1,id2 to pick some; MUTANT_FILES=...; docs/testing.md)
+#   make deb         scripts/deb.sh: Debian package for Debian's nginx (dpkg-buildpackage,
+#                    dh-sequence-nginx) -> build/deb/libnginx-mod-http-deepseek-metrics_<ver>_<arch>.deb
 #   make demo        scripts/demo.sh          make bench   bench/run.sh
 #   make clean       remove module build trees (keeps the fetched nginx source); distclean: all of build/
 #
@@ -26,7 +28,7 @@ ASAN_NGINX := $(REPO)/build/asan/sbin/nginx
 PROVE      := prove -I t/lib -j$(PROVE_JOBS) --timer $(PROVE_ARGS)
 
 .PHONY: all deps build build-clang asan test check test-dynamic test-asan \
-        run-dynamic run-asan mutants demo bench clean distclean
+        run-dynamic run-asan mutants deb demo bench clean distclean
 
 all: build
 
@@ -71,6 +73,10 @@ run-asan:
 mutants:
 	scripts/mutants.sh
 
+# builds its own copy with Debian's flags in build/deb (needs no prior build)
+deb:
+	scripts/deb.sh
+
 demo:
 	scripts/demo.sh
 
@@ -78,7 +84,7 @@ bench:
 	bench/run.sh
 
 clean:
-	rm -rf build/nginx-dev build/nginx-dev-* build/modules build/asan build/asan-* build/mutants
+	rm -rf build/nginx-dev build/nginx-dev-* build/modules build/asan build/asan-* build/mutants build/deb
 
 distclean:
 	rm -rf build

@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(nginx nginx-dev prometheus prometheus-alertmanager wrk nghttp2-client hyperfine
       valgrind clang dpkg-dev curl jq build-essential libssl-dev zlib1g-dev libpcre2-dev
-      perl ca-certificates faketime)
+      perl ca-certificates faketime debhelper)
 
 missing=()
 for p in "${PKGS[@]}"; do
