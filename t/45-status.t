@@ -14,6 +14,7 @@ use Test::More;
 use DSM::Test;
 use DSM::Metrics;
 use JSON::PP;
+use POSIX ();
 
 my $PROM_ACCEPT = 'application/openmetrics-text;version=1.0.0,application/openmetrics-text;'
     . 'version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1';
@@ -109,6 +110,10 @@ my @ACCEPT = (
     [ 'text/html, application/json',                           'json' ],
     [ 'text/html;level=1;q=0.9 , application/json ; q=0.8',    'html' ],
     [ 'text/html;q=0.5, application/openmetrics-text;q=0.6',   'om'   ],
+    # text or OpenMetrics: as before issue 11, any mention of openmetrics-text
+    [ 'text/plain;q=0.1, application/openmetrics-text;q=0, */*', 'om'   ],
+    [ 'text/plain;q=0.1, application/openmetrics-text;q=0.1, text/html;q=0.3, */*;q=0.5',
+                                                               'html' ],
     [ 'image/png',                                             'text' ],
     [ 'garbage',                                               'text' ],
     [ ';;,,/,q=1',                                             'text' ],
@@ -175,7 +180,15 @@ is($rc, 0, 'the embedded page is generated from status.html (tools/status-page.p
 
 # ---------------------------------------------------------------- JSON equals the exposition
 
-# one read of each, nothing running in between
+# one read of each, nothing finishing in between; one request stays in flight
+# (the mock never answers; the client gives up after 4 s, a 499)
+my $slow = fork // die "fork: $!";
+if (!$slow) {
+    $t->http(GET => '/v1/models', mock => 'hang=1', close_after => 4);
+    POSIX::_exit(0);
+}
+$t->wait_until(sub { get('/metrics')->{body} =~ /^deepseek_requests_in_flight\{zone="za",endpoint="models"\} 1$/m },
+               5, 'a models request in flight');
 my $text = get('/metrics')->{body};
 my $jr = get('/metrics', Accept => 'application/json');
 # not ->utf8: label values stay bytes, as DSM::Metrics gives them
@@ -293,7 +306,8 @@ is($zb->{metrics_dropped_total}, 1, 'zb: one dropped observation');
 my @ov = grep { $_->{labels}{endpoint} eq '__overflow__' } @{ $zb->{series} };
 is($ov[0]{requests_total}{200}, 1, 'zb: the overflow series has the third request');
 is_deeply($zb->{buckets}{request_latency_seconds}, [0.05, 0.5, 5], 'zb: its bucket bounds');
-is($za->{requests_in_flight}{chat_completions}, 0, 'za: nothing in flight');
+is($za->{requests_in_flight}{chat_completions}, 0, 'za: no chat in flight');
+is($za->{requests_in_flight}{models}, 1, 'za: the models request in flight');
 ok(abs($j->{time} - time) < 60, 'JSON: time is now');
 like($jr->{body}, qr/"time":\d+\.\d{3},/, 'JSON: time with milliseconds');
 
@@ -301,5 +315,6 @@ like($jr->{body}, qr/"time":\d+\.\d{3},/, 'JSON: time with milliseconds');
 my $ja = JSON::PP->new->decode(get('/a', Accept => 'application/json')->{body});
 is_deeply([map { $_->{zone} } @{ $ja->{zones} }], ['za'], '/a: only za');
 
+waitpid($slow, 0);
 $t->stop;
 done_testing;
