@@ -100,6 +100,7 @@ my @ACCEPT = (
     [ 'application/json;q=0, */*;q=0.1',                       'text' ],
     [ 'application/json;q=0',                                  'text' ],
     [ 'application/json;q=2',                                  'text' ],
+    [ 'application/json;q=1.5',                                'text' ],
     [ 'application/json;q=0.5x',                               'text' ],
     [ 'application/*',                                         'text' ],
     [ $CHROME,                                                 'html' ],
