@@ -60,7 +60,7 @@ static const ngx_http_dsm_media_t  ngx_http_dsm_media[NGX_HTTP_DSM_NTYPES] = {
 
 /*
  * ?js and ?css are the page's own script and style sheet (a browser asks
- * for them with "*" "/" "*"); otherwise the Accept headers decide.
+ * for them accepting any type); otherwise the Accept headers decide.
  */
 
 ngx_uint_t
@@ -371,13 +371,12 @@ ngx_http_dsm_vary(ngx_http_request_t *r)
 ngx_int_t
 ngx_http_dsm_status_asset(ngx_http_request_t *r, ngx_uint_t view)
 {
-    size_t            tlen;
+    char             *type;
+    size_t            len, tlen;
     ngx_buf_t        *b;
     ngx_chain_t      *cl;
-    ngx_table_elt_t  *h;
-    char             *type;
     const u_char     *data;
-    size_t            len;
+    ngx_table_elt_t  *h;
 
     switch (view) {
 
