@@ -4,8 +4,9 @@
 # case); Vary: Accept; scrapers' answers byte-identical across their Accept
 # headers; the JSON view equals the exposition of the same traffic number for
 # number, both ways (every sample is in the JSON, every JSON number in the
-# exposition); the page's script and style sheet; the embedded page is
-# generated from status.html (tools/status-page.pl --check).
+# exposition); the page's script and style sheet; the rates the page's
+# script computes from two JSON reads with known traffic between them (under
+# node).
 
 use strict;
 use warnings;
@@ -176,8 +177,6 @@ my $head = $t->http(HEAD => '/metrics', port => $t->port('METRICS_PORT'), header
 is($head->{status}, 200, 'HEAD JSON: 200');
 is($head->{body}, '', 'HEAD JSON: no body');
 
-my ($rc, $out) = (system("cd " . $t->repo . " && perl tools/status-page.pl --check >/dev/null"), '');
-is($rc, 0, 'the embedded page is generated from status.html (tools/status-page.pl --check)');
 
 # ---------------------------------------------------------------- JSON equals the exposition
 
@@ -317,5 +316,101 @@ my $ja = JSON::PP->new->decode(get('/a', Accept => 'application/json')->{body});
 is_deeply([map { $_->{zone} } @{ $ja->{zones} }], ['za'], '/a: only za');
 
 waitpid($slow, 0);
+
+# ---------------------------------------------------------------- the page's rates, under node
+# two JSON reads with known traffic between them; the page's own script
+# (served at ?js) computes each group's rates, as it does in the browser
+
+# PromQL's histogram_quantile over bounds and cumulative counts (+Inf last)
+sub histogram_quantile {
+    my ($q, $bounds, $cum) = @_;
+    my $n = @$cum;
+    return 'NaN' unless $cum->[-1] > 0;
+    my ($rank, $i) = ($q * $cum->[-1], 0);
+    $i++ while $i < $n - 1 && $cum->[$i] < $rank;
+    return $bounds->[-1] if $i == $n - 1;
+    my ($lo, $below) = $i ? ($bounds->[$i - 1], $cum->[$i - 1]) : (0, 0);
+    return $lo + ($bounds->[$i] - $lo) * ($rank - $below) / ($cum->[$i] - $below);
+}
+
+# zone/endpoint/model -> histogram -> bucket counts, summed over the group
+sub group_hist {
+    my ($j) = @_;
+    my %g;
+    for my $z (@{ $j->{zones} }) {
+        for my $s (@{ $z->{series} }) {
+            my $k = "$z->{zone}/$s->{labels}{endpoint}/$s->{labels}{model}";
+            for my $h (qw(request_latency_seconds time_to_first_token_seconds)) {
+                my $b = $s->{$h}{buckets} or next;
+                $g{$k}{$h}[$_] += $b->[$_] for 0 .. $#$b;
+            }
+        }
+    }
+    return \%g;
+}
+
+$t->scrape_settled(path => '/metrics');
+my $raw1 = get('/metrics', Accept => 'application/json')->{body};
+is($t->chat->{status}, 200, 'between two reads: chat') for 1 .. 3;
+is($t->chat(stream => 1, mock => 'delay_ms=70')->{status}, 200, 'between two reads: a slower stream');
+is($t->chat(mock => 'status=429')->{status}, 429, 'between two reads: a 429');
+is($t->chat(model => 'deepseek-reasoner', stream => 1)->{status}, 200, 'between two reads: reasoner') for 1 .. 2;
+$t->scrape_settled(path => '/metrics');
+my $raw2 = get('/metrics', Accept => 'application/json')->{body};
+$t->write_file('page.js', get('/metrics?js')->{body});
+$t->write_file('j1.json', $raw1);
+$t->write_file('j2.json', $raw2);
+$t->write_file('rates.js', <<'JS');
+const fs = require('fs'), dir = process.argv[2], m = { exports: {} };
+new Function('module', fs.readFileSync(dir + '/page.js', 'utf8'))(m);
+const [j1, j2] = ['j1', 'j2'].map(f => JSON.parse(fs.readFileSync(dir + '/' + f + '.json', 'utf8')));
+const dt = j2.time - j1.time, out = {};
+j2.zones.forEach((z, i) => {
+  const old = {};
+  m.exports.groups(j1.zones[i]).forEach(g => { old[g.key] = g; });
+  m.exports.groups(z).forEach(g => {
+    out[z.zone + '/' + g.endpoint + '/' + g.model] = m.exports.rate(z, g, old[g.key], dt);
+  });
+});
+console.log(JSON.stringify({ dt: dt, rates: out },
+                           (k, v) => typeof v === 'number' && !isFinite(v) ? 'NaN' : v));
+JS
+my $node = $ENV{DSM_NODE} // 'node';
+my $res = `$node @{[ $t->prefix ]}/rates.js @{[ $t->prefix ]}`;
+my $pr = eval { JSON::PP->new->decode($res) };
+ok($pr, 'the page script ran under node') or diag $res;
+$pr //= { rates => {}, dt => 0 };
+my ($j1, $j2) = map { JSON::PP->new->decode($_) } $raw1, $raw2;
+my $dt = $j2->{time} - $j1->{time};
+ok($dt > 0, "two reads $dt s apart");
+my ($h1, $h2) = (group_hist($j1), group_hist($j2));
+my $zbounds = (grep { $_->{zone} eq 'za' } @{ $j2->{zones} })[0]{buckets};
+
+# [group, requests, errors, hit, miss, output tokens, cost in USD-like units] between the reads
+for my $c (['za/chat_completions/deepseek-flash', 5, 1, 32, 48, 120, 4 * (8 * 0.07 + 12 * 0.27 + 30 * 1.1) / 1e6],
+           ['za/chat_completions/deepseek-reasoner', 2, 0, 16, 24, 60, 0]) {
+    my ($k, $req, $err, $hit, $miss, $out, $cost) = @$c;
+    my $r = $pr->{rates}{$k} // {};
+    my $near = sub { my ($got, $want, $what) = @_;
+        ok(defined $got && $got ne 'NaN' && abs($got - $want) <= 1e-9 * (1 + abs $want), "page rate $k: $what")
+            or diag "got " . ($got // 'undef') . ", want $want" };
+    $near->($r->{requests}, $req / $dt, "requests/s = $req / dt");
+    $near->($r->{error_ratio}, $err / $req, "error ratio $err/$req");
+    $near->($r->{input_cache_hit}, $hit / $dt, "input_cache_hit/s = $hit / dt");
+    $near->($r->{input_cache_miss}, $miss / $dt, "input_cache_miss/s = $miss / dt");
+    $near->($r->{output}, $out / $dt, "output/s = $out / dt");
+    $near->($r->{cost}, $cost / $dt * 3600, 'cost per hour');
+    for my $q (['lat', 'request_latency_seconds'], ['ttft', 'time_to_first_token_seconds']) {
+        my ($a, $b) = ($h1->{$k}{ $q->[1] } // [], $h2->{$k}{ $q->[1] });
+        my @d = map { $b->[$_] - ($a->[$_] // 0) } 0 .. $#$b;
+        for my $p (0.5, 0.99) {
+            my $want = histogram_quantile($p, $zbounds->{ $q->[1] }, \@d);
+            my $got = $r->{ $q->[0] . $p * 100 };
+            if ($want eq 'NaN') { is($got, 'NaN', "page rate $k: $q->[0] p" . $p * 100 . ' none') }
+            else { $near->($got, $want, "$q->[0] p" . $p * 100 . " of the interval = $want") }
+        }
+    }
+}
+
 $t->stop;
 done_testing;
