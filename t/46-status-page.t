@@ -204,10 +204,22 @@ like($dom, qr{<tr data-endpoint="chat_completions" data-model="deepseek-reasoner
      'errors: overloaded 1');
 
 # a picture for the docs, on request: DSM_SCREENSHOT=docs/status-page.png
+# (with traffic running, bounded, so that the rates show something)
 if (my $shot = $ENV{DSM_SCREENSHOT}) {
     $shot = $t->repo . "/$shot" unless $shot =~ m{^/};
-    is(chromium('--virtual-time-budget=12000', '--window-size=1200,1500', '--hide-scrollbars',
+    my $load = fork // die "fork: $!";
+    if (!$load) {
+        for my $i (1 .. 200) {
+            $t->chat(stream => $i % 2, model => $i % 3 ? 'deepseek-flash' : 'deepseek-reasoner',
+                     mock => $i % 17 ? 'delay_ms=' . ($i % 5) * 20 : 'status=429');
+        }
+        POSIX::_exit(0);
+    }
+    sleep 1;
+    is(chromium('--virtual-time-budget=12000', '--window-size=1400,1100', '--hide-scrollbars',
                 "--screenshot=$shot"), 0, "screenshot $shot");
+    kill 'TERM', $load;
+    waitpid($load, 0);
 }
 
 $t->stop;
