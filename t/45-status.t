@@ -412,5 +412,21 @@ for my $c (['za/chat_completions/deepseek-flash', 5, 1, 32, 48, 120, 4 * (8 * 0.
     }
 }
 
+# the balance line, when the JSON has a balance (tolerant of its shape and of its absence)
+$t->write_file('balance.js', <<'JS');
+const fs = require('fs'), m = { exports: {} };
+new Function('module', fs.readFileSync(process.argv[2] + '/page.js', 'utf8'))(m);
+const b = m.exports.balance;
+console.log(JSON.stringify([
+  b({ balance: { CNY: { total: 110, granted: 10, topped_up: 100 } }, balance_available: 1 }),
+  b({ balance: [{ currency: 'CNY', type: 'total', value: 110 }, { currency: 'CNY', type: 'granted', value: 10 },
+                { currency: 'CNY', type: 'topped_up', value: 100 }], balance_available: 0 }),
+  b({}), b({ balance: 'x' })]));
+JS
+my $bal = eval { JSON::PP->new->decode(scalar `$node @{[ $t->prefix ]}/balance.js @{[ $t->prefix ]}`) } // [];
+is_deeply($bal, ['110.00 CNY (granted 10.00, topped up 100.00)',
+                 '110.00 CNY (granted 10.00, topped up 100.00); not available', undef, undef],
+          'page: the balance line from either shape, none without one');
+
 $t->stop;
 done_testing;
