@@ -730,7 +730,7 @@ ngx_http_dsm_json_series(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
         + v[NGX_HTTP_DSM_C_OUTPUT])
     {
-        p = ngx_http_dsm_reserve(o, s->currency_len + 256);
+        p = ngx_http_dsm_reserve(o, s->currency_len + 320);
         if (p == NULL) {
             return;
         }
