@@ -6,82 +6,7 @@
  */
 
 
-#include "ngx_http_deepseek_metrics.h"
-
-
-typedef struct {
-    ngx_http_dsm_series_t        *s;
-    ngx_atomic_uint_t            *v;             /* copied counters */
-    ngx_atomic_uint_t            *slots;
-    ngx_uint_t                    nslots;
-} ngx_http_dsm_entry_t;
-
-
-/* the zone's own counters and gauges, copied into the snapshot */
-
-typedef enum {
-    NGX_HTTP_DSM_V_SERIES = 0,                  /* used and capacity */
-    NGX_HTTP_DSM_V_CAPACITY,
-    NGX_HTTP_DSM_V_DROPPED,
-    NGX_HTTP_DSM_V_START_TIME,
-    NGX_HTTP_DSM_V_RELOADS,
-    NGX_HTTP_DSM_V_LAST_RELOAD,
-    NGX_HTTP_DSM_V_MASTER_PID,
-    NGX_HTTP_DSM_NVALUES
-} ngx_http_dsm_value_e;
-
-
-typedef struct {
-    ngx_http_dsm_zone_t          *zone;
-    ngx_http_dsm_layout_t        *layout;
-    ngx_http_dsm_entry_t         *entries;
-    ngx_uint_t                    n;
-    ngx_atomic_uint_t             in_flight[NGX_HTTP_DSM_MAX_ENDPOINTS + 1];
-    ngx_uint_t                    nendpoints;
-    ngx_http_dsm_endpoint_t      *endpoints;
-    ngx_str_t                     name;          /* escaped zone name */
-    ngx_str_t                     prefix;        /* zone="..", or empty */
-    uint64_t                      values[NGX_HTTP_DSM_NVALUES];
-    ngx_str_t                     le[NGX_HTTP_DSM_NHIST]
-                                    [NGX_HTTP_DSM_MAX_BUCKETS + 1];
-} ngx_http_dsm_snap_t;
-
-
-typedef struct {
-    ngx_http_request_t           *r;
-    ngx_chain_t                  *out;
-    ngx_chain_t                 **last;
-    ngx_buf_t                    *b;
-    off_t                         size;
-    ngx_uint_t                    om;
-    ngx_uint_t                    priced;
-    ngx_uint_t                    error;
-} ngx_http_dsm_out_t;
-
-
-/* deepseek_errors_total reasons: ngx_http_dsm_reasons_list's order */
-
-typedef enum {
-    NGX_HTTP_DSM_R_INVALID_REQUEST = 0,
-    NGX_HTTP_DSM_R_AUTH,
-    NGX_HTTP_DSM_R_INSUFFICIENT_BALANCE,
-    NGX_HTTP_DSM_R_NOT_FOUND,
-    NGX_HTTP_DSM_R_RATE_LIMITED,
-    NGX_HTTP_DSM_R_CLIENT_ERROR,
-    NGX_HTTP_DSM_R_SERVER_ERROR,
-    NGX_HTTP_DSM_R_UPSTREAM_UNAVAILABLE,
-    NGX_HTTP_DSM_R_OVERLOADED,
-    NGX_HTTP_DSM_R_UPSTREAM_TIMEOUT,
-    NGX_HTTP_DSM_R_CLIENT_CLOSED,
-    NGX_HTTP_DSM_R_STREAM_TRUNCATED,
-    NGX_HTTP_DSM_R_QUEUE_TIMEOUT,
-    NGX_HTTP_DSM_R_CONTENT_FILTER,
-    NGX_HTTP_DSM_R_INSUFFICIENT_RESOURCE,
-    NGX_HTTP_DSM_R_EMPTY_RESPONSE,
-    NGX_HTTP_DSM_R_STREAM_ERROR,
-    NGX_HTTP_DSM_R_CLIENT_TIMEOUT,
-    NGX_HTTP_DSM_NREASONS
-} ngx_http_dsm_reason_e;
+#include "ngx_http_deepseek_metrics_export.h"
 
 
 typedef struct {
@@ -112,9 +37,6 @@ struct ngx_http_dsm_family_s {
 };
 
 
-#define ngx_http_dsm_lit(p, s)   ngx_cpymem(p, s, sizeof(s) - 1)
-
-
 static ngx_uint_t ngx_http_dsm_wants_openmetrics(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
 static void ngx_http_dsm_export_uncount(ngx_http_request_t *r);
@@ -124,7 +46,6 @@ static ngx_int_t ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r,
     ngx_http_dsm_sh_t *sh, ngx_http_dsm_entry_t *e);
 static void ngx_http_dsm_snapshot_in_flight(ngx_http_dsm_zone_t *zone,
     ngx_http_dsm_snap_t *snap);
-static u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
 static ngx_uint_t ngx_http_dsm_family_shown(ngx_http_dsm_out_t *o,
     const ngx_http_dsm_family_t *f, ngx_http_dsm_snap_t *snaps,
     ngx_uint_t nzones);
@@ -132,7 +53,6 @@ static void ngx_http_dsm_family(ngx_http_dsm_out_t *o,
     const ngx_http_dsm_family_t *f);
 static u_char *ngx_http_dsm_open(u_char *p, const ngx_str_t *name,
     ngx_http_dsm_snap_t *snap, ngx_http_dsm_entry_t *e);
-static u_char *ngx_http_dsm_u64(u_char *p, uint64_t n);
 static void ngx_http_dsm_requests(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static void ngx_http_dsm_histogram(ngx_http_dsm_out_t *o,
@@ -150,7 +70,6 @@ static void ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o,
     uint64_t value);
 static void ngx_http_dsm_build_info(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
-static u_char *ngx_http_dsm_seconds(u_char *p, uint64_t us);
 static ngx_uint_t ngx_http_dsm_status_reason(ngx_uint_t status);
 
 
@@ -399,11 +318,9 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
 {
     u_char                       *p;
     ngx_int_t                     rc;
-    ngx_uint_t                    i, nzones;
+    ngx_uint_t                    i, nzones, view;
     ngx_http_dsm_out_t            o;
     ngx_http_dsm_snap_t          *snaps;
-    ngx_http_dsm_zone_t         **zones;
-    ngx_http_dsm_loc_conf_t      *dlcf;
     ngx_http_dsm_main_conf_t     *dmcf;
     const ngx_http_dsm_family_t  *f;
 
@@ -418,30 +335,28 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_deepseek_metrics_module);
-    dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
+    /* a browser gets the status page, a script JSON, the rest as before */
 
-    if (dlcf->export_zones) {
-        zones = dlcf->export_zones->elts;
-        nzones = dlcf->export_zones->nelts;
+    view = ngx_http_dsm_view(r);
 
-    } else {
-        zones = dmcf->zones.elts;
-        nzones = dmcf->zones.nelts;
+    if (view >= NGX_HTTP_DSM_VIEW_PAGE) {
+        return ngx_http_dsm_status_asset(r, view);
     }
 
-    snaps = ngx_pcalloc(r->pool, (nzones + 1) * sizeof(ngx_http_dsm_snap_t));
+    if (ngx_http_dsm_vary(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    snaps = ngx_http_dsm_snapshots(r, &nzones);
     if (snaps == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    for (i = 0; i < nzones; i++) {
-        if (ngx_http_dsm_snapshot(r, zones[i], &snaps[i], nzones > 1)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (view == NGX_HTTP_DSM_VIEW_JSON) {
+        return ngx_http_dsm_json(r, snaps, nzones);
     }
+
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
 
     ngx_memzero(&o, sizeof(ngx_http_dsm_out_t));
     o.r = r;
@@ -546,6 +461,46 @@ ngx_http_dsm_export_uncount(ngx_http_request_t *r)
         (void) ngx_atomic_fetch_add(&q.zone->slot->in_flight[q.endpoint_index],
                                     -1);
     }
+}
+
+
+/* the snapshots of the zones this location exports, in its order */
+
+ngx_http_dsm_snap_t *
+ngx_http_dsm_snapshots(ngx_http_request_t *r, ngx_uint_t *nzones)
+{
+    ngx_uint_t                 i, n;
+    ngx_http_dsm_snap_t       *snaps;
+    ngx_http_dsm_zone_t      **zones;
+    ngx_http_dsm_loc_conf_t   *dlcf;
+    ngx_http_dsm_main_conf_t  *dmcf;
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_deepseek_metrics_module);
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
+
+    if (dlcf->export_zones) {
+        zones = dlcf->export_zones->elts;
+        n = dlcf->export_zones->nelts;
+
+    } else {
+        zones = dmcf->zones.elts;
+        n = dmcf->zones.nelts;
+    }
+
+    snaps = ngx_pcalloc(r->pool, (n + 1) * sizeof(ngx_http_dsm_snap_t));
+    if (snaps == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_dsm_snapshot(r, zones[i], &snaps[i], n > 1) != NGX_OK) {
+            return NULL;
+        }
+    }
+
+    *nzones = n;
+
+    return snaps;
 }
 
 
@@ -773,7 +728,7 @@ ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r, ngx_http_dsm_sh_t *sh,
 }
 
 
-static u_char *
+u_char *
 ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n)
 {
     size_t        size;
@@ -891,7 +846,7 @@ ngx_http_dsm_open(u_char *p, const ngx_str_t *name, ngx_http_dsm_snap_t *snap,
 
 /* decimal, two digits a step: the exporter prints millions of numbers */
 
-static u_char *
+u_char *
 ngx_http_dsm_u64(u_char *p, uint64_t n)
 {
     size_t   len;
@@ -1173,6 +1128,77 @@ ngx_http_dsm_status_reason(ngx_uint_t status)
 }
 
 
+/*
+ * A series' failures by reason (missing: usage missing by reason) into
+ * n[NGX_HTTP_DSM_NREASONS]; 0 if it has none.  The exposition and the JSON
+ * view both count reasons here.
+ */
+
+ngx_uint_t
+ngx_http_dsm_entry_reasons(ngx_http_dsm_entry_t *e, ngx_uint_t missing,
+    uint64_t *n)
+{
+    uint64_t    w;
+    ngx_uint_t  j, r, nr, code, any;
+
+    nr = missing ? NGX_HTTP_DSM_NMISSING : NGX_HTTP_DSM_NREASONS;
+
+    ngx_memzero(n, NGX_HTTP_DSM_NREASONS * sizeof(uint64_t));
+    any = 0;
+
+    for (j = 0; j < e->nslots; j++) {
+        w = e->slots[j];
+
+        if (w == 0) {
+            break;
+        }
+
+        code = ngx_http_dsm_tag_code(w);
+
+        switch (ngx_http_dsm_tag_kind(w)) {
+
+        case NGX_HTTP_DSM_SLOT_STATUS:
+            r = missing ? NGX_HTTP_DSM_NREASONS
+                        : ngx_http_dsm_status_reason(code);
+            break;
+
+        case NGX_HTTP_DSM_SLOT_INBAND:
+            for (r = 0; r < NGX_HTTP_DSM_NREASONS; r++) {
+                if (ngx_http_dsm_reasons_list[r].inband == code) {
+                    break;
+                }
+            }
+
+            if (missing) {
+                r = NGX_HTTP_DSM_NREASONS;
+            }
+
+            break;
+
+        default: /* NGX_HTTP_DSM_SLOT_MISSING */
+            r = (missing && code < NGX_HTTP_DSM_NMISSING)
+                ? code : NGX_HTTP_DSM_NREASONS;
+            break;
+        }
+
+        if (r < nr) {
+            n[r] += ngx_http_dsm_slot_count(w);
+            any = 1;
+        }
+    }
+
+    return any;
+}
+
+
+const ngx_str_t *
+ngx_http_dsm_reason_name(ngx_uint_t missing, ngx_uint_t r)
+{
+    return missing ? &ngx_http_dsm_missing_list[r]
+                   : &ngx_http_dsm_reasons_list[r].reason;
+}
+
+
 /* f->arg: 0 errors by reason, 1 usage missing by reason */
 
 static void
@@ -1180,8 +1206,8 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     const ngx_http_dsm_family_t *f)
 {
     u_char                *p;
-    uint64_t               n[NGX_HTTP_DSM_NREASONS], w;
-    ngx_uint_t             i, j, r, nr, code, any, missing;
+    uint64_t               n[NGX_HTTP_DSM_NREASONS];
+    ngx_uint_t             i, r, nr, missing;
     const ngx_str_t       *reason;
     ngx_http_dsm_entry_t  *e;
 
@@ -1191,51 +1217,7 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     for (i = 0; i < snap->n; i++) {
         e = &snap->entries[i];
 
-        ngx_memzero(n, sizeof(n));
-        any = 0;
-
-        for (j = 0; j < e->nslots; j++) {
-            w = e->slots[j];
-
-            if (w == 0) {
-                break;
-            }
-
-            code = ngx_http_dsm_tag_code(w);
-
-            switch (ngx_http_dsm_tag_kind(w)) {
-
-            case NGX_HTTP_DSM_SLOT_STATUS:
-                r = missing ? NGX_HTTP_DSM_NREASONS
-                            : ngx_http_dsm_status_reason(code);
-                break;
-
-            case NGX_HTTP_DSM_SLOT_INBAND:
-                for (r = 0; r < NGX_HTTP_DSM_NREASONS; r++) {
-                    if (ngx_http_dsm_reasons_list[r].inband == code) {
-                        break;
-                    }
-                }
-
-                if (missing) {
-                    r = NGX_HTTP_DSM_NREASONS;
-                }
-
-                break;
-
-            default: /* NGX_HTTP_DSM_SLOT_MISSING */
-                r = (missing && code < NGX_HTTP_DSM_NMISSING)
-                    ? code : NGX_HTTP_DSM_NREASONS;
-                break;
-            }
-
-            if (r < nr) {
-                n[r] += ngx_http_dsm_slot_count(w);
-                any = 1;
-            }
-        }
-
-        if (!any) {
+        if (!ngx_http_dsm_entry_reasons(e, missing, n)) {
             continue;
         }
 
@@ -1250,8 +1232,7 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
                 continue;
             }
 
-            reason = missing ? &ngx_http_dsm_missing_list[r]
-                             : &ngx_http_dsm_reasons_list[r].reason;
+            reason = ngx_http_dsm_reason_name(missing, r);
 
             p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, ",reason=\"");
@@ -1263,6 +1244,23 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
         o->b->last = p;
     }
+}
+
+
+/* the family name of histogram h, for the JSON view */
+
+const ngx_str_t *
+ngx_http_dsm_hist_name(ngx_uint_t h)
+{
+    const ngx_http_dsm_family_t  *f;
+
+    for (f = ngx_http_dsm_families; f->name.len; f++) {
+        if (f->when == NGX_HTTP_DSM_FAMILY_HIST && f->arg == h) {
+            return &f->name;
+        }
+    }
+
+    return NULL;
 }
 
 
@@ -1372,7 +1370,7 @@ ngx_http_dsm_build_info(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
 /* microseconds as seconds, shortest exact form, at least one decimal */
 
-static u_char *
+u_char *
 ngx_http_dsm_seconds(u_char *p, uint64_t us)
 {
     p = ngx_sprintf(p, "%uL.%06uL", us / 1000000, us % 1000000);

@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(nginx nginx-dev prometheus prometheus-alertmanager wrk nghttp2-client hyperfine
       valgrind clang dpkg-dev curl jq build-essential libssl-dev zlib1g-dev libpcre2-dev
-      perl ca-certificates faketime debhelper)
+      perl ca-certificates faketime debhelper chromium)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -33,6 +33,7 @@ else
   echo "deps.sh: apt packages present"
 fi
 
+# chromium: t/46-status-page.t renders the status page in it (headless).
 # Debian's nginx package starts a service on install in a normal system; tests use
 # their own private instances, nothing here needs the system one.
 

@@ -138,7 +138,7 @@ my %ct_cases = (
     'text/plain'                             => $TEXT_CT,
     'text/plain;version=0.0.4'               => $TEXT_CT,
     '*/*'                                    => $TEXT_CT,
-    'application/json'                       => $TEXT_CT,
+    'application/json;q=0.1, text/plain'    => $TEXT_CT,   # JSON: t/45-status.t
     $PROM_ACCEPT                             => $OM_CT,
     'application/openmetrics-text'           => $OM_CT,
     'application/openmetrics-text; version=1.0.0' => $OM_CT,
