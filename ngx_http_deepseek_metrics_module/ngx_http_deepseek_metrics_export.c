@@ -208,9 +208,9 @@ static const ngx_str_t  ngx_http_dsm_missing_list[NGX_HTTP_DSM_NMISSING] = {
 
 /* balance families of ngx_http_dsm_balance() */
 
-#define NGX_HTTP_DSM_BALANCE_AMOUNT   0
-#define NGX_HTTP_DSM_BALANCE_AVAILABLE 1
-#define NGX_HTTP_DSM_BALANCE_UPDATED  2
+#define NGX_HTTP_DSM_BAL_AMOUNT       0
+#define NGX_HTTP_DSM_BAL_AVAILABLE    1
+#define NGX_HTTP_DSM_BAL_UPDATED      2
 
 
 /* the exposition, family by family, in this order */
@@ -289,17 +289,17 @@ static const ngx_http_dsm_family_t  ngx_http_dsm_families[] = {
     { ngx_string("deepseek_balance"), "gauge",
       "Account balance of the last GET /user/balance read, by currency "
       "and type (total, granted, topped_up).",
-      ngx_http_dsm_balance, NGX_HTTP_DSM_BALANCE_AMOUNT,
+      ngx_http_dsm_balance, NGX_HTTP_DSM_BAL_AMOUNT,
       NGX_HTTP_DSM_FAMILY_BALANCE },
 
     { ngx_string("deepseek_balance_available"), "gauge",
       "is_available of the last balance read: 1 or 0.",
-      ngx_http_dsm_balance, NGX_HTTP_DSM_BALANCE_AVAILABLE,
+      ngx_http_dsm_balance, NGX_HTTP_DSM_BAL_AVAILABLE,
       NGX_HTTP_DSM_FAMILY_BALANCE },
 
     { ngx_string("deepseek_balance_updated_seconds"), "gauge",
       "When the last balance was read (unix time).",
-      ngx_http_dsm_balance, NGX_HTTP_DSM_BALANCE_UPDATED,
+      ngx_http_dsm_balance, NGX_HTTP_DSM_BAL_UPDATED,
       NGX_HTTP_DSM_FAMILY_BALANCE },
 
     { ngx_string("deepseek_metrics_series"), "gauge",
@@ -1465,7 +1465,7 @@ ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, const ngx_str_t *name,
 }
 
 
-/* f->arg: NGX_HTTP_DSM_BALANCE_AMOUNT, _AVAILABLE, _UPDATED */
+/* f->arg: NGX_HTTP_DSM_BAL_AMOUNT, _AVAILABLE, _UPDATED */
 
 static void
 ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
@@ -1492,13 +1492,13 @@ ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         return;
     }
 
-    if (f->arg != NGX_HTTP_DSM_BALANCE_AMOUNT) {
+    if (f->arg != NGX_HTTP_DSM_BAL_AMOUNT) {
         p = ngx_cpymem(p, f->name.data, f->name.len);
         p = ngx_http_dsm_lit(p, "{zone=\"");
         p = ngx_cpymem(p, snap->name.data, snap->name.len);
         p = ngx_http_dsm_lit(p, "\"} ");
 
-        if (f->arg == NGX_HTTP_DSM_BALANCE_AVAILABLE) {
+        if (f->arg == NGX_HTTP_DSM_BAL_AVAILABLE) {
             *p++ = bs->available ? '1' : '0';
 
         } else {

@@ -313,7 +313,9 @@ load_worker() { # mock only: bounded by DEMO_SECONDS (or $1)
       10) chat deepseek-flash true 'finish=content_filter' ;;
       11) chat deepseek-flash false 'gzip=1' ;;
       12) req /anthropic/v1/messages '{"model":"deepseek-flash","max_tokens":32,"messages":[{"role":"user","content":"hi"}]}' ;;
-      13) chat deepseek-flash true 'pause_after=2;pause_ms=12000;pause_keepalives=1;keepalive_every_ms=2000' ;;
+      13) if [ "${w:-}" = 3 ]; then   # one client: a 12 s stall mid-stream, with keep-alives
+            chat deepseek-flash true 'pause_after=2;pause_ms=12000;pause_keepalives=1;keepalive_every_ms=2000'
+          else chat deepseek-flash true 'chunks=4'; fi ;;
       1[4-9]) chat deepseek-flash true "chunks=4;delay_ms=$((RANDOM % 40))" ;;
       *) chat deepseek-flash false ;;
     esac
@@ -379,7 +381,7 @@ if [ "$KEEP" = 1 ]; then
   if [ "$MODE" = mock ]; then
     # one slow client keeps the numbers moving, bounded by DEMO_KEEP_SECONDS
     # (timeout's PID: a TERM to it reaches the loop too)
-    timeout "${DEMO_KEEP_SECONDS:-3600}" bash -c "$(declare -f req chat balance load_worker); API='$API'; DEMO_T0=$DEMO_T0
+    timeout "${DEMO_KEEP_SECONDS:-3600}" bash -c "$(declare -f req chat balance load_worker); API='$API'; DEMO_T0=$DEMO_T0; w=3
       while :; do load_worker 5; sleep 1; done" > "$D/load/keep.log" 2>&1 &
     started $! "light load while kept up"
   fi

@@ -64,7 +64,9 @@ sub raw {
 sub info { my ($c, $t, $g, $u) = @_; return qq({"currency":"$c","total_balance":$t,"granted_balance":$g,"topped_up_balance":$u}) }
 sub doc { my ($avail, @infos) = @_; return qq({"is_available":$avail,"balance_infos":[) . join(',', @infos) . ']}' }
 
-my $deep = ('{"a":' x 20) . '1' . ('}' x 20);
+# a valid reading but for one member nested 20 deep
+my $deep = '{"is_available":true,"balance_infos":[' . info('CNY', '"1"', '"1"', '"1"') . '],"x":'
+    . ('{"a":' x 19) . '1' . ('}' x 20);
 my $five = doc('true', map { info("C$_", '"1.00"', '"0.00"', '"1.00"') } 1 .. 5);
 
 # name, X-Mock, expected balance after it: { CUR => [total, granted, topped_up] },
@@ -120,6 +122,13 @@ my @CASES = (
       'truncated', '2026-12-07 01:01:14' ],
     [ 'compressed', raw("\x1f\x8b\x08\x00rest", ce => 'gzip'), undef, 1, 'compressed', '2026-12-07 01:01:15' ],
 );
+
+# before any reading the balance families are absent, not 0
+{
+    my $m = $t->scrape_settled(accept => 'openmetrics');
+    is($m->type($_), undef, "no reading yet: no $_ family")
+        for qw(deepseek_balance deepseek_balance_available deepseek_balance_updated_seconds);
+}
 
 my %missing;
 my ($last_balance, $last_avail, $last_time) = ({}, undef, undef);
