@@ -73,7 +73,7 @@ SKIP: {
         exit 127;
     }
     my $text = sub { my $t = do { local $/; open my $f, '<', $log or return ''; <$f> } // ''; $t =~ s/\e\[[0-9;]*m//g; $t =~ s/\r//g; $t };
-    my $deadline = time + 180;
+    my $deadline = time + 120;
     sleep 1 while time < $deadline && $text->() !~ /running until Ctrl-C/;
     my $k = $text->();
     like($k, qr/running until Ctrl-C/, 'from a terminal: it stays up') or diag $k;
