@@ -179,15 +179,20 @@ ngx_http_dsm_balance_read(ngx_http_dsm_balance_t *b, u_char *pos,
     u_char *last)
 {
     u_char       c;
+    ngx_uint_t   over;
     const char  *lit;
 
     if (b->invalid || b->bad) {
         return;
     }
 
+    /* bytes past the limit are never read, however the body is split */
+
+    over = 0;
+
     if ((size_t) (last - pos) > NGX_HTTP_DSM_BALANCE_MAX_SIZE - b->size) {
-        b->bad = 1;
-        return;
+        last = pos + (NGX_HTTP_DSM_BALANCE_MAX_SIZE - b->size);
+        over = 1;
     }
 
     b->size += last - pos;
@@ -213,6 +218,11 @@ ngx_http_dsm_balance_read(ngx_http_dsm_balance_t *b, u_char *pos,
 
                 } else {
                     ngx_http_dsm_balance_scalar(b, 1);
+
+                    if (b->bad) {
+                        return;
+                    }
+
                     ngx_http_dsm_balance_after(b);
                 }
 
@@ -415,6 +425,10 @@ ngx_http_dsm_balance_read(ngx_http_dsm_balance_t *b, u_char *pos,
             ngx_http_dsm_balance_after(b);
             break;
         }
+    }
+
+    if (over) {
+        b->bad = 1;
     }
 }
 

@@ -100,6 +100,9 @@ my @CASES = (
       'invalid_json', '2026-12-07 01:01:02' ],
     [ 'is_available a string', raw(qq({"is_available":"yes","balance_infos":[]})), undef, 1, 'invalid_balance',
       '2026-12-07 01:01:03' ],
+    # the first problem decides: a bad value, then a syntax error, in one buffer
+    [ 'is_available a string, then not JSON', raw(qq({"is_available":"yes"::})), undef, 1, 'invalid_balance',
+      '2026-12-07 01:01:03' ],
     [ 'is_available missing', raw(qq({"balance_infos":[]})), undef, 1, 'invalid_balance', '2026-12-07 01:01:04' ],
     [ 'balance_infos an object', raw(qq({"is_available":true,"balance_infos":{}})), undef, 1, 'invalid_balance',
       '2026-12-07 01:01:05' ],
@@ -166,7 +169,7 @@ for my $c (@CASES) {
     my $r = $t->http(GET => '/user/balance', mock => 'status=401');
     is($r->{status}, 401, 'a 401 from /user/balance');
     my $m = $t->scrape_settled;
-    is($m->value('deepseek_usage_missing_total', { endpoint => 'user_balance' }), 16, 'a 401 counts no missing usage');
+    is($m->value('deepseek_usage_missing_total', { endpoint => 'user_balance' }), 17, 'a 401 counts no missing usage');
     is($m->value('deepseek_balance', { zone => 'bal', currency => 'CNY', type => 'total' }), 7, 'and changes no balance');
 }
 
