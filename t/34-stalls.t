@@ -62,8 +62,8 @@ my @CASES = (
     # 1.3 s after the second event: in le="2.5", not in le="1.0"
     [ 'pause13', '', 1, 'pause_after=2;pause_ms=1300',
       [ [ '1.0', 0 ], [ '2.5', 1 ] ], 1, 0 ],
-    # 20 ms between events
-    [ 'steady', '', 1, 'delay_ms=20;chunks=3',
+    # 10 ms between events (far below 0.1 s even on a loaded machine)
+    [ 'steady', '', 1, 'delay_ms=10;chunks=3',
       [ [ '0.1', 1 ] ], 1, 0 ],
     # 5 keep-alives before the first event: queue wait, not a pause between events
     [ 'keepalives', '', 1, 'keepalive_ms=1000;keepalive_every_ms=200',
