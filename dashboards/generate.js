@@ -305,6 +305,26 @@ panels.push(ts('Cost per day by model (rolling 24 h)', 'increase(deepseek_cost_t
   [q(`sum by (model, currency) (increase(deepseek_cost_total{${SEL}}[24h]))`, '{{model}} ({{currency}})')],
   { w: 8, fill: 0, overridesByRegexp: CURRENCY_OVERRIDES }));
 
+panels.push(row('Balance and stalls'));
+panels.push(ts('Account balance and 24 h forecast', 'deepseek_balance by currency and type, from the last GET /user/balance that went through nginx (a client, or a cron job or health check: read it every few minutes), and predict_linear of the total 24 h ahead at the spend of the last 6 h. DeepSeekBalanceRunway fires when that forecast is below 0.', 'short',
+  [q(`max by (currency, type) (deepseek_balance{${SEL_I}})`, '{{currency}} {{type}}'),
+    q(`min by (currency) (predict_linear(deepseek_balance{${SEL_I}, type="total"}[6h], 86400))`, '{{currency}} total in 24 h (forecast)')],
+  { w: 18, fill: 0, overridesByRegexp: CURRENCY_OVERRIDES }));
+panels.push(st('Balance available', 'deepseek_balance_available: is_available of the last balance read (1: the account can make calls).', 'short',
+  q(`min(deepseek_balance_available{${SEL_I}})`, 'available'),
+  { w: 3, thresholds: thresholds([[null, 'red'], [1, 'green']]), noValue: 'never read' }));
+panels.push(st('Balance read ago', 'Time since the last balance reading (deepseek_balance_updated_seconds): the balance gauges are only as fresh as the last GET /user/balance through nginx.', 's',
+  q(`time() - max(deepseek_balance_updated_seconds{${SEL_I}})`, 'age'),
+  { w: 3, thresholds: thresholds([[null, 'green'], [3600, 'orange'], [21600, 'red']]), noValue: 'never read' }));
+panels.push(ts('Streams that stalled', 'Share of streamed responses whose longest pause between two data events (deepseek_stream_max_gap_seconds) exceeded 10 s and 60 s. DeepSeekStreamStalls fires above 5% over 10 s.', 'percentunit',
+  [q(`1 - sum(rate(deepseek_stream_max_gap_seconds_bucket{${SEL}, le="10.0"}[${RI}]))\n/ sum(rate(deepseek_stream_max_gap_seconds_count{${SEL}}[${RI}]))`, 'paused > 10 s'),
+    q(`1 - sum(rate(deepseek_stream_max_gap_seconds_bucket{${SEL}, le="60.0"}[${RI}]))\n/ sum(rate(deepseek_stream_max_gap_seconds_count{${SEL}}[${RI}]))`, 'paused > 60 s')],
+  { w: 8, max: 1, fill: 0, thresholds: thresholds([[null, 'transparent'], [0.05, 'red']]), thresholdsStyle: common.GraphThresholdsStyleMode.Dashed }));
+panels.push(ts('Longest pause in a stream p50 / p90 / p99', 'deepseek_stream_max_gap_seconds: per stream, the longest pause between two data events (up to the end of a stream cut without [DONE]).', 's',
+  quantiles('deepseek_stream_max_gap_seconds', SEL), { w: 8, fill: 0 }));
+panels.push(ts('Keep-alives / s', 'deepseek_keepalives_total: SSE comment lines (": keep-alive") DeepSeek sent while a request was queued or busy.', 'ops',
+  [q(`sum by (model) (rate(deepseek_keepalives_total{${SEL}}[${RI}]))`, '{{model}}')], { w: 8 }));
+
 panels.push(row('Metrics module'));
 panels.push(ts('Zone series: used and capacity', 'deepseek_metrics_series: label sets in use and the zone\'s capacity; when full, new label sets go to the __overflow__ series.', 'short',
   [q(`sum by (instance, zone) (deepseek_metrics_series{${SEL_I}, state="used"})`, '{{instance}} {{zone}} used'),
@@ -399,6 +419,8 @@ const zoneAge = json.panels.find((p) => p.title === 'Zone age');
 const reloads = json.panels.find((p) => p.title === 'Reloads');
 zoneAge.gridPos = { ...zoneAge.gridPos, w: 6 };
 reloads.gridPos = { x: zoneAge.gridPos.x, y: zoneAge.gridPos.y + 4, w: 6, h: 4 };
+// a balance can be negative (postpaid), its forecast often is: no minimum
+delete json.panels.find((p) => p.title === 'Account balance and 24 h forecast').fieldConfig.defaults.min;
 json.version = 1;
 
 const text = JSON.stringify(json, null, 2) + '\n';

@@ -19,7 +19,7 @@
 #define NGX_HTTP_DSM_VERSION          "0.1.0"
 
 #define NGX_HTTP_DSM_MAGIC            0x6473656b6d657472ULL
-#define NGX_HTTP_DSM_LAYOUT_VERSION   2
+#define NGX_HTTP_DSM_LAYOUT_VERSION   3
 
 #define NGX_HTTP_DSM_MAX_BUCKETS      32
 #define NGX_HTTP_DSM_MAX_VALUE        255    /* bytes of one label value */
@@ -37,6 +37,7 @@ enum {
     NGX_HTTP_DSM_H_ANSWER,
     NGX_HTTP_DSM_H_QUEUE,
     NGX_HTTP_DSM_H_TPOT,
+    NGX_HTTP_DSM_H_GAP,                     /* longest pause of a stream */
     NGX_HTTP_DSM_NHIST
 };
 
@@ -66,6 +67,7 @@ enum {
     NGX_HTTP_DSM_MISSING_INVALID_JSON,
     NGX_HTTP_DSM_MISSING_ABSENT,
     NGX_HTTP_DSM_MISSING_INVALID_USAGE,     /* not integers in [0, 2^53) */
+    NGX_HTTP_DSM_MISSING_INVALID_BALANCE,   /* JSON, not a balance */
     NGX_HTTP_DSM_NMISSING
 };
 
@@ -103,6 +105,7 @@ enum {
     NGX_HTTP_DSM_C_OUTPUT,
     NGX_HTTP_DSM_C_REASONING,
     NGX_HTTP_DSM_C_COST,                     /* 1e-12 currency units */
+    NGX_HTTP_DSM_C_KEEPALIVE,                /* SSE comment lines */
     NGX_HTTP_DSM_NCOUNTERS
 };
 
@@ -180,6 +183,63 @@ typedef struct {
 } ngx_http_dsm_layout_t;
 
 
+/*
+ * The last balance reading (GET /user/balance) of a zone.  Lock-free: a
+ * reading takes the next sequence number, claims a currency slot by
+ * compare-and-swap on its code (up to 8 bytes, zero-padded, never freed),
+ * stores the amounts (signed, 1e-6 currency units) and the slot's
+ * sequence, then the zone-wide fields, "last" at the end.  The exporter
+ * shows the slots written by the reading "last" names.
+ */
+
+#define NGX_HTTP_DSM_BALANCE_SLOTS    4
+#define NGX_HTTP_DSM_BALANCE_TYPES    3      /* total, granted, topped_up */
+
+typedef struct {
+    ngx_atomic_t                  code;          /* 0: free */
+    ngx_atomic_t                  seq;
+    ngx_atomic_t                  amount[NGX_HTTP_DSM_BALANCE_TYPES];
+} ngx_http_dsm_balance_slot_t;
+
+
+typedef struct {
+    ngx_atomic_t                  seq;           /* readings started */
+    ngx_atomic_t                  last;          /* 0: none published */
+    ngx_atomic_t                  available;     /* 1 or 0 */
+    ngx_atomic_t                  updated;       /* unix time, ms */
+    ngx_http_dsm_balance_slot_t   slots[NGX_HTTP_DSM_BALANCE_SLOTS];
+} ngx_http_dsm_balance_sh_t;
+
+
+/* a balance body being read: a small resumable JSON scanner's state */
+
+typedef struct {
+    ngx_uint_t                    state;
+    ngx_uint_t                    depth;
+    ngx_uint_t                    key;           /* the pending value's */
+    ngx_uint_t                    esc;
+    ngx_uint_t                    lit;           /* literal being matched */
+    size_t                        size;          /* bytes read */
+    uint64_t                      arrays;        /* bit d: level d array */
+    u_char                        vbuf[24];      /* a key or value */
+    ngx_uint_t                    vlen;
+    ngx_uint_t                    ninfos;        /* infos read */
+    ngx_uint_t                    fields;        /* of the current info */
+    uint64_t                      code[NGX_HTTP_DSM_BALANCE_SLOTS];
+    int64_t                       amount[NGX_HTTP_DSM_BALANCE_SLOTS]
+                                        [NGX_HTTP_DSM_BALANCE_TYPES];
+    unsigned                      in_key:1;
+    unsigned                      in_infos:1;    /* balance_infos open */
+    unsigned                      in_info:1;     /* one of its objects */
+    unsigned                      available:1;
+    unsigned                      available_set:1;
+    unsigned                      infos_set:1;
+    unsigned                      done:1;        /* document closed */
+    unsigned                      invalid:1;     /* not JSON */
+    unsigned                      bad:1;         /* JSON, not a balance */
+} ngx_http_dsm_balance_t;
+
+
 typedef struct {
     /* first, at fixed offsets: checked before anything else is read */
     uint64_t                      magic;
@@ -205,6 +265,8 @@ typedef struct {
 
     ngx_atomic_t                  nendpoints;
     ngx_http_dsm_endpoint_t       endpoints[NGX_HTTP_DSM_MAX_ENDPOINTS];
+
+    ngx_http_dsm_balance_sh_t     balance;
 
     uint32_t                     *hash;
     u_char                       *series;        /* [0] is the overflow */
@@ -318,6 +380,10 @@ typedef struct {
     ngx_msec_t                    first_data;    /* 0: not seen */
     ngx_msec_t                    first_token;
     ngx_msec_t                    first_answer;
+    ngx_msec_t                    last_event;    /* 0: no data event yet */
+    ngx_msec_t                    max_gap;       /* between data events */
+
+    ngx_http_dsm_balance_t       *balance;       /* a balance being read */
 
     unsigned                      ext:1;
     unsigned                      parsing:1;     /* body filter active */
@@ -599,6 +665,13 @@ ngx_http_dsm_price_t *ngx_http_dsm_price_find(ngx_http_dsm_main_conf_t *mcf,
 uint64_t ngx_http_dsm_cost(ngx_http_dsm_main_conf_t *mcf,
     ngx_http_dsm_price_t *price, time_t start, uint64_t hit, uint64_t miss,
     uint64_t output);
+
+/* balance */
+ngx_http_dsm_balance_t *ngx_http_dsm_balance_init(ngx_pool_t *pool);
+void ngx_http_dsm_balance_read(ngx_http_dsm_balance_t *b, u_char *pos,
+    u_char *last);
+void ngx_http_dsm_balance_count(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+    ngx_http_dsm_series_t *s);
 
 /* export */
 char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

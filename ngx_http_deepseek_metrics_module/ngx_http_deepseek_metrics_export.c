@@ -26,6 +26,7 @@ typedef void (*ngx_http_dsm_emit_pt)(ngx_http_dsm_out_t *o,
 #define NGX_HTTP_DSM_FAMILY_HIST      1   /* if a zone has the histogram */
 #define NGX_HTTP_DSM_FAMILY_PRICED    2   /* if prices are configured */
 #define NGX_HTTP_DSM_FAMILY_ONCE      3   /* once, not per zone */
+#define NGX_HTTP_DSM_FAMILY_BALANCE   4   /* if a zone has a balance */
 
 struct ngx_http_dsm_family_s {
     ngx_str_t                     name;
@@ -68,6 +69,10 @@ static void ngx_http_dsm_zone_value(ngx_http_dsm_out_t *o,
 static void ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o,
     const ngx_str_t *name, ngx_http_dsm_snap_t *snap, char *state,
     uint64_t value);
+static void ngx_http_dsm_snapshot_balance(ngx_http_dsm_sh_t *sh,
+    ngx_http_dsm_snap_t *snap);
+static void ngx_http_dsm_balance(ngx_http_dsm_out_t *o,
+    ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static void ngx_http_dsm_build_info(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static ngx_uint_t ngx_http_dsm_status_reason(ngx_uint_t status);
@@ -107,7 +112,8 @@ static const ngx_str_t  ngx_http_dsm_missing_list[NGX_HTTP_DSM_NMISSING] = {
     ngx_string("client_abort"),
     ngx_string("invalid_json"),
     ngx_string("absent"),
-    ngx_string("invalid_usage")
+    ngx_string("invalid_usage"),
+    ngx_string("invalid_balance")
 };
 
 
@@ -116,6 +122,13 @@ static const ngx_str_t  ngx_http_dsm_missing_list[NGX_HTTP_DSM_NMISSING] = {
 #define NGX_HTTP_DSM_TOKENS_BY_TYPE   0
 #define NGX_HTTP_DSM_TOKENS_REASONING 1
 #define NGX_HTTP_DSM_TOKENS_COST      2
+#define NGX_HTTP_DSM_TOKENS_KEEPALIVE 3
+
+/* balance families of ngx_http_dsm_balance() */
+
+#define NGX_HTTP_DSM_BAL_AMOUNT       0
+#define NGX_HTTP_DSM_BAL_AVAILABLE    1
+#define NGX_HTTP_DSM_BAL_UPDATED      2
 
 
 /* the exposition, family by family, in this order */
@@ -152,6 +165,16 @@ static const ngx_http_dsm_family_t  ngx_http_dsm_families[] = {
       "Streaming: first token to last byte, divided by output tokens - 1.",
       ngx_http_dsm_histogram, NGX_HTTP_DSM_H_TPOT, NGX_HTTP_DSM_FAMILY_HIST },
 
+    { ngx_string("deepseek_stream_max_gap_seconds"), "histogram",
+      "Streaming: the longest pause between two data events of a stream "
+      "(up to its end if it was cut).",
+      ngx_http_dsm_histogram, NGX_HTTP_DSM_H_GAP, NGX_HTTP_DSM_FAMILY_HIST },
+
+    { ngx_string("deepseek_keepalives_total"), "counter",
+      "Streaming: SSE comment lines (DeepSeek's \": keep-alive\").",
+      ngx_http_dsm_tokens, NGX_HTTP_DSM_TOKENS_KEEPALIVE,
+      NGX_HTTP_DSM_FAMILY_ZONES },
+
     { ngx_string("deepseek_tokens_total"), "counter",
       "Tokens by type: input_cache_hit, input_cache_miss, "
       "output (they sum to total_tokens).",
@@ -180,6 +203,22 @@ static const ngx_http_dsm_family_t  ngx_http_dsm_families[] = {
     { ngx_string("deepseek_usage_missing_total"), "counter",
       "Responses whose token usage could not be read.",
       ngx_http_dsm_reasons, 1, NGX_HTTP_DSM_FAMILY_ZONES },
+
+    { ngx_string("deepseek_balance"), "gauge",
+      "Account balance of the last GET /user/balance read, by currency "
+      "and type (total, granted, topped_up).",
+      ngx_http_dsm_balance, NGX_HTTP_DSM_BAL_AMOUNT,
+      NGX_HTTP_DSM_FAMILY_BALANCE },
+
+    { ngx_string("deepseek_balance_available"), "gauge",
+      "is_available of the last balance read: 1 or 0.",
+      ngx_http_dsm_balance, NGX_HTTP_DSM_BAL_AVAILABLE,
+      NGX_HTTP_DSM_FAMILY_BALANCE },
+
+    { ngx_string("deepseek_balance_updated_seconds"), "gauge",
+      "When the last balance was read (unix time).",
+      ngx_http_dsm_balance, NGX_HTTP_DSM_BAL_UPDATED,
+      NGX_HTTP_DSM_FAMILY_BALANCE },
 
     { ngx_string("deepseek_metrics_series"), "gauge",
       "Series in use and the zone's capacity.",
@@ -634,7 +673,62 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
     snap->nendpoints = sh->nendpoints;
     snap->endpoints = sh->endpoints;
 
+    ngx_http_dsm_snapshot_balance(sh, snap);
+
     return NGX_OK;
+}
+
+
+/*
+ * The slots of the last published reading; one being written by a newer
+ * reading (another sequence) waits for the next scrape.
+ */
+
+static void
+ngx_http_dsm_snapshot_balance(ngx_http_dsm_sh_t *sh, ngx_http_dsm_snap_t *snap)
+{
+    ngx_uint_t                    i, t;
+    ngx_atomic_uint_t             last;
+    ngx_http_dsm_balance_sh_t    *bs, *d;
+    ngx_http_dsm_balance_slot_t  *slot;
+
+    bs = &sh->balance;
+    d = &snap->balance;
+
+    last = bs->last;
+
+    ngx_memory_barrier();
+
+    d->last = last;
+
+    if (last == 0) {
+        return;
+    }
+
+    d->available = bs->available;
+    d->updated = bs->updated;
+
+    for (i = 0; i < NGX_HTTP_DSM_BALANCE_SLOTS; i++) {
+        slot = &bs->slots[i];
+
+        if (slot->seq != last) {
+            continue;
+        }
+
+        d->slots[i].code = slot->code;
+
+        for (t = 0; t < NGX_HTTP_DSM_BALANCE_TYPES; t++) {
+            d->slots[i].amount[t] = slot->amount[t];
+        }
+
+        ngx_memory_barrier();
+
+        /* rewritten meanwhile: not shown half old, half new */
+
+        if (slot->seq != last) {
+            d->slots[i].code = 0;
+        }
+    }
 }
 
 
@@ -791,6 +885,15 @@ ngx_http_dsm_family_shown(ngx_http_dsm_out_t *o,
 
     case NGX_HTTP_DSM_FAMILY_PRICED:
         return o->priced;
+
+    case NGX_HTTP_DSM_FAMILY_BALANCE:
+        for (i = 0; i < nzones; i++) {
+            if (snaps[i].balance.last) {
+                return 1;
+            }
+        }
+
+        return 0;
 
     default:
         return 1;
@@ -1029,8 +1132,13 @@ ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         e = &snap->entries[i];
         v = e->v;
 
-        if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
-            + v[NGX_HTTP_DSM_C_OUTPUT] == 0)
+        if (f->arg == NGX_HTTP_DSM_TOKENS_KEEPALIVE) {
+            if (v[NGX_HTTP_DSM_C_KEEPALIVE] == 0) {
+                continue;
+            }
+
+        } else if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
+                   + v[NGX_HTTP_DSM_C_OUTPUT] == 0)
         {
             continue;
         }
@@ -1059,9 +1167,13 @@ ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             break;
 
         case NGX_HTTP_DSM_TOKENS_REASONING:
+        case NGX_HTTP_DSM_TOKENS_KEEPALIVE:
             p = ngx_http_dsm_open(p, &f->name, snap, e);
             p = ngx_http_dsm_lit(p, "} ");
-            p = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_REASONING]);
+            p = ngx_http_dsm_u64(p,
+                                 v[f->arg == NGX_HTTP_DSM_TOKENS_REASONING
+                                   ? NGX_HTTP_DSM_C_REASONING
+                                   : NGX_HTTP_DSM_C_KEEPALIVE]);
             *p++ = '\n';
             break;
 
@@ -1345,6 +1457,93 @@ ngx_http_dsm_zone_gauge(ngx_http_dsm_out_t *o, const ngx_str_t *name,
     p = ngx_http_dsm_lit(p, "\"} ");
     p = ngx_http_dsm_u64(p, value);
     *p++ = '\n';
+
+    o->b->last = p;
+}
+
+
+/* f->arg: NGX_HTTP_DSM_BAL_AMOUNT, _AVAILABLE, _UPDATED */
+
+static void
+ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    const ngx_http_dsm_family_t *f)
+{
+    u_char                       *p;
+    int64_t                       a;
+    uint64_t                      code, m;
+    ngx_uint_t                    i, t, k;
+    ngx_http_dsm_balance_sh_t    *bs;
+
+    static const char  *types[] = { "total", "granted", "topped_up" };
+
+    bs = &snap->balance;
+
+    if (bs->last == 0) {
+        return;
+    }
+
+    p = ngx_http_dsm_reserve(o, NGX_HTTP_DSM_BALANCE_SLOTS
+                                * NGX_HTTP_DSM_BALANCE_TYPES
+                                * (f->name.len + snap->name.len + 96));
+    if (p == NULL) {
+        return;
+    }
+
+    if (f->arg != NGX_HTTP_DSM_BAL_AMOUNT) {
+        p = ngx_cpymem(p, f->name.data, f->name.len);
+        p = ngx_http_dsm_lit(p, "{zone=\"");
+        p = ngx_cpymem(p, snap->name.data, snap->name.len);
+        p = ngx_http_dsm_lit(p, "\"} ");
+
+        if (f->arg == NGX_HTTP_DSM_BAL_AVAILABLE) {
+            *p++ = bs->available ? '1' : '0';
+
+        } else {
+            /* milliseconds, printed exactly */
+            p = ngx_sprintf(p, "%uL.%03uL", (uint64_t) bs->updated / 1000,
+                            (uint64_t) bs->updated % 1000);
+        }
+
+        *p++ = '\n';
+        o->b->last = p;
+        return;
+    }
+
+    for (i = 0; i < NGX_HTTP_DSM_BALANCE_SLOTS; i++) {
+        code = bs->slots[i].code;
+
+        if (code == 0) {
+            continue;
+        }
+
+        for (t = 0; t < NGX_HTTP_DSM_BALANCE_TYPES; t++) {
+            p = ngx_cpymem(p, f->name.data, f->name.len);
+            p = ngx_http_dsm_lit(p, "{zone=\"");
+            p = ngx_cpymem(p, snap->name.data, snap->name.len);
+            p = ngx_http_dsm_lit(p, "\",currency=\"");
+
+            /* [A-Za-z0-9_-] only, checked by the scanner */
+            for (k = 0; k < 8 && (code >> (8 * k)) & 0xff; k++) {
+                *p++ = (u_char) ((code >> (8 * k)) & 0xff);
+            }
+
+            p = ngx_sprintf(p, "\",type=\"%s\"} ", types[t]);
+
+            /* 1e-6 units, printed exactly with 6 decimals */
+
+            a = (int64_t) bs->slots[i].amount[t];
+
+            if (a < 0) {
+                *p++ = '-';
+                m = (uint64_t) 0 - (uint64_t) a;
+
+            } else {
+                m = (uint64_t) a;
+            }
+
+            p = ngx_sprintf(p, "%uL.%06uL\n", m / 1000000, m % 1000000);
+        }
+    }
 
     o->b->last = p;
 }

@@ -48,6 +48,7 @@ typedef struct {
     uint64_t                      values[NGX_HTTP_DSM_NVALUES];
     ngx_str_t                     le[NGX_HTTP_DSM_NHIST]
                                     [NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_balance_sh_t     balance;       /* last: 0 none */
 } ngx_http_dsm_snap_t;
 
 

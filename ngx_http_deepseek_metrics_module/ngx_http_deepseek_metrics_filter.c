@@ -12,6 +12,8 @@ static ngx_int_t ngx_http_dsm_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static void ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in);
+static void ngx_http_dsm_body_balance(ngx_http_dsm_ctx_t *ctx,
+    ngx_chain_t *in);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -68,6 +70,7 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
     case NGX_HTTP_DSM_EP_CHAT:
     case NGX_HTTP_DSM_EP_COMPLETIONS:
     case NGX_HTTP_DSM_EP_MESSAGES:
+    case NGX_HTTP_DSM_EP_BALANCE:
         break;
     default:
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -85,7 +88,7 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
 
     ctx = ngx_http_dsm_ctx(r, stream);
 
-    if (ctx == NULL || ctx->parsing || ctx->compressed) {
+    if (ctx == NULL || ctx->parsing || ctx->balance || ctx->compressed) {
         return ngx_http_next_header_filter(r);
     }
 
@@ -106,6 +109,21 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
 
             return ngx_http_next_header_filter(r);
         }
+    }
+
+    if (kind == NGX_HTTP_DSM_EP_BALANCE) {
+        ctx->balance = ngx_http_dsm_balance_init(r->main->pool);
+        if (ctx->balance == NULL) {
+            return ngx_http_next_header_filter(r);
+        }
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "deepseek metrics: body read as a balance");
+
+        ngx_http_set_ctx(r, ctx, ngx_http_deepseek_metrics_module);
+        r->filter_need_in_memory = 1;
+
+        return ngx_http_next_header_filter(r);
     }
 
     ctx->stream = stream;
@@ -161,8 +179,13 @@ ngx_http_dsm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_deepseek_metrics_module);
 
-    if (ctx && ctx->parsing && in) {
-        ngx_http_dsm_body_read(ctx, in);
+    if (ctx && in) {
+        if (ctx->parsing) {
+            ngx_http_dsm_body_read(ctx, in);
+
+        } else if (ctx->balance) {
+            ngx_http_dsm_body_balance(ctx, in);
+        }
     }
 
     return ngx_http_next_body_filter(r, in);
@@ -173,7 +196,8 @@ static void
 ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
 {
     ngx_int_t              rc;
-    ngx_msec_t             now;
+    ngx_msec_t             now, gap;
+    ngx_uint_t             events;
     ngx_time_t            *tp;
     ngx_chain_t           *cl;
     ngx_http_dsm_parse_t  *p;
@@ -191,6 +215,8 @@ ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
         {
             continue;
         }
+
+        events = p->events;
 
         rc = ngx_http_dsm_parse(p, cl->buf->pos, cl->buf->last);
 
@@ -221,6 +247,42 @@ ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
             if (p->first_answer && !ctx->first_answer) {
                 ctx->first_answer = now;
             }
+        }
+
+        /* the longest pause between two data events, for stalls */
+
+        if (p->events != events && ctx->stream) {
+            tp = ngx_timeofday();
+            now = (ngx_msec_t) tp->sec * 1000 + tp->msec;
+
+            if (ctx->last_event) {
+                gap = ngx_http_dsm_elapsed(ctx->last_event, now);
+
+                if (gap > ctx->max_gap) {
+                    ctx->max_gap = gap;
+                }
+            }
+
+            ctx->last_event = now;
+        }
+    }
+}
+
+
+static void
+ngx_http_dsm_body_balance(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
+{
+    ngx_chain_t  *cl;
+
+    for (cl = in; cl; cl = cl->next) {
+
+        if (cl->buf->last_buf) {
+            ctx->last_buf = 1;
+        }
+
+        if (ngx_buf_in_memory(cl->buf)) {
+            ngx_http_dsm_balance_read(ctx->balance, cl->buf->pos,
+                                      cl->buf->last);
         }
     }
 }

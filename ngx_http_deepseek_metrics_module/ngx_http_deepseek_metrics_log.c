@@ -149,7 +149,12 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
                          ngx_http_dsm_elapsed(start, now) * 1000);
 
-    if (q.ctx && (q.ctx->parsing || q.ctx->compressed)) {
+    if (q.ctx && q.ctx->balance) {
+        if (status == NGX_HTTP_OK) {
+            ngx_http_dsm_balance_count(r, &q, s);
+        }
+
+    } else if (q.ctx && (q.ctx->parsing || q.ctx->compressed)) {
 
 #if (NGX_DEBUG)
         {
@@ -290,7 +295,7 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_series_t *s, ngx_msec_t now)
 {
     uint64_t                            out, cost;
-    ngx_msec_t                          start;
+    ngx_msec_t                          start, gap;
     ngx_uint_t                          status, outcome, missing, inband;
     ngx_connection_t          *c;
     ngx_http_dsm_sh_t         *sh;
@@ -335,7 +340,24 @@ ngx_http_dsm_count_body(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
                             ngx_http_dsm_elapsed(ctx->first_token, now) * 1000
                             / (p->completion_tokens - 1));
         }
+
+        /*
+         * A stream that did not end ([DONE], message_stop) stalled from
+         * its last event to its end: that pause counts too.
+         */
+
+        if (ctx->last_event) {
+            gap = ctx->max_gap;
+
+            if (!p->done && ngx_http_dsm_elapsed(ctx->last_event, now) > gap) {
+                gap = ngx_http_dsm_elapsed(ctx->last_event, now);
+            }
+
+            ngx_http_dsm_observe(l, s, NGX_HTTP_DSM_H_GAP, gap * 1000);
+        }
     }
+
+    ngx_http_dsm_add_counter(&s->v[NGX_HTTP_DSM_C_KEEPALIVE], p->comments);
 
     /* usage_fields is 0 if a usage value was invalid: nothing is added */
 

@@ -193,6 +193,7 @@ static const ngx_str_t  ngx_http_dsm_hist_names[] = {
     ngx_string("answer"),
     ngx_string("queue"),
     ngx_string("tpot"),
+    ngx_string("gap"),
     ngx_null_string
 };
 
@@ -203,10 +204,12 @@ static const ngx_str_t  ngx_http_dsm_zone_params[] = {
     ngx_string("buckets="),
     ngx_string("tpot_buckets="),
     ngx_string("histograms="),
+    ngx_string("gap_buckets="),
     ngx_null_string
 };
 
 #define NGX_HTTP_DSM_PARAM_TPOT_BUCKETS  2
+#define NGX_HTTP_DSM_PARAM_GAP_BUCKETS   4
 
 
 static uint64_t  ngx_http_dsm_default_buckets[] = {
@@ -217,6 +220,14 @@ static uint64_t  ngx_http_dsm_default_buckets[] = {
 
 static uint64_t  ngx_http_dsm_default_tpot_buckets[] = {
     1000, 2500, 5000, 10000, 20000, 50000, 100000, 250000, 500000, 1000000
+};
+
+
+/* pauses inside a stream: from a slow token to a stall of minutes */
+
+static uint64_t  ngx_http_dsm_default_gap_buckets[] = {
+    100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000,
+    60000000, 120000000, 300000000, 600000000
 };
 
 
@@ -572,6 +583,12 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     layout.nbuckets[NGX_HTTP_DSM_H_TPOT] =
                                sizeof(ngx_http_dsm_default_tpot_buckets) / 8;
 
+    ngx_memcpy(layout.bounds[NGX_HTTP_DSM_H_GAP],
+               ngx_http_dsm_default_gap_buckets,
+               sizeof(ngx_http_dsm_default_gap_buckets));
+    layout.nbuckets[NGX_HTTP_DSM_H_GAP] =
+                                sizeof(ngx_http_dsm_default_gap_buckets) / 8;
+
     seen = 0;
 
     for (i = 2; i < cf->args->nelts; i++) {
@@ -589,8 +606,8 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_http_dsm_zone_params[param].len == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\", expected "
-                               "max_series=, buckets=, tpot_buckets= or "
-                               "histograms=", &value[i]);
+                               "max_series=, buckets=, tpot_buckets=, "
+                               "gap_buckets= or histograms=", &value[i]);
             return NGX_CONF_ERROR;
         }
 
@@ -622,6 +639,9 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         } else if (ngx_strncmp(value[i].data, "tpot_buckets=", 13) == 0) {
             h = NGX_HTTP_DSM_H_TPOT;
+
+        } else if (ngx_strncmp(value[i].data, "gap_buckets=", 12) == 0) {
+            h = NGX_HTTP_DSM_H_GAP;
         }
 
         if (h != NGX_HTTP_DSM_NHIST) {
@@ -670,7 +690,8 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                        "unknown histogram \"%V\" in "
                                        "\"%V\", expected latency, ttft, "
-                                       "answer, queue, tpot", &s, &value[i]);
+                                       "answer, queue, tpot, gap", &s,
+                                       &value[i]);
                     return NGX_CONF_ERROR;
                 }
 
@@ -692,6 +713,16 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "\"tpot_buckets=\" has no effect: \"histograms=\" "
                            "omits tpot; add tpot to it or remove "
                            "\"tpot_buckets=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if ((seen & (1 << NGX_HTTP_DSM_PARAM_GAP_BUCKETS))
+        && !(hist & (1 << NGX_HTTP_DSM_H_GAP)))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"gap_buckets=\" has no effect: \"histograms=\" "
+                           "omits gap; add gap to it or remove "
+                           "\"gap_buckets=\"");
         return NGX_CONF_ERROR;
     }
 

@@ -3,12 +3,16 @@
 #   nginx + ngx_http_deepseek_metrics_module in front of the mock DeepSeek upstream
 #   (or the real API when DEEPSEEK_API_KEY is set), Prometheus with the rules,
 #   Alertmanager with the example routing and a local webhook receiver, a bounded
-#   demo load; then it prints where to look and a few live query results, and
-#   stops everything it started (by PID).
+#   demo load; then it prints where to look and a few live query results. From a
+#   terminal it keeps everything running (with a light load, so the numbers move)
+#   until Ctrl-C; without one (CI, make test) it stops by itself. Either way it
+#   stops everything it started, by PID.
 #
 #   make demo                         # = scripts/demo.sh
 #   DEMO_SECONDS=120 make demo        # length of the demo load (default 60)
-#   DEMO_KEEP=1 make demo             # keep everything running until Ctrl-C
+#   DEMO_KEEP=1 make demo             # keep everything running until Ctrl-C, even without a terminal
+#   DEMO_KEEP=0 make demo             # stop at the end, even from a terminal
+#   DEMO_KEEP_SECONDS=N               # while kept up: light load for at most N s (default 3600)
 #   DEEPSEEK_API_KEY=sk-... make demo # real https://api.deepseek.com (a few tiny requests only)
 #   DEMO_FAST_ALERTS=0                # shipped alert timings (default: `for:` shortened to 10s
 #                                     # and 5m windows to 1m, so alerts fire during the demo)
@@ -98,6 +102,17 @@ done
 rm -rf "$D"
 mkdir -p "$D"/{nginx/conf,nginx/logs,nginx/temp,prometheus/data,alertmanager/data,webhook,load}
 chmod 755 "$D" "$D/nginx" "$D/nginx/logs" "$D/nginx/temp"
+DEMO_T0="$(date +%s)"
+echo "$$" > "$D/demo.pid"   # Ctrl-C from elsewhere: kill -INT "$(cat build/demo/demo.pid)"
+
+# kept up for a person: DEMO_KEEP=1/0 decides, else whether a terminal is attached
+if [ -n "${DEMO_KEEP:-}" ]; then
+  [ "$DEMO_KEEP" != 0 ] && KEEP=1 || KEEP=0
+elif [ -t 0 ] && [ -t 1 ]; then
+  KEEP=1
+else
+  KEEP=0
+fi
 
 API_PORT="$(pick_port 8080)"
 METRICS_PORT="$(pick_port 9145)"
@@ -273,8 +288,15 @@ req() { # req PATH BODY [X-Mock]
 chat() { # chat MODEL STREAM [X-Mock]
   req /chat/completions "{\"model\":\"$1\",\"stream\":$2,\"max_tokens\":32,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in five words.\"}]}" "${3:-}"
 }
-load_worker() { # mock only: bounded by DEMO_SECONDS
-  local end=$((SECONDS + DEMO_SECONDS)) i=0
+# the balance, read through nginx as a cron job would: the mock's account
+# spends 0.05 CNY a second, so the runway forecast has a slope
+balance() {
+  local total
+  total="$(awk -v s="$(( $(date +%s) - DEMO_T0 ))" 'BEGIN { t = 110 - 0.05 * s; if (t < 0) t = 0; printf "%.2f", t }')"
+  curl -s -o /dev/null -H "X-Mock: balance_total=$total;balance_granted=10.00;balance_topped_up=$total" "$API/user/balance" || true
+}
+load_worker() { # mock only: bounded by DEMO_SECONDS (or $1)
+  local end=$((SECONDS + ${1:-$DEMO_SECONDS})) i=0
   while [ "$SECONDS" -lt "$end" ]; do
     i=$((i + 1))
     case $((i % 25)) in
@@ -284,14 +306,17 @@ load_worker() { # mock only: bounded by DEMO_SECONDS
       3) chat deepseek-reasoner true 'chunks=6;delay_ms=30' ;;
       4) chat deepseek-flash true 'truncate_events=2' ;;
       5) curl -s -o /dev/null "$API/models" ;;
-      6) curl -s -o /dev/null "$API/user/balance" ;;
+      6) balance ;;
       7) req /beta/completions '{"model":"deepseek-flash","prompt":"def add(a, b):","suffix":"    return c"}' ;;
       8) chat deepseek-flash false 'hit=900;miss=100;completion=120' ;;
       9) chat deepseek-v4-pro false 'status=503' ;;
       10) chat deepseek-flash true 'finish=content_filter' ;;
       11) chat deepseek-flash false 'gzip=1' ;;
       12) req /anthropic/v1/messages '{"model":"deepseek-flash","max_tokens":32,"messages":[{"role":"user","content":"hi"}]}' ;;
-      1[3-9]) chat deepseek-flash true "chunks=4;delay_ms=$((RANDOM % 40))" ;;
+      13) if [ "${w:-}" = 3 ]; then   # one client: a 12 s stall mid-stream, with keep-alives
+            chat deepseek-flash true 'pause_after=2;pause_ms=12000;pause_keepalives=1;keepalive_every_ms=2000'
+          else chat deepseek-flash true 'chunks=4'; fi ;;
+      1[4-9]) chat deepseek-flash true "chunks=4;delay_ms=$((RANDOM % 40))" ;;
       *) chat deepseek-flash false ;;
     esac
   done
@@ -333,6 +358,7 @@ show "time to first token p90 (s) by model" \
   'histogram_quantile(0.9, sum by (model, le) (rate(deepseek_time_to_first_token_seconds_bucket[5m])))' '"\(.metric.model): \(.value[1])"'
 show "tokens by type" 'sum by (type) (deepseek_tokens_total)' '"\(.metric.type): \(.value[1])"'
 show "cost by model" 'sum by (model, currency) (deepseek_cost_total)' '"\(.metric.model) \(.metric.currency): \(.value[1])"'
+show "balance (the last GET /user/balance through nginx)" 'deepseek_balance' '"\(.metric.currency) \(.metric.type): \(.value[1])"'
 show "errors by reason" 'sum by (reason) (deepseek_errors_total)' '"\(.metric.reason): \(.value[1])"'
 show "alerts (Prometheus)" 'ALERTS' '"\(.metric.alertname) \(.metric.alertstate) severity=\(.metric.severity)"'
 printf '\n  notifications received by the webhook (%s):\n' "$D/webhook/alerts.log"
@@ -346,11 +372,21 @@ $(say "where to look")
   metrics (the module)        http://127.0.0.1:$METRICS_PORT/metrics
   Prometheus                  $PROM   (try: rate(deepseek_requests_total[1m]))
   Alertmanager                http://127.0.0.1:$AM_PORT
+  status page (a browser)     http://127.0.0.1:$METRICS_PORT/metrics   (the same URL: browsers get the page, scrapers the metrics)
   Grafana                     import dashboards/deepseek.json, data source Prometheus at $PROM
   configs, data and logs      $D/
 EOF
 
-if [ -n "${DEMO_KEEP:-}" ]; then
-  say "running until Ctrl-C (DEMO_KEEP=1)"
+if [ "$KEEP" = 1 ]; then
+  if [ "$MODE" = mock ]; then
+    # one slow client keeps the numbers moving, bounded by DEMO_KEEP_SECONDS
+    # (timeout's PID: a TERM to it reaches the loop too)
+    timeout "${DEMO_KEEP_SECONDS:-3600}" bash -c "$(declare -f req chat balance load_worker); API='$API'; DEMO_T0=$DEMO_T0; w=3
+      while :; do load_worker 5; sleep 1; done" > "$D/load/keep.log" 2>&1 &
+    started $! "light load while kept up"
+  fi
+  say "running until Ctrl-C (nginx, mock, Prometheus and Alertmanager stay up; stop: Ctrl-C or kill -INT $$)"
   while kill -0 "$NGINX_PID" 2>/dev/null; do sleep 1; done
+else
+  echo "    (no terminal: stopping now; DEMO_KEEP=1 keeps it up)"
 fi

@@ -170,7 +170,7 @@ bad('max_series=abc', 'deepseek_metrics_zone', qr/invalid max_series "max_series
 bad('max_series=', 'deepseek_metrics_zone', qr/invalid max_series "max_series="/,
     http => 'deepseek_metrics_zone z:1m max_series=;');
 bad('unknown zone parameter', 'deepseek_metrics_zone',
-    qr/invalid parameter "colour=blue", expected max_series=, buckets=, tpot_buckets= or histograms=/,
+    qr/invalid parameter "colour=blue", expected max_series=, buckets=, tpot_buckets=, gap_buckets= or histograms=/,
     http => 'deepseek_metrics_zone z:1m colour=blue;');
 bad('buckets= given twice', 'deepseek_metrics_zone', qr/duplicate parameter "buckets=1,2"/,
     http => 'deepseek_metrics_zone z:1m buckets=0.5,1 buckets=1,2;');
@@ -192,6 +192,15 @@ bad('tpot_buckets (before histograms=) while it omits tpot', 'deepseek_metrics_z
     http => 'deepseek_metrics_zone z:1m histograms=latency tpot_buckets=0.01;');
 good('tpot_buckets with histograms= naming tpot',
      http => 'deepseek_metrics_zone z:1m histograms=latency,tpot tpot_buckets=0.01,0.1;');
+bad('gap_buckets while histograms= omits gap', 'deepseek_metrics_zone',
+    qr/"gap_buckets=" has no effect: "histograms=" omits gap/,
+    http => 'deepseek_metrics_zone z:1m gap_buckets=1,10 histograms=latency,tpot;');
+bad('gap_buckets not increasing', 'deepseek_metrics_zone', qr/buckets in "10,1" must increase strictly/,
+    http => 'deepseek_metrics_zone z:1m gap_buckets=10,1;');
+bad('gap_buckets given twice', 'deepseek_metrics_zone', qr/duplicate parameter "gap_buckets=2"/,
+    http => 'deepseek_metrics_zone z:1m gap_buckets=1 gap_buckets=2;');
+good('gap_buckets with histograms= naming gap',
+     http => 'deepseek_metrics_zone z:1m histograms=latency,gap gap_buckets=1,10,60;');
 bad('duplicate zone', 'deepseek_metrics_zone', qr/duplicate zone "z"/,
     http => "deepseek_metrics_zone z:1m;\ndeepseek_metrics_zone z:2m;");
 bad('duplicate zone, same size', 'deepseek_metrics_zone', qr/duplicate zone "z"/,

@@ -10,10 +10,10 @@ use lib 't/lib';
 use Test::More;
 use DSM::Test;
 
-# record: 40-byte header, 12 slots + 5 counters, each histogram buckets + 2
+# record: 40-byte header, 12 slots + 6 counters, each histogram buckets + 2
 sub series_bytes {
     my (@hist) = @_;
-    my $words = 17;
+    my $words = 18;
     $words += $_ + 2 for @hist;
     return 40 + 8 * $words + 128;    # + the key and label text estimate
 }
@@ -21,15 +21,16 @@ sub series_bytes {
 my $buckets16 = join ',', map { $_ / 10 } 1 .. 16;
 
 my @cases = (
-    [ 'defaults', '', 300, series_bytes(14, 14, 14, 14, 10) ],
+    [ 'defaults', '', 300, series_bytes(14, 14, 14, 14, 10, 12) ],
     [ 'latency only, 16 buckets', "histograms=latency buckets=$buckets16", 1000,
       series_bytes(16) ],
     [ 'latency and ttft, 16 buckets', "histograms=latency,ttft buckets=$buckets16",
       500, series_bytes(16, 16) ],
+    [ 'latency and the stream gap', 'histograms=latency,gap', 300, series_bytes(14, 12) ],
 );
 
-is(series_bytes(14, 14, 14, 14, 10), 912, 'default layout: 912 bytes a series');
-is(series_bytes(16), 448, 'latency histogram with 16 buckets: 448 bytes a series');
+is(series_bytes(14, 14, 14, 14, 10, 12), 1032, 'default layout: 1032 bytes a series');
+is(series_bytes(16), 456, 'latency histogram with 16 buckets: 456 bytes a series');
 
 for my $c (@cases) {
     my ($name, $params, $n, $bytes) = @$c;

@@ -90,6 +90,14 @@
 //   hang=1            never respond (socket kept until the client closes it)
 //   stream=0|1        override the request body's "stream"
 //   as=chat|fim|models|balance|messages   force the route kind
+//   pause_after=N pause_ms=M   SSE: pause M ms after the Nth data event (a mid-stream stall);
+//                     pause_keepalives=1 sends ": keep-alive" comments every keepalive_every_ms
+//                     during the pause (DeepSeek's behaviour while it is busy)
+// BALANCE (GET .../user/balance; DeepSeek's body, amounts as JSON strings):
+//   balance_currency=CNY balance_total=110.00 balance_granted=10.00 balance_topped_up=100.00
+//                     (values inserted as given, still JSON strings)
+//   balance_available=0|1 (default 1)   balance_extra=CUR:TOTAL:GRANTED:TOPPED (a second info)
+//   balance_empty=1   "balance_infos":[]     balance_pad=N  an extra "pad" member of N bytes first
 //   chunked=1         JSON without Content-Length      close=1   Connection: close
 //   ctype=TYPE        override Content-Type           trace_id=ID  fixed x-ds-trace-id
 //   raw=BASE64        send exactly these bytes as the whole response (status line, headers and
@@ -210,6 +218,7 @@ function scenario(m, reqBody, kind) {
     reasoningText: m.reasoning_text !== undefined ? m.reasoning_text : 'Let me think.',
     keepaliveMs: num(m.keepalive_ms, 0), keepaliveEvery: Math.max(1, num(m.keepalive_every_ms, 200)),
     delayMs: num(m.delay_ms, 0), crlf: flag(m.crlf),
+    pauseAfter: num(m.pause_after, 0), pauseMs: num(m.pause_ms, 0), pauseKeepalives: flag(m.pause_keepalives),
     finish: m.finish || (flag(m.tool_calls) && !empty ? 'tool_calls' : 'stop'),
     usageOnly: flag(m.usage_only_chunk), noDone: flag(m.no_done), noUsage: flag(m.no_usage),
     usageFirst: flag(m.usage_first), size: num(m.size, 0),
@@ -236,6 +245,15 @@ function* keepalives(s, nl, isJson) {
   for (let i = 0; i < n; i++) {
     yield isJson ? '\n' : ': keep-alive' + nl + nl;
     yield { sleep: Math.min(s.keepaliveEvery, s.keepaliveMs - i * s.keepaliveEvery) };
+  }
+}
+
+// a mid-stream pause; keep-alive comments during it with pause_keepalives=1
+function* pause(s, nl) {
+  if (!s.pauseKeepalives) { yield { sleep: s.pauseMs }; return; }
+  for (let t = 0; t < s.pauseMs; t += s.keepaliveEvery) {
+    yield { sleep: Math.min(s.keepaliveEvery, s.pauseMs - t) };
+    yield ': keep-alive' + nl + nl;
   }
 }
 
@@ -270,7 +288,11 @@ function fimChunk(s, text, finish, usage, choicesEmpty) {
 
 function* sseBody(s) {
   const nl = s.crlf ? '\r\n' : '\n';
-  const ev = (obj) => 'data: ' + (typeof obj === 'string' ? obj : JSON.stringify(obj)) + nl + nl;
+  let nev = 0;
+  const ev = function* (obj) {
+    yield 'data: ' + (typeof obj === 'string' ? obj : JSON.stringify(obj)) + nl + nl;
+    if (++nev === s.pauseAfter && s.pauseMs > 0) yield* pause(s, nl);
+  };
   const gap = function* () { if (s.delayMs > 0) yield { sleep: s.delayMs }; };
   yield* keepalives(s, nl, false);
   const usage = s.noUsage ? null : s.usage;
@@ -279,11 +301,11 @@ function* sseBody(s) {
     ? (d, f, u, e) => fimChunk(s, d === null ? '' : (d.content || ''), f, u, e)
     : (d, f, u, e) => chatChunk(s, d, f, u, e);
   if (s.kind === 'chat') {
-    yield ev(mk(s.reasoner ? { role: 'assistant', content: null, reasoning_content: '' } : { role: 'assistant', content: '' }, null, null));
+    yield* ev(mk(s.reasoner ? { role: 'assistant', content: null, reasoning_content: '' } : { role: 'assistant', content: '' }, null, null));
     yield { event: true };
     yield* gap();
     for (const p of splitText(s.reasoningText, s.reasoningChunks)) {
-      yield ev(mk({ content: null, reasoning_content: p }, null, null));
+      yield* ev(mk({ content: null, reasoning_content: p }, null, null));
       yield { event: true };
       yield* gap();
     }
@@ -294,18 +316,18 @@ function* sseBody(s) {
       { tool_calls: [{ index: 0, function: { arguments: '{"city":' } }] },
       { tool_calls: [{ index: 0, function: { arguments: '"Paris"}' } }] },
     ];
-    for (const d of tc) { yield ev(mk(Object.assign({ content: null }, d), null, null)); yield { event: true }; yield* gap(); }
+    for (const d of tc) { yield* ev(mk(Object.assign({ content: null }, d), null, null)); yield { event: true }; yield* gap(); }
   } else if (!s.empty) {
     for (const p of contentPieces(s)) {
-      yield ev(mk({ content: p }, null, null));
+      yield* ev(mk({ content: p }, null, null));
       yield { event: true };
       yield* gap();
     }
   }
-  yield ev(mk({ content: '' }, s.finish, s.usageOnly ? null : usage));
+  yield* ev(mk({ content: '' }, s.finish, s.usageOnly ? null : usage));
   yield { event: true };
-  if (s.usageOnly) { yield* gap(); yield ev(mk(null, null, usage, true)); yield { event: true }; }
-  if (!s.noDone) { yield* gap(); yield ev('[DONE]'); yield { event: true }; }
+  if (s.usageOnly) { yield* gap(); yield* ev(mk(null, null, usage, true)); yield { event: true }; }
+  if (!s.noDone) { yield* gap(); yield* ev('[DONE]'); yield { event: true }; }
 }
 
 function* anthropicSse(s, nl) {
@@ -563,7 +585,7 @@ async function handle(req, res, rawBody) {
   if (kind === 'models' || kind === 'balance') {
     const b = kind === 'models'
       ? JSON.stringify({ object: 'list', data: ['deepseek-flash', 'deepseek-v4-pro'].map((id) => ({ id, object: 'model', owned_by: 'deepseek' })) })
-      : JSON.stringify({ is_available: true, balance_infos: [{ currency: 'CNY', total_balance: '110.00', granted_balance: '10.00', topped_up_balance: '100.00' }] });
+      : balanceBody(m);
     headers['Content-Type'] = m.ctype || 'application/json';
     headers['Content-Length'] = Buffer.byteLength(b);
     res.writeHead(200, headers);
@@ -597,6 +619,19 @@ async function handle(req, res, rawBody) {
   if (s.queueMs > 0) headers['Connection'] = 'close';
   res.writeHead(200, headers);
   await sendItems(req, res, items, m);
+}
+
+// DeepSeek's GET /user/balance body (amounts are JSON strings)
+function balanceBody(m) {
+  const info = (c, t, g, u) => ({ currency: c, total_balance: t, granted_balance: g, topped_up_balance: u });
+  const infos = flag(m.balance_empty) ? [] : [info(m.balance_currency || 'CNY', m.balance_total || '110.00',
+    m.balance_granted || '10.00', m.balance_topped_up || '100.00')];
+  if (m.balance_extra) infos.push(info(...m.balance_extra.split(':')));
+  const o = {};
+  if (num(m.balance_pad, 0) > 0) o.pad = 'x'.repeat(num(m.balance_pad, 0));
+  o.is_available = m.balance_available === undefined ? true : flag(m.balance_available);
+  o.balance_infos = infos;
+  return JSON.stringify(o);
 }
 
 const server = http.createServer((req, res) => {
