@@ -1469,8 +1469,7 @@ ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     const ngx_http_dsm_family_t *f)
 {
     u_char                       *p;
-    int64_t                       a;
-    uint64_t                      code, m;
+    uint64_t                      code;
     ngx_uint_t                    i, t, k;
     ngx_http_dsm_balance_sh_t    *bs;
 
@@ -1529,23 +1528,31 @@ ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
             p = ngx_sprintf(p, "\",type=\"%s\"} ", types[t]);
 
-            /* 1e-6 units, printed exactly with 6 decimals */
-
-            a = (int64_t) bs->slots[i].amount[t];
-
-            if (a < 0) {
-                *p++ = '-';
-                m = (uint64_t) 0 - (uint64_t) a;
-
-            } else {
-                m = (uint64_t) a;
-            }
-
-            p = ngx_sprintf(p, "%uL.%06uL\n", m / 1000000, m % 1000000);
+            p = ngx_http_dsm_amount(p, (int64_t) bs->slots[i].amount[t]);
+            *p++ = '\n';
         }
     }
 
     o->b->last = p;
+}
+
+
+/* an amount in 1e-6 units, printed exactly with 6 decimals */
+
+u_char *
+ngx_http_dsm_amount(u_char *p, int64_t a)
+{
+    uint64_t  m;
+
+    if (a < 0) {
+        *p++ = '-';
+        m = (uint64_t) 0 - (uint64_t) a;
+
+    } else {
+        m = (uint64_t) a;
+    }
+
+    return ngx_sprintf(p, "%uL.%06uL", m / 1000000, m % 1000000);
 }
 
 

@@ -43,6 +43,8 @@ static ngx_int_t ngx_http_dsm_qvalue(u_char *p, u_char *last);
 static ngx_uint_t ngx_http_dsm_accept_pick(ngx_http_dsm_accept_t *a);
 static ngx_int_t ngx_http_dsm_send(ngx_http_request_t *r, ngx_chain_t *out,
     off_t size, char *type, size_t type_len);
+static void ngx_http_dsm_json_balance(ngx_http_dsm_out_t *o,
+    ngx_http_dsm_snap_t *snap);
 static void ngx_http_dsm_json_zone(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap);
 static void ngx_http_dsm_json_series(ngx_http_dsm_out_t *o,
@@ -548,6 +550,77 @@ ngx_http_dsm_json(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
 }
 
 
+/*
+ * The last balance reading, as the exposition shows it:
+ * "balance":{"CNY":{"total":..,"granted":..,"topped_up":..}},
+ * "balance_available":1,"balance_updated_seconds":...,
+ */
+
+static void
+ngx_http_dsm_json_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
+{
+    u_char                     *p;
+    uint64_t                    code;
+    ngx_uint_t                  i, t, k, first;
+    ngx_http_dsm_balance_sh_t  *bs;
+
+    static const char  *types[] = { "total", "granted", "topped_up" };
+
+    bs = &snap->balance;
+
+    if (bs->last == 0) {
+        return;
+    }
+
+    p = ngx_http_dsm_reserve(o, NGX_HTTP_DSM_BALANCE_SLOTS
+                                * (32 + NGX_HTTP_DSM_BALANCE_TYPES * 40)
+                                + 128);
+    if (p == NULL) {
+        return;
+    }
+
+    p = ngx_http_dsm_lit(p, "\"balance\":{");
+    first = 1;
+
+    for (i = 0; i < NGX_HTTP_DSM_BALANCE_SLOTS; i++) {
+        code = bs->slots[i].code;
+
+        if (code == 0) {
+            continue;
+        }
+
+        if (!first) {
+            *p++ = ',';
+        }
+
+        first = 0;
+        *p++ = '"';
+
+        /* [A-Za-z0-9_-] only, checked by the scanner */
+
+        for (k = 0; k < 8 && (code >> (8 * k)) & 0xff; k++) {
+            *p++ = (u_char) ((code >> (8 * k)) & 0xff);
+        }
+
+        *p++ = '"';
+        *p++ = ':';
+
+        for (t = 0; t < NGX_HTTP_DSM_BALANCE_TYPES; t++) {
+            p = ngx_sprintf(p, t ? ",\"%s\":" : "{\"%s\":", types[t]);
+            p = ngx_http_dsm_amount(p, (int64_t) bs->slots[i].amount[t]);
+        }
+
+        *p++ = '}';
+    }
+
+    o->b->last = ngx_sprintf(p, "},\"balance_available\":%d,"
+                             "\"balance_updated_seconds\":%uL.%03uL,",
+                             bs->available ? 1 : 0,
+                             (uint64_t) bs->updated / 1000,
+                             (uint64_t) bs->updated % 1000);
+}
+
+
 static void
 ngx_http_dsm_json_zone(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
 {
@@ -570,13 +643,21 @@ ngx_http_dsm_json_zone(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
                     "\"metrics_zone_start_time_seconds\":%uL,"
                     "\"metrics_reloads_total\":%uL,"
                     "\"metrics_last_reload_time_seconds\":%uL,"
-                    "\"metrics_master_pid\":%uL,"
-                    "\"requests_in_flight\":{",
+                    "\"metrics_master_pid\":%uL,",
                     v[NGX_HTTP_DSM_V_SERIES], v[NGX_HTTP_DSM_V_CAPACITY],
                     v[NGX_HTTP_DSM_V_DROPPED], v[NGX_HTTP_DSM_V_START_TIME],
                     v[NGX_HTTP_DSM_V_RELOADS], v[NGX_HTTP_DSM_V_LAST_RELOAD],
                     v[NGX_HTTP_DSM_V_MASTER_PID]);
     o->b->last = p;
+
+    ngx_http_dsm_json_balance(o, snap);
+
+    p = ngx_http_dsm_reserve(o, 32);
+    if (p == NULL) {
+        return;
+    }
+
+    o->b->last = ngx_http_dsm_lit(p, "\"requests_in_flight\":{");
 
     /* the exposition's endpoint texts are valid JSON string contents */
 
@@ -752,6 +833,16 @@ ngx_http_dsm_json_series(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         }
 
         o->b->last = p;
+    }
+
+    if (v[NGX_HTTP_DSM_C_KEEPALIVE]) {
+        p = ngx_http_dsm_reserve(o, 64);
+        if (p == NULL) {
+            return;
+        }
+
+        p = ngx_http_dsm_lit(p, ",\"keepalives_total\":");
+        o->b->last = ngx_http_dsm_u64(p, v[NGX_HTTP_DSM_C_KEEPALIVE]);
     }
 
     for (missing = 0; missing < 2; missing++) {

@@ -74,6 +74,10 @@ is($t->chat(mock => 'status=500', model => 'deepseek-reasoner')->{status}, 500, 
 is($t->chat(mock => 'finish=content_filter')->{status}, 200, 'in-band failure');
 is($t->chat(mock => 'no_usage=1')->{status}, 200, 'usage missing');
 is($t->http(GET => '/v1/models')->{status}, 200, 'models');
+is($t->chat(stream => 1, model => 'deepseek-v4-pro', mock => 'keepalive_ms=300;keepalive_every_ms=100')->{status}, 200,
+   'a stream with keep-alives');
+is($t->http(GET => '/user/balance', mock => 'balance_total=-1.5;balance_extra=USD:2.25:0.25:2')->{status}, 200,
+   'a balance reading');
 is($t->chat(headers => { 'X-User' => "a\"b\\c \xc3\xa9 \xff" })->{status}, 200, 'hostile user label');
 for my $m (qw(deepseek-flash deepseek-v4-pro deepseek-reasoner)) {
     is($t->chat(path => '/b/chat/completions', model => $m)->{status}, 200, "zb $m");
@@ -221,7 +225,8 @@ for my $z (@{ $j->{zones} }) {
 flat('build_info', $j->{build_info});
 
 my %HIST = map { $_ => 1 } qw(request_latency_seconds time_to_first_token_seconds
-    time_to_first_answer_token_seconds queue_wait_seconds time_per_output_token_seconds);
+    time_to_first_answer_token_seconds queue_wait_seconds time_per_output_token_seconds
+    stream_max_gap_seconds);
 my (%seen, @unmapped);
 my $nzones = scalar @{ $j->{zones} };
 for my $s ($m->all_samples) {
@@ -238,6 +243,10 @@ for my $s ($m->all_samples) {
     } elsif ($name =~ /^metrics_series$/) {
         $path = "zone=$zone/$name/$l{state}";
     } elsif ($name =~ /^metrics_/) {
+        $path = "zone=$zone/$name";
+    } elsif ($name eq 'balance') {
+        $path = "zone=$zone/balance/$l{currency}/$l{type}";
+    } elsif ($name =~ /^balance_(?:available|updated_seconds)$/) {
         $path = "zone=$zone/$name";
     } elsif ($name eq 'requests_in_flight') {
         $path = "zone=$zone/$name/$l{endpoint}";
@@ -264,7 +273,7 @@ for my $s ($m->all_samples) {
             my $cp = "zone=$zone/" . join(',', map { "$_=$l{$_}" } sort keys %l) . "/$name/currency";
             is($json{$cp}, $cur, "JSON: $cp");
             $seen{$cp} = 1;
-        } elsif ($name eq 'reasoning_tokens_total') {
+        } elsif ($name eq 'reasoning_tokens_total' || $name eq 'keepalives_total') {
             $key = $name;
         } else {
             push @unmapped, $s->{line};
@@ -280,6 +289,13 @@ for my $s ($m->all_samples) {
     ok($json{$path} == $s->{value}, "JSON $path: $json{$path} == $s->{value}");
 }
 is_deeply(\@unmapped, [], 'every exposition family has its place in the JSON');
+# the balance reading and the keep-alives are among what was compared
+my ($bal_cny) = grep { m{/balance/CNY/total$} } keys %json;
+ok(defined $bal_cny && $json{$bal_cny} == -1.5, 'JSON: balance CNY total -1.5');
+my ($bal_usd) = grep { m{/balance/USD/granted$} } keys %json;
+ok(defined $bal_usd && $json{$bal_usd} == 0.25, 'JSON: balance USD granted 0.25');
+ok((grep { m{/balance_available$} && $json{$_} == 1 } keys %json) == 1, 'JSON: balance_available 1');
+ok((grep { m{/keepalives_total$} && $json{$_} > 0 } keys %json) >= 1, 'JSON: keep-alives counted');
 my @extra = grep { !$seen{$_} && $json{$_} != 0 } sort keys %json;
 is_deeply(\@extra, [], 'every nonzero JSON number is in the exposition');
 
