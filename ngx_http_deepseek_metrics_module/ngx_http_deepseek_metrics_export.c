@@ -532,6 +532,8 @@ ngx_http_dsm_snapshots(ngx_http_request_t *r, ngx_uint_t *nzones)
     }
 
     for (i = 0; i < n; i++) {
+        ngx_http_dsm_snapshot_in_flight(zones[i], &snaps[i]);
+
         if (ngx_http_dsm_snapshot(r, zones[i], &snaps[i], n > 1) != NGX_OK) {
             return NULL;
         }
@@ -592,8 +594,6 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         *p++ = ',';
         snap->prefix.len = p - snap->prefix.data;
     }
-
-    ngx_http_dsm_snapshot_in_flight(zone, snap);
 
     snap->values[NGX_HTTP_DSM_V_DROPPED] = sh->dropped;
     snap->values[NGX_HTTP_DSM_V_START_TIME] = sh->start_time;
