@@ -38,7 +38,6 @@ struct ngx_http_dsm_family_s {
 };
 
 
-static ngx_uint_t ngx_http_dsm_wants_openmetrics(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
 static void ngx_http_dsm_export_uncount(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
@@ -314,44 +313,6 @@ ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-static ngx_uint_t
-ngx_http_dsm_wants_openmetrics(ngx_http_request_t *r)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == 6
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Accept", 6) == 0
-            && ngx_strlcasestrn(h[i].value.data,
-                                h[i].value.data + h[i].value.len,
-                                (u_char *) "application/openmetrics-text",
-                                28 - 1)
-               != NULL)
-        {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
 static ngx_int_t
 ngx_http_dsm_export_handler(ngx_http_request_t *r)
 {
@@ -400,7 +361,7 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     ngx_memzero(&o, sizeof(ngx_http_dsm_out_t));
     o.r = r;
     o.last = &o.out;
-    o.om = ngx_http_dsm_wants_openmetrics(r);
+    o.om = (view == NGX_HTTP_DSM_VIEW_OPENMETRICS);
     o.priced = (dmcf->prices != NULL);
 
     for (f = ngx_http_dsm_families; f->name.len; f++) {

@@ -91,11 +91,12 @@ typedef enum {
 
 /* what the export location serves a request: ngx_http_dsm_view() */
 
-#define NGX_HTTP_DSM_VIEW_EXPOSITION  0     /* text 0.0.4 or OpenMetrics */
-#define NGX_HTTP_DSM_VIEW_JSON        1
-#define NGX_HTTP_DSM_VIEW_PAGE        2     /* the status page's HTML */
-#define NGX_HTTP_DSM_VIEW_JS          3     /* its script: ?js */
-#define NGX_HTTP_DSM_VIEW_CSS         4     /* its style sheet: ?css */
+#define NGX_HTTP_DSM_VIEW_EXPOSITION  0     /* text 0.0.4 */
+#define NGX_HTTP_DSM_VIEW_OPENMETRICS 1     /* OpenMetrics 1.0.0 */
+#define NGX_HTTP_DSM_VIEW_JSON        2
+#define NGX_HTTP_DSM_VIEW_PAGE        3     /* the status page's HTML */
+#define NGX_HTTP_DSM_VIEW_JS          4     /* its script: ?js */
+#define NGX_HTTP_DSM_VIEW_CSS         5     /* its style sheet: ?css */
 
 
 #define ngx_http_dsm_lit(p, s)   ngx_cpymem(p, s, sizeof(s) - 1)

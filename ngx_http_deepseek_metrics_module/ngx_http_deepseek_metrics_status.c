@@ -68,7 +68,7 @@ static const ngx_http_dsm_media_t  ngx_http_dsm_media[NGX_HTTP_DSM_NTYPES] = {
 ngx_uint_t
 ngx_http_dsm_view(ngx_http_request_t *r)
 {
-    ngx_uint_t              i;
+    ngx_uint_t              i, om, view;
     ngx_list_part_t        *part;
     ngx_table_elt_t        *h;
     ngx_http_dsm_accept_t   a;
@@ -86,6 +86,7 @@ ngx_http_dsm_view(ngx_http_request_t *r)
         a.spec[i] = -1;
     }
 
+    om = 0;
     part = &r->headers_in.headers.part;
     h = part->elts;
 
@@ -106,10 +107,27 @@ ngx_http_dsm_view(ngx_http_request_t *r)
         {
             ngx_http_dsm_accept_parse(&a, h[i].value.data,
                                       h[i].value.data + h[i].value.len);
+
+            /* as before the status views: named at all, even with q=0 */
+
+            if (ngx_strlcasestrn(h[i].value.data,
+                                 h[i].value.data + h[i].value.len,
+                                 (u_char *) "application/openmetrics-text",
+                                 28 - 1)
+                != NULL)
+            {
+                om = 1;
+            }
         }
     }
 
-    return ngx_http_dsm_accept_pick(&a);
+    view = ngx_http_dsm_accept_pick(&a);
+
+    if (view == NGX_HTTP_DSM_VIEW_EXPOSITION && om) {
+        return NGX_HTTP_DSM_VIEW_OPENMETRICS;
+    }
+
+    return view;
 }
 
 
