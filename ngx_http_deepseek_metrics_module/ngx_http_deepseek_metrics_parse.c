@@ -201,6 +201,8 @@ static u_char *ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p,
 static u_char *ngx_http_dsm_stash_more(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static void ngx_http_dsm_unstash(ngx_http_dsm_parse_t *p);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_head(u_char *s,
+    u_char *last, const char *object, size_t n, ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_chunk_head(u_char *pos, u_char *last,
     ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos,
@@ -1569,23 +1571,25 @@ ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
 
 
 /*
- * A chunk's head, "data: {" to "delta":{ included, checked byte by byte;
- * returns the position after it, or NULL.
+ * The head both fast paths share, from the opening brace:
+ * {"id":"...","object":"OBJECT","created":DIGITS,"model":"...",
+ * ["system_fingerprint":"...",] with OBJECT its n bytes; returns the
+ * position after it (at "choices"), or NULL.  The model goes to f.
  */
 
-static u_char *
-ngx_http_dsm_chunk_head(u_char *pos, u_char *last, ngx_http_dsm_fast_t *f)
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_head(u_char *s, u_char *last, const char *object, size_t n,
+    ngx_http_dsm_fast_t *f)
 {
-    u_char  *s, *m;
+    u_char  *m;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
 
-    s = pos;
-
-    if (!dsm_match("data: {\"id\":\"")
+    if (!dsm_match("{\"id\":\"")
         || (s = ngx_http_dsm_quote(s, last)) == NULL
-        || !dsm_match("\",\"object\":\"chat.completion.chunk\","
-                      "\"created\":")
+        || !dsm_match("\",\"object\":\"")
+        || !ngx_http_dsm_match(&s, last, object, n)
+        || !dsm_match("\",\"created\":")
         || (s = ngx_http_dsm_digits(s, last)) == NULL
         || !dsm_match(",\"model\":\""))
     {
@@ -1595,26 +1599,49 @@ ngx_http_dsm_chunk_head(u_char *pos, u_char *last, ngx_http_dsm_fast_t *f)
     m = s;
     s = ngx_http_dsm_quote(s, last);
 
-    if (s == NULL) {
+    if (s == NULL || !dsm_match("\",")) {
         return NULL;
     }
 
     f->model = m;
-    f->model_len = s - m;
+    f->model_len = s - 2 - m;
 
-    if (!dsm_match("\",\"")) {
-        return NULL;
-    }
-
-    if (dsm_match("system_fingerprint\":\"")) {
+    if (dsm_match("\"system_fingerprint\":\"")) {
         s = ngx_http_dsm_quote(s, last);
 
-        if (s == NULL || !dsm_match("\",\"")) {
+        if (s == NULL || !dsm_match("\",")) {
             return NULL;
         }
     }
 
-    if (!dsm_match("choices\":[{\"index\":0,\"delta\":{")) {
+#undef dsm_match
+
+    return s;
+}
+
+
+/*
+ * A chunk's head, "data: {" to "delta":{ included, checked byte by byte;
+ * returns the position after it, or NULL.
+ */
+
+static u_char *
+ngx_http_dsm_chunk_head(u_char *pos, u_char *last, ngx_http_dsm_fast_t *f)
+{
+    u_char  *s;
+
+#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+
+    s = pos;
+
+    if (!dsm_match("data: ")) {
+        return NULL;
+    }
+
+    s = ngx_http_dsm_head(s, last, "chat.completion.chunk",
+                          sizeof("chat.completion.chunk") - 1, f);
+
+    if (s == NULL || !dsm_match("\"choices\":[{\"index\":0,\"delta\":{")) {
         return NULL;
     }
 
@@ -1641,47 +1668,18 @@ ngx_http_dsm_chunk_head(u_char *pos, u_char *last, ngx_http_dsm_fast_t *f)
 static u_char *
 ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
 {
-    u_char               *s, *m;
+    u_char               *s;
     ngx_uint_t            answer, reasoning;
     ngx_http_dsm_fast_t   f;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
 
-    s = pos;
+    s = ngx_http_dsm_head(pos, last, "chat.completion",
+                          sizeof("chat.completion") - 1, &f);
 
-    if (!dsm_match("{\"id\":\"")
-        || (s = ngx_http_dsm_quote(s, last)) == NULL
-        || !dsm_match("\",\"object\":\"chat.completion\",\"created\":")
-        || (s = ngx_http_dsm_digits(s, last)) == NULL
-        || !dsm_match(",\"model\":\""))
-    {
-        return NULL;
-    }
-
-    m = s;
-    s = ngx_http_dsm_quote(s, last);
-
-    if (s == NULL) {
-        return NULL;
-    }
-
-    f.model = m;
-    f.model_len = s - m;
-
-    if (!dsm_match("\",")) {
-        return NULL;
-    }
-
-    if (dsm_match("\"system_fingerprint\":\"")) {
-        s = ngx_http_dsm_quote(s, last);
-
-        if (s == NULL || !dsm_match("\",")) {
-            return NULL;
-        }
-    }
-
-    if (!dsm_match("\"choices\":[{\"index\":0,\"message\":"
-                   "{\"role\":\"assistant\",\"content\":"))
+    if (s == NULL
+        || !dsm_match("\"choices\":[{\"index\":0,\"message\":"
+                      "{\"role\":\"assistant\",\"content\":"))
     {
         return NULL;
     }
