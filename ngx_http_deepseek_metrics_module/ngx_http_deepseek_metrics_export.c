@@ -9,6 +9,11 @@
 #include "ngx_http_deepseek_metrics_export.h"
 
 
+const char  *ngx_http_dsm_balance_types[NGX_HTTP_DSM_BALANCE_TYPES] = {
+    "total", "granted", "topped_up"
+};
+
+
 typedef struct {
     ngx_str_t                     reason;
     ngx_uint_t                    inband;        /* or NGX_HTTP_DSM_NINBAND */
@@ -1431,10 +1436,8 @@ ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 {
     u_char                       *p;
     uint64_t                      code;
-    ngx_uint_t                    i, t, k;
+    ngx_uint_t                    i, t;
     ngx_http_dsm_balance_sh_t    *bs;
-
-    static const char  *types[] = { "total", "granted", "topped_up" };
 
     bs = &snap->balance;
 
@@ -1482,12 +1485,9 @@ ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             p = ngx_cpymem(p, snap->name.data, snap->name.len);
             p = ngx_http_dsm_lit(p, "\",currency=\"");
 
-            /* [A-Za-z0-9_-] only, checked by the scanner */
-            for (k = 0; k < 8 && (code >> (8 * k)) & 0xff; k++) {
-                *p++ = (u_char) ((code >> (8 * k)) & 0xff);
-            }
-
-            p = ngx_sprintf(p, "\",type=\"%s\"} ", types[t]);
+            p = ngx_http_dsm_currency_code(p, code);
+            p = ngx_sprintf(p, "\",type=\"%s\"} ",
+                            ngx_http_dsm_balance_types[t]);
 
             p = ngx_http_dsm_amount(p, (int64_t) bs->slots[i].amount[t]);
             *p++ = '\n';
@@ -1495,6 +1495,21 @@ ngx_http_dsm_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     }
 
     o->b->last = p;
+}
+
+
+/* a balance slot's currency: up to 8 bytes, [A-Za-z0-9_-] (the scanner) */
+
+u_char *
+ngx_http_dsm_currency_code(u_char *p, uint64_t code)
+{
+    ngx_uint_t  k;
+
+    for (k = 0; k < 8 && (code >> (8 * k)) & 0xff; k++) {
+        *p++ = (u_char) ((code >> (8 * k)) & 0xff);
+    }
+
+    return p;
 }
 
 

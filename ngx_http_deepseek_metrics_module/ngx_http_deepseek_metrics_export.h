@@ -109,6 +109,9 @@ u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
 u_char *ngx_http_dsm_u64(u_char *p, uint64_t n);
 u_char *ngx_http_dsm_seconds(u_char *p, uint64_t us);
 u_char *ngx_http_dsm_amount(u_char *p, int64_t a);
+u_char *ngx_http_dsm_currency_code(u_char *p, uint64_t code);
+
+extern const char  *ngx_http_dsm_balance_types[NGX_HTTP_DSM_BALANCE_TYPES];
 ngx_uint_t ngx_http_dsm_entry_reasons(ngx_http_dsm_entry_t *e,
     ngx_uint_t missing, uint64_t *n);
 const ngx_str_t *ngx_http_dsm_reason_name(ngx_uint_t missing, ngx_uint_t r);

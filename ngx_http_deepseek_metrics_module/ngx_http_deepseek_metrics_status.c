@@ -579,10 +579,8 @@ ngx_http_dsm_json_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
 {
     u_char                     *p;
     uint64_t                    code;
-    ngx_uint_t                  i, t, k, first;
+    ngx_uint_t                  i, t, first;
     ngx_http_dsm_balance_sh_t  *bs;
-
-    static const char  *types[] = { "total", "granted", "topped_up" };
 
     bs = &snap->balance;
 
@@ -614,17 +612,14 @@ ngx_http_dsm_json_balance(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap)
         first = 0;
         *p++ = '"';
 
-        /* [A-Za-z0-9_-] only, checked by the scanner */
-
-        for (k = 0; k < 8 && (code >> (8 * k)) & 0xff; k++) {
-            *p++ = (u_char) ((code >> (8 * k)) & 0xff);
-        }
+        p = ngx_http_dsm_currency_code(p, code);
 
         *p++ = '"';
         *p++ = ':';
 
         for (t = 0; t < NGX_HTTP_DSM_BALANCE_TYPES; t++) {
-            p = ngx_sprintf(p, t ? ",\"%s\":" : "{\"%s\":", types[t]);
+            p = ngx_sprintf(p, t ? ",\"%s\":" : "{\"%s\":",
+                            ngx_http_dsm_balance_types[t]);
             p = ngx_http_dsm_amount(p, (int64_t) bs->slots[i].amount[t]);
         }
 
