@@ -315,7 +315,9 @@ typedef struct {
     ngx_array_t                   zones;         /* ngx_http_dsm_zone_t * */
     ngx_array_t                  *models;        /* ngx_str_t, allowlist */
     uint32_t                     *model_hashes;
+    ngx_uint_t                    models_plain;  /* no name has a '\\' */
     ngx_array_t                  *prices;        /* ngx_http_dsm_price_t */
+    ngx_http_dsm_price_t        **model_prices;  /* by model index, or NULL */
     ngx_http_dsm_schedule_t       schedule;
     ngx_int_t                     state_index;   /* the request state slot */
     uint32_t                      other_hash;    /* model "other" */
@@ -391,6 +393,7 @@ typedef struct {
     unsigned                      parse_done:1;  /* done or invalid */
     unsigned                      compressed:1;
     unsigned                      last_buf:1;
+    unsigned                      full:1;        /* has the stream state */
 
     ngx_http_dsm_parse_t          parse;
 } ngx_http_dsm_ctx_t;
@@ -660,8 +663,8 @@ char *ngx_http_dsm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_dsm_peak_hours(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_dsm_holidays(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_http_dsm_price_t *ngx_http_dsm_price_find(ngx_http_dsm_main_conf_t *mcf,
-    ngx_str_t *model);
+ngx_int_t ngx_http_dsm_price_index(ngx_conf_t *cf,
+    ngx_http_dsm_main_conf_t *dmcf);
 uint64_t ngx_http_dsm_cost(ngx_http_dsm_main_conf_t *mcf,
     ngx_http_dsm_price_t *price, time_t start, uint64_t hit, uint64_t miss,
     uint64_t output);

@@ -312,6 +312,7 @@ ngx_http_dsm_create_main_conf(ngx_conf_t *cf)
      *
      *     dmcf->models = NULL;
      *     dmcf->prices = NULL;
+     *     dmcf->model_prices = NULL;
      *     dmcf->schedule = { 0 };
      */
 
@@ -359,14 +360,28 @@ ngx_http_dsm_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    dmcf->models_plain = 1;
+
     s = dmcf->models->elts;
     for (i = 0; i < dmcf->models->nelts; i++) {
         dmcf->model_hashes[i] = ngx_murmur_hash2(s[i].data, s[i].len);
+
+        if (ngx_strlchr(s[i].data, s[i].data + s[i].len, '\\')) {
+            dmcf->models_plain = 0;
+        }
     }
 
     ngx_http_dsm_request_init(dmcf);
 
-    return ngx_http_dsm_check_prices(cf, dmcf);
+    if (ngx_http_dsm_check_prices(cf, dmcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_dsm_price_index(cf, dmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 

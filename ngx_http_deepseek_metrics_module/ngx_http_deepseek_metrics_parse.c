@@ -168,6 +168,7 @@ typedef struct {
     size_t       model_len;
     u_char      *finish;       /* NULL: "finish_reason":null */
     size_t       finish_len;
+    ngx_uint_t   finish_stop;  /* the finish is "stop" */
     ngx_uint_t   usage;        /* a usage object, in umask and u */
     ngx_uint_t   umask;
     uint64_t     u[NGX_HTTP_DSM_USAGE_NFIELDS];
@@ -208,6 +209,8 @@ static u_char *ngx_http_dsm_chunk_head(u_char *pos, u_char *last,
 static u_char *ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last);
 static u_char *ngx_http_dsm_choice_end(u_char *s, u_char *last,
+    ngx_http_dsm_fast_t *f);
+static u_char *ngx_http_dsm_usage_ordered(u_char *s, u_char *last,
     ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_usage(u_char *s, u_char *last,
     ngx_http_dsm_fast_t *f);
@@ -1476,6 +1479,7 @@ ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
 
     f.model = NULL;
     f.finish = NULL;
+    f.finish_stop = 0;
     f.usage = 0;
 
     if (p->memo_len
@@ -1762,26 +1766,37 @@ ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
     }
 
     f->finish = NULL;
+    f->finish_stop = 0;
 
     if (!dsm_match("null")) {
         if (!dsm_match("\"")) {
             return NULL;
         }
 
-        /* a word the enum can read: letters and '_', no escapes */
+        w = s;
 
-        for (w = s; s < last && ((*s >= 'a' && *s <= 'z') || *s == '_'); s++)
-        {
-            /* void */
+        if (dsm_match("stop\"")) {
+            f->finish = w;
+            f->finish_len = 4;
+            f->finish_stop = 1;
+
+        } else {
+
+            /* a word the enum can read: letters and '_', no escapes */
+
+            while (s < last && ((*s >= 'a' && *s <= 'z') || *s == '_')) {
+                s++;
+            }
+
+            if ((size_t) (s - w) > NGX_HTTP_DSM_PARSE_KEYBUF
+                || !dsm_match("\""))
+            {
+                return NULL;
+            }
+
+            f->finish = w;
+            f->finish_len = s - 1 - w;
         }
-
-        if ((size_t) (s - w) > NGX_HTTP_DSM_PARSE_KEYBUF || !dsm_match("\""))
-        {
-            return NULL;
-        }
-
-        f->finish = w;
-        f->finish_len = s - 1 - w;
     }
 
     if (!dsm_match("}],\"usage\":")) {
@@ -1843,6 +1858,7 @@ static const ngx_http_dsm_umember_t  ngx_http_dsm_umembers[] = {
 static u_char *
 ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 {
+    u_char                        *t;
     ngx_uint_t                     i, n;
     const ngx_http_dsm_umember_t  *m;
 
@@ -1856,6 +1872,12 @@ ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 
     if (dsm_match("}")) {
         return s;
+    }
+
+    t = ngx_http_dsm_usage_ordered(s, last, f);
+
+    if (t != NULL) {
+        return t;
     }
 
     i = 0;
@@ -1906,6 +1928,47 @@ ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 }
 
 
+/*
+ * The members of a usage object after its '{' in DeepSeek's own order,
+ * as straight-line code: the usual case costs only the comparisons.
+ */
+
+static u_char *
+ngx_http_dsm_usage_ordered(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
+{
+    uint64_t  *u;
+
+#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+#define dsm_int(slot)   ((s = ngx_http_dsm_integer(s, last, &u[slot])) != NULL)
+
+    u = f->u;
+
+    if (!dsm_match("\"prompt_tokens\":") || !dsm_int(u_prompt)
+        || !dsm_match(",\"completion_tokens\":") || !dsm_int(u_completion)
+        || !dsm_match(",\"total_tokens\":") || !dsm_int(u_total)
+        || !dsm_match(",\"prompt_tokens_details\":{\"cached_tokens\":")
+        || !dsm_int(u_cached)
+        || !dsm_match("},\"completion_tokens_details\":"
+                      "{\"reasoning_tokens\":")
+        || !dsm_int(u_reasoning)
+        || !dsm_match("},\"prompt_cache_hit_tokens\":") || !dsm_int(u_hit)
+        || !dsm_match(",\"prompt_cache_miss_tokens\":") || !dsm_int(u_miss)
+        || !dsm_match("}"))
+    {
+        return NULL;
+    }
+
+#undef dsm_int
+#undef dsm_match
+
+    f->umask = (1 << u_prompt) | (1 << u_completion) | (1 << u_total)
+               | (1 << u_cached) | (1 << u_reasoning) | (1 << u_hit)
+               | (1 << u_miss);
+
+    return s;
+}
+
+
 /* a string from s (its opening quote); *nonempty: it has a byte */
 
 static ngx_http_dsm_inline u_char *
@@ -1942,10 +2005,6 @@ ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
     uint64_t     n, w, t;
     ngx_uint_t   k;
 
-    d = s;
-    n = 0;
-    k = 8;
-
 #if (defined __GNUC__ || defined __clang__)
 
     if (last - s >= 8) {
@@ -1955,24 +2014,38 @@ ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
         ngx_memcpy(&w, s, 8);
         t = w - 0x3030303030303030ULL;
         w = (t | (t + 0x7676767676767676ULL)) & 0x8080808080808080ULL;
-        k = w ? (ngx_uint_t) __builtin_ctzll(w) >> 3 : 8;
 
-        if (k) {
-            /* the k digits first, most significant first, after zeros */
+        if (w & 0x80) {
+            return NULL;
+        }
+
+        if (w) {
+            /* 1 to 7 digits, the usual case: no loop, no second check */
+
+            k = (ngx_uint_t) __builtin_ctzll(w) >> 3;
+
+            if (*s == '0' && k > 1) {
+                return NULL;
+            }
+
+            /* the k digits, most significant first, after zeros */
+
             t = (t << (8 * (8 - k))) & 0x0f0f0f0f0f0f0f0fULL;
             t = (t * 2561) >> 8;
             t = ((t & 0x00ff00ff00ff00ffULL) * 6553601) >> 16;
-            n = ((t & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
-            s += k;
+            *v = ((t & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
+
+            return s + k;
         }
     }
 
 #endif
 
-    if (k == 8) {
-        while (s < last && (u_char) (*s - '0') <= 9) {
-            n = n * 10 + (*s++ - '0');
-        }
+    d = s;
+    n = 0;
+
+    while (s < last && (u_char) (*s - '0') <= 9) {
+        n = n * 10 + (*s++ - '0');
     }
 
     if (s == d || s - d > 15 || (*d == '0' && s - d > 1)) {
@@ -2004,7 +2077,10 @@ ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
         p->model_set = 1;
     }
 
-    if (f->finish) {
+    if (f->finish_stop) {
+        p->finish_reason = NGX_HTTP_DSM_FINISH_STOP;
+
+    } else if (f->finish) {
         p->key = key_finish;
         p->klen = f->finish_len;
         ngx_memcpy(p->kbuf, f->finish, f->finish_len);
@@ -2429,8 +2505,10 @@ ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len)
 
 
 /*
- * Compares n bytes (n is a constant at every call site, at most 32) with
- * overlapping word loads: straight-line code once inlined.
+ * Compares n bytes with word loads, the last one overlapping.  n is a
+ * constant at the call sites that matter: the tests of n then fold away
+ * and the first 64 bytes are straight-line code (-O, as nginx builds,
+ * does not unroll loops).
  */
 
 static ngx_http_dsm_inline ngx_uint_t
@@ -2440,21 +2518,28 @@ ngx_http_dsm_eq(u_char *a, const char *b, size_t n)
     uint64_t  x, y;
     uint32_t  x4, y4;
 
-    if (n >= 8) {
-        for (i = 0; i + 8 < n; i += 8) {
-            ngx_memcpy(&x, a + i, 8);
-            ngx_memcpy(&y, b + i, 8);
+#define dsm_eq8(i)                                                           \
+    (ngx_memcpy(&x, a + (i), 8), ngx_memcpy(&y, b + (i), 8), x == y)
 
-            if (x != y) {
+    if (n >= 8) {
+        if ((n > 8 && !dsm_eq8(0)) || (n > 16 && !dsm_eq8(8))
+            || (n > 24 && !dsm_eq8(16)) || (n > 32 && !dsm_eq8(24))
+            || (n > 40 && !dsm_eq8(32)) || (n > 48 && !dsm_eq8(40))
+            || (n > 56 && !dsm_eq8(48)) || (n > 64 && !dsm_eq8(56)))
+        {
+            return 0;
+        }
+
+        for (i = 64; i + 8 < n; i += 8) {
+            if (!dsm_eq8(i)) {
                 return 0;
             }
         }
 
-        ngx_memcpy(&x, a + n - 8, 8);
-        ngx_memcpy(&y, b + n - 8, 8);
-
-        return x == y;
+        return dsm_eq8(n - 8);
     }
+
+#undef dsm_eq8
 
     if (n >= 4) {
         ngx_memcpy(&x4, a, 4);

@@ -431,23 +431,57 @@ ngx_http_dsm_days_from_civil(ngx_int_t y, ngx_int_t m, ngx_int_t d)
 }
 
 
-ngx_http_dsm_price_t *
-ngx_http_dsm_price_find(ngx_http_dsm_main_conf_t *dmcf, ngx_str_t *model)
-{
-    ngx_uint_t             i;
-    ngx_http_dsm_price_t  *price;
+/*
+ * The price of each model label, by the model index the request carries:
+ * the allowlist in its order, then "other", then "unknown".  Looked up
+ * once here rather than by name per request.
+ */
 
+ngx_int_t
+ngx_http_dsm_price_index(ngx_conf_t *cf, ngx_http_dsm_main_conf_t *dmcf)
+{
+    ngx_str_t              *m, name;
+    ngx_uint_t              i, j, n;
+    ngx_http_dsm_price_t   *price, **index;
+
+    if (dmcf->prices == NULL) {
+        return NGX_OK;
+    }
+
+    n = dmcf->models->nelts;
+
+    index = ngx_pcalloc(cf->pool, (n + 2) * sizeof(ngx_http_dsm_price_t *));
+    if (index == NULL) {
+        return NGX_ERROR;
+    }
+
+    m = dmcf->models->elts;
     price = dmcf->prices->elts;
 
-    for (i = 0; i < dmcf->prices->nelts; i++) {
-        if (price[i].model.len == model->len
-            && ngx_memcmp(price[i].model.data, model->data, model->len) == 0)
-        {
-            return &price[i];
+    for (i = 0; i < n + 2; i++) {
+        if (i < n) {
+            name = m[i];
+
+        } else if (i == n) {
+            ngx_str_set(&name, "other");
+
+        } else {
+            ngx_str_set(&name, "unknown");
+        }
+
+        for (j = 0; j < dmcf->prices->nelts; j++) {
+            if (price[j].model.len == name.len
+                && ngx_memcmp(price[j].model.data, name.data, name.len) == 0)
+            {
+                index[i] = &price[j];
+                break;
+            }
         }
     }
 
-    return NULL;
+    dmcf->model_prices = index;
+
+    return NGX_OK;
 }
 
 

@@ -11,9 +11,28 @@
 
 static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
 static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
+static void ngx_http_dsm_ctx_release(void *data);
+static ngx_uint_t ngx_http_dsm_model_find(ngx_http_dsm_main_conf_t *dmcf,
+    u_char *name, size_t len);
+static ngx_inline ngx_uint_t ngx_http_dsm_same(u_char *a, u_char *b,
+    size_t n);
 
 
 static ngx_http_dsm_parse_t  ngx_http_dsm_noparse;
+
+
+/* a worker's spare contexts: [0] JSON-sized, [1] with the stream state */
+
+#define NGX_HTTP_DSM_SPARE_MAX  64
+
+typedef struct ngx_http_dsm_spare_s  ngx_http_dsm_spare_t;
+
+struct ngx_http_dsm_spare_s {
+    ngx_http_dsm_spare_t         *next;
+};
+
+static ngx_http_dsm_spare_t  *ngx_http_dsm_spare[2];
+static ngx_uint_t             ngx_http_dsm_nspare[2];
 
 static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
 static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
@@ -40,13 +59,21 @@ ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf)
 /*
  * The request's context, allocated on first need and found from anywhere;
  * a JSON body needs only the first part of the scanner state.
+ *
+ * A proxied request has all but about 130 bytes of its 4 KB pool blocks in
+ * use: a context from the pool would cost a pool block or a large
+ * allocation, and a malloc() and free(), per response read.  So a worker
+ * keeps the contexts of finished requests for the next ones (a pool
+ * cleanup gives them back), up to NGX_HTTP_DSM_SPARE_MAX of each size.
  */
 
 ngx_http_dsm_ctx_t *
 ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_uint_t stream)
 {
     size_t                      size;
+    ngx_pool_cleanup_t         *cln;
     ngx_http_dsm_ctx_t         *ctx;
+    ngx_http_dsm_spare_t       *sp;
     ngx_http_variable_value_t  *st;
 
     st = ngx_http_dsm_state(r);
@@ -59,29 +86,65 @@ ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_uint_t stream)
         return (ngx_http_dsm_ctx_t *) st->data;
     }
 
-    /*
-     * A proxied request has all but about 130 bytes of its 4 KB pool blocks
-     * in use: a small allocation here would add a pool block for the rest
-     * of the request, a large one adds only the list node.
-     */
+    stream = stream ? 1 : 0;
 
-    size = stream ? sizeof(ngx_http_dsm_ctx_t)
-                  : offsetof(ngx_http_dsm_ctx_t, parse)
-                    + NGX_HTTP_DSM_PARSE_JSON_SIZE;
-
-    ctx = ngx_pmemalign(r->main->pool, size, NGX_ALIGNMENT);
-    if (ctx == NULL) {
+    cln = ngx_pool_cleanup_add(r->main->pool, 0);
+    if (cln == NULL) {
         return NULL;
+    }
+
+    sp = ngx_http_dsm_spare[stream];
+
+    if (sp) {
+        ngx_http_dsm_spare[stream] = sp->next;
+        ngx_http_dsm_nspare[stream]--;
+        ctx = (ngx_http_dsm_ctx_t *) sp;
+
+    } else {
+        size = stream ? sizeof(ngx_http_dsm_ctx_t)
+                      : offsetof(ngx_http_dsm_ctx_t, parse)
+                        + NGX_HTTP_DSM_PARSE_JSON_SIZE;
+
+        ctx = ngx_alloc(size, r->connection->log);
+        if (ctx == NULL) {
+            return NULL;
+        }
     }
 
     /* the scanner state is initialised only if the body is read */
     ngx_memzero(ctx, offsetof(ngx_http_dsm_ctx_t, parse));
 
     ctx->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
+    ctx->full = stream;
+
+    cln->handler = ngx_http_dsm_ctx_release;
+    cln->data = ctx;
 
     ngx_http_dsm_st_set_ctx(st, ctx);
 
     return ctx;
+}
+
+
+static void
+ngx_http_dsm_ctx_release(void *data)
+{
+    ngx_http_dsm_ctx_t *ctx = data;
+
+    ngx_uint_t             full;
+    ngx_http_dsm_spare_t  *sp;
+
+    full = ctx->full;
+
+    if (ngx_http_dsm_nspare[full] == NGX_HTTP_DSM_SPARE_MAX) {
+        ngx_free(ctx);
+        return;
+    }
+
+    sp = (ngx_http_dsm_spare_t *) ctx;
+    sp->next = ngx_http_dsm_spare[full];
+    ngx_http_dsm_spare[full] = sp;
+    ngx_http_dsm_nspare[full]++;
 }
 
 
@@ -317,10 +380,8 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
 {
     u_char                *model, buf[64];
     size_t                 len;
-    ngx_str_t             *m;
-    ngx_uint_t             i;
+    ngx_uint_t             i, raw;
     ngx_chain_t           *cl;
-    ngx_http_dsm_price_t  *price;
     ngx_http_dsm_parse_t  *p;
 
     model = q->parse->model;
@@ -361,33 +422,103 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     q->model_hash = dmcf->unknown_hash;
     q->model_index = dmcf->models->nelts + 1;
 
-    if (len && ngx_strlchr(model, model + len, '\\')) {
-        len = ngx_http_dsm_unescape(buf, model, len);
-        model = buf;
-    }
+    /*
+     * The raw JSON bytes first: when no allowlisted name has a backslash,
+     * a raw match is the decoded value, and an escape is looked for only
+     * in a model that did not match.
+     */
 
     if (len) {
-        q->model = ngx_http_dsm_other;
-        q->model_hash = dmcf->other_hash;
-        q->model_index = dmcf->models->nelts;
+        i = dmcf->models->nelts;
+        raw = dmcf->models_plain;
 
-        m = dmcf->models->elts;
-        for (i = 0; i < dmcf->models->nelts; i++) {
-            if (m[i].len == len && ngx_memcmp(m[i].data, model, len) == 0) {
-                q->model = m[i];
-                q->model_hash = dmcf->model_hashes[i];
-                q->model_index = i;
-                break;
+        if (raw) {
+            i = ngx_http_dsm_model_find(dmcf, model, len);
+        }
+
+        if (i == dmcf->models->nelts && memchr(model, '\\', len) != NULL) {
+            len = ngx_http_dsm_unescape(buf, model, len);
+            model = buf;
+            raw = 0;
+        }
+
+        if (!raw) {
+            i = ngx_http_dsm_model_find(dmcf, model, len);
+        }
+
+        q->model_index = i;
+
+        if (i < dmcf->models->nelts) {
+            q->model = ((ngx_str_t *) dmcf->models->elts)[i];
+            q->model_hash = dmcf->model_hashes[i];
+
+        } else {
+            q->model = ngx_http_dsm_other;
+            q->model_hash = dmcf->other_hash;
+        }
+    }
+
+    if (dmcf->model_prices) {
+        q->price = dmcf->model_prices[q->model_index];
+    }
+}
+
+
+/* the allowlist index of a model name, or the number of names */
+
+static ngx_uint_t
+ngx_http_dsm_model_find(ngx_http_dsm_main_conf_t *dmcf, u_char *name,
+    size_t len)
+{
+    ngx_str_t   *m;
+    ngx_uint_t   i;
+
+    m = dmcf->models->elts;
+
+    for (i = 0; i < dmcf->models->nelts; i++) {
+        if (m[i].len == len && ngx_http_dsm_same(m[i].data, name, len)) {
+            break;
+        }
+    }
+
+    return i;
+}
+
+
+/*
+ * Compares n bytes, n below 64, with word loads, the last one overlapping:
+ * a model name costs a few instructions instead of a call to memcmp().
+ */
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_same(u_char *a, u_char *b, size_t n)
+{
+    size_t    i;
+    uint64_t  x, y;
+
+    if (n < 8) {
+        for (i = 0; i < n; i++) {
+            if (a[i] != b[i]) {
+                return 0;
             }
         }
+
+        return 1;
     }
 
-    if (dmcf->prices) {
-        price = ngx_http_dsm_price_find(dmcf, &q->model);
-        if (price) {
-            q->price = price;
+    for (i = 0; i + 8 < n; i += 8) {
+        ngx_memcpy(&x, a + i, 8);
+        ngx_memcpy(&y, b + i, 8);
+
+        if (x != y) {
+            return 0;
         }
     }
+
+    ngx_memcpy(&x, a + n - 8, 8);
+    ngx_memcpy(&y, b + n - 8, 8);
+
+    return x == y;
 }
 
 

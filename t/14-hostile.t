@@ -61,7 +61,7 @@ http {
     deepseek_metrics_zone ep:2m;
     deepseek_metrics_zone cr:1m;
 
-    deepseek_metrics_models deepseek-flash "we\"ird\\mo{d}=el,x" "模型-ü" "line\nbreak" 'sp ace';
+    deepseek_metrics_models deepseek-flash "we\"ird\\mo{d}=el,x" "模型-ü" "line\nbreak" 'sp ace' "tab\\tx";
 
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -161,6 +161,9 @@ my @models = (
     [ "\x{7f}ctl\x{01}",    'other' ],
     [ 'm' x 300,            'other' ],
     [ 'deepseek-flash',     'deepseek-flash' ],
+    # sent as "tab\tx": the raw JSON bytes equal the allowlisted name
+    # tab\tx, the decoded value (a TAB) does not
+    [ "tab\tx",            'other' ],
 );
 my $mi = 0;
 for my $mc (@models) {
