@@ -28,6 +28,7 @@
     (4 + (2 + NGX_HTTP_DSM_MAX_LABELS) * (1 + NGX_HTTP_DSM_MAX_VALUE))
 #define NGX_HTTP_DSM_KEY_ESTIMATE     128    /* slab bytes per series key */
 #define NGX_HTTP_DSM_MAX_ENDPOINTS    32     /* in-flight endpoint table */
+#define NGX_HTTP_DSM_MAX_CHUNKS       128    /* of series records */
 
 
 /* histogram families, in exposition order */
@@ -277,7 +278,7 @@ typedef struct {
      */
     ngx_uint_t                    chunk_shift;
     ngx_atomic_t                  nochunk;       /* a chunk alloc failed */
-    u_char                      **chunks;        /* after this header */
+    u_char                       *chunks[NGX_HTTP_DSM_MAX_CHUNKS];
 } ngx_http_dsm_sh_t;
 
 

@@ -11,7 +11,7 @@
 static ngx_int_t ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static size_t ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout);
-static ngx_uint_t ngx_http_dsm_chunk_shift(size_t series_size);
+static ngx_uint_t ngx_http_dsm_chunk_shift(ngx_http_dsm_layout_t *layout);
 static size_t ngx_http_dsm_chunk_size(ngx_http_dsm_sh_t *sh, ngx_uint_t c);
 static size_t ngx_http_dsm_zone_usable(size_t size);
 static size_t ngx_http_dsm_zone_size_for(size_t need);
@@ -70,20 +70,13 @@ ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
 /*
  * The records' chunks are whole pages but the last, so together they take
  * the pages one array of max_series + 1 records would: the slab adds
- * nothing.  Their pointer table follows the header, in its last page
- * unless the zone holds over 100,000 series or so.
+ * nothing, and their pointer table is in the header.
  */
 
 static size_t
 ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout)
 {
-    ngx_uint_t  nchunks;
-
-    nchunks = (layout->max_series
-               >> ngx_http_dsm_chunk_shift(layout->series_size)) + 1;
-
-    return ngx_http_dsm_pages(sizeof(ngx_http_dsm_sh_t)
-                              + nchunks * sizeof(u_char *))
+    return ngx_http_dsm_pages(sizeof(ngx_http_dsm_sh_t))
            + ngx_http_dsm_pages(layout->nhash * sizeof(uint32_t))
            + ngx_http_dsm_pages((layout->max_series + 1)
                                 * layout->series_size)
@@ -94,15 +87,23 @@ ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout)
 }
 
 
-/* the fewest records a chunk can hold to be a whole number of pages */
+/*
+ * Records a chunk holds, as a power of two: the fewest that make a whole
+ * number of pages (512 for most layouts, 452 KB with the defaults), more
+ * in a zone that would need over NGX_HTTP_DSM_MAX_CHUNKS of them.
+ */
 
 static ngx_uint_t
-ngx_http_dsm_chunk_shift(size_t series_size)
+ngx_http_dsm_chunk_shift(ngx_http_dsm_layout_t *layout)
 {
     ngx_uint_t  shift;
 
-    for (shift = 0; (series_size << shift) & (ngx_pagesize - 1); shift++) {
-        /* void */
+    shift = 0;
+
+    while (((layout->series_size << shift) & (ngx_pagesize - 1))
+           || (layout->max_series >> shift) >= NGX_HTTP_DSM_MAX_CHUNKS)
+    {
+        shift++;
     }
 
     return shift;
@@ -255,7 +256,7 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     u_char                 *p;
     size_t                  need, len;
-    ngx_uint_t              i, shift;
+    ngx_uint_t              i;
     ngx_http_dsm_sh_t      *sh;
     ngx_http_dsm_zone_t    *zone;
     ngx_http_dsm_series_t  *s;
@@ -332,11 +333,7 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_ERROR;
     }
 
-    shift = ngx_http_dsm_chunk_shift(zone->layout.series_size);
-
-    sh = ngx_slab_calloc(zone->shpool, sizeof(ngx_http_dsm_sh_t)
-                                       + ((zone->layout.max_series >> shift)
-                                          + 1) * sizeof(u_char *));
+    sh = ngx_slab_calloc(zone->shpool, sizeof(ngx_http_dsm_sh_t));
     if (sh == NULL) {
         return NGX_ERROR;
     }
@@ -348,8 +345,7 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     sh->version = NGX_HTTP_DSM_LAYOUT_VERSION;
     sh->layout = zone->layout;
     sh->start_time = ngx_time();
-    sh->chunk_shift = shift;
-    sh->chunks = (u_char **) (sh + 1);
+    sh->chunk_shift = ngx_http_dsm_chunk_shift(&zone->layout);
 
     /* only the first chunk, with the overflow series, is committed now */
 
