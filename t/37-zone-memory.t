@@ -3,7 +3,7 @@
 # (512 records, 452 KB with the default histograms) as label sets appear.
 #  - a 64m zone is resident below 2 MB before any traffic (it was ~56 MB when
 #    the whole record array was zeroed at start): the slab's page descriptors
-#    (384 KB), the hash heads (256 KB), the in-flight slots (272 KB), the
+#    (~380 KB), the hash heads (256 KB), the in-flight slots (272 KB), the
 #    header and the first chunk;
 #  - 1,500 label sets (indexes 1..1500: chunks 0, 1 and 2, across the records
 #    511/512 and 1023/1024) commit at least the two new chunks, not the zone;
