@@ -19,7 +19,7 @@
 #define NGX_HTTP_DSM_VERSION          "0.1.0"
 
 #define NGX_HTTP_DSM_MAGIC            0x6473656b6d657472ULL
-#define NGX_HTTP_DSM_LAYOUT_VERSION   3
+#define NGX_HTTP_DSM_LAYOUT_VERSION   4
 
 #define NGX_HTTP_DSM_MAX_BUCKETS      32
 #define NGX_HTTP_DSM_MAX_VALUE        255    /* bytes of one label value */
@@ -28,6 +28,7 @@
     (4 + (2 + NGX_HTTP_DSM_MAX_LABELS) * (1 + NGX_HTTP_DSM_MAX_VALUE))
 #define NGX_HTTP_DSM_KEY_ESTIMATE     128    /* slab bytes per series key */
 #define NGX_HTTP_DSM_MAX_ENDPOINTS    32     /* in-flight endpoint table */
+#define NGX_HTTP_DSM_MAX_CHUNKS       128    /* of series records */
 
 
 /* histogram families, in exposition order */
@@ -125,10 +126,10 @@ enum {
 
 /*
  * A series is one label set: endpoint, model and the user labels;
- * statuses are its slots.  Records are fixed-size and preallocated; the
- * key and the rendered label text live in one slab allocation made when
- * the series is created and are immutable afterwards.  Counters are
- * updated with atomics only.
+ * statuses are its slots.  Records are fixed-size, in chunks allocated
+ * as series appear (see ngx_http_dsm_series()); the key and the rendered
+ * label text live in one slab allocation made when the series is created
+ * and are immutable afterwards.  Counters are updated with atomics only.
  */
 
 typedef struct {
@@ -269,7 +270,15 @@ typedef struct {
     ngx_http_dsm_balance_sh_t     balance;
 
     uint32_t                     *hash;
-    u_char                       *series;        /* [0] is the overflow */
+
+    /*
+     * Series records in chunks of 1 << chunk_shift, a whole number of
+     * pages each; a chunk is allocated by the first series in it and
+     * published before that series is.  chunks[0][0] is the overflow.
+     */
+    ngx_uint_t                    chunk_shift;
+    ngx_atomic_t                  nochunk;       /* a chunk alloc failed */
+    u_char                       *chunks[NGX_HTTP_DSM_MAX_CHUNKS];
 } ngx_http_dsm_sh_t;
 
 
@@ -615,7 +624,7 @@ ngx_http_dsm_count_status(ngx_http_dsm_sh_t *sh, ngx_http_dsm_series_t *s,
     (void) ngx_atomic_fetch_add(&sh->dropped, 1);
     (void) ngx_atomic_fetch_add(&sh->overflow_status[status], 1);
 
-    return (ngx_http_dsm_series_t *) sh->series;    /* [0]: the overflow */
+    return (ngx_http_dsm_series_t *) sh->chunks[0];  /* the overflow */
 }
 
 

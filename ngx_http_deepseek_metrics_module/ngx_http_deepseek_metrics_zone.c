@@ -11,6 +11,8 @@
 static ngx_int_t ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static size_t ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout);
+static ngx_uint_t ngx_http_dsm_chunk_shift(ngx_http_dsm_layout_t *layout);
+static size_t ngx_http_dsm_chunk_size(ngx_http_dsm_sh_t *sh, ngx_uint_t c);
 static size_t ngx_http_dsm_zone_usable(size_t size);
 static size_t ngx_http_dsm_zone_size_for(size_t need);
 static ngx_uint_t ngx_http_dsm_nhash(ngx_uint_t max_series);
@@ -65,6 +67,12 @@ ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
 }
 
 
+/*
+ * The records' chunks are whole pages but the last, so together they take
+ * the pages one array of max_series + 1 records would: the slab adds
+ * nothing, and their pointer table is in the header.
+ */
+
 static size_t
 ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout)
 {
@@ -76,6 +84,43 @@ ngx_http_dsm_zone_need(ngx_http_dsm_layout_t *layout)
                                 * sizeof(ngx_http_dsm_slot_t))
            + NGX_HTTP_DSM_MAX_ENDPOINTS * 2 * 64
            + layout->max_series * NGX_HTTP_DSM_KEY_ESTIMATE;
+}
+
+
+/*
+ * Records a chunk holds, as a power of two: the fewest that make a whole
+ * number of pages (512 for most layouts, 452 KB with the defaults), more
+ * in a zone that would need over NGX_HTTP_DSM_MAX_CHUNKS of them.
+ */
+
+static ngx_uint_t
+ngx_http_dsm_chunk_shift(ngx_http_dsm_layout_t *layout)
+{
+    ngx_uint_t  shift;
+
+    shift = 0;
+
+    while (((layout->series_size << shift) & (ngx_pagesize - 1))
+           || (layout->max_series >> shift) >= NGX_HTTP_DSM_MAX_CHUNKS)
+    {
+        shift++;
+    }
+
+    return shift;
+}
+
+
+/* chunk c's bytes: the last one holds only what max_series needs */
+
+static size_t
+ngx_http_dsm_chunk_size(ngx_http_dsm_sh_t *sh, ngx_uint_t c)
+{
+    ngx_uint_t  n;
+
+    n = sh->layout.max_series + 1 - (c << sh->chunk_shift);
+    n = ngx_min(n, (ngx_uint_t) 1 << sh->chunk_shift);
+
+    return n * sh->layout.series_size;
 }
 
 
@@ -300,15 +345,18 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     sh->version = NGX_HTTP_DSM_LAYOUT_VERSION;
     sh->layout = zone->layout;
     sh->start_time = ngx_time();
+    sh->chunk_shift = ngx_http_dsm_chunk_shift(&zone->layout);
+
+    /* only the first chunk, with the overflow series, is committed now */
 
     sh->hash = ngx_slab_calloc(zone->shpool,
                                zone->layout.nhash * sizeof(uint32_t));
-    sh->series = ngx_slab_calloc(zone->shpool, (zone->layout.max_series + 1)
-                                               * zone->layout.series_size);
+    sh->chunks[0] = ngx_slab_calloc(zone->shpool,
+                                    ngx_http_dsm_chunk_size(sh, 0));
     sh->slots = ngx_slab_calloc(zone->shpool, NGX_MAX_PROCESSES
                                               * sizeof(ngx_http_dsm_slot_t));
 
-    if (sh->hash == NULL || sh->series == NULL || sh->slots == NULL) {
+    if (sh->hash == NULL || sh->chunks[0] == NULL || sh->slots == NULL) {
         return NGX_ERROR;
     }
 
@@ -365,11 +413,18 @@ ngx_http_dsm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
+/*
+ * No lock: an index is published after its chunk's pointer, with a
+ * barrier in between, and chunks never move or go away.
+ */
+
 ngx_http_dsm_series_t *
 ngx_http_dsm_series(ngx_http_dsm_sh_t *sh, ngx_uint_t i)
 {
     return (ngx_http_dsm_series_t *)
-               (sh->series + i * sh->layout.series_size);
+               (sh->chunks[i >> sh->chunk_shift]
+                + (i & (((ngx_uint_t) 1 << sh->chunk_shift) - 1))
+                  * sh->layout.series_size);
 }
 
 
@@ -379,7 +434,7 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
     u_char                 *p;
     size_t                  len, clen;
     uint32_t               *head;
-    ngx_uint_t              i, n;
+    ngx_uint_t              i, n, c;
     ngx_http_dsm_sh_t      *sh;
     ngx_http_dsm_series_t  *s;
 
@@ -403,7 +458,7 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
      * without the lock, so a flood of new label sets costs no lock.
      */
 
-    if (sh->nseries >= sh->layout.max_series) {
+    if (sh->nseries >= sh->layout.max_series || sh->nochunk) {
         return ngx_http_dsm_full(zone, sh->nseries);
     }
 
@@ -432,6 +487,22 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
 
     if (n >= sh->layout.max_series) {
         goto overflow;
+    }
+
+    /*
+     * The first series of a chunk allocates it.  Nothing is ever freed,
+     * so a chunk that does not fit now never will: the zone is full.
+     */
+
+    c = (n + 1) >> sh->chunk_shift;
+
+    if (sh->chunks[c] == NULL) {
+        sh->chunks[c] = ngx_slab_calloc_locked(zone->shpool,
+                                               ngx_http_dsm_chunk_size(sh, c));
+        if (sh->chunks[c] == NULL) {
+            sh->nochunk = 1;
+            goto overflow;
+        }
     }
 
     p = ngx_slab_alloc_locked(zone->shpool, len);
@@ -463,6 +534,8 @@ ngx_http_dsm_series_get(ngx_http_dsm_zone_t *zone, ngx_http_dsm_key_t *k)
     }
 
     s->next = *head;
+
+    /* the record, and its chunk's pointer, before the index */
 
     ngx_memory_barrier();
 
