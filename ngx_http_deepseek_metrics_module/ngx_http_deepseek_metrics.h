@@ -19,7 +19,7 @@
 #define NGX_HTTP_DSM_VERSION          "0.1.0"
 
 #define NGX_HTTP_DSM_MAGIC            0x6473656b6d657472ULL
-#define NGX_HTTP_DSM_LAYOUT_VERSION   3
+#define NGX_HTTP_DSM_LAYOUT_VERSION   4
 
 #define NGX_HTTP_DSM_MAX_BUCKETS      32
 #define NGX_HTTP_DSM_MAX_VALUE        255    /* bytes of one label value */
@@ -28,6 +28,18 @@
     (4 + (2 + NGX_HTTP_DSM_MAX_LABELS) * (1 + NGX_HTTP_DSM_MAX_VALUE))
 #define NGX_HTTP_DSM_KEY_ESTIMATE     128    /* slab bytes per series key */
 #define NGX_HTTP_DSM_MAX_ENDPOINTS    32     /* in-flight endpoint table */
+
+/*
+ * Native histograms (deepseek_metrics_zone native=): schema 3, buckets
+ * -79..80, that is (2^-10 s, 2^10 s] in 160 buckets of 9% each, and a
+ * zero bucket for observations up to 2^-10 s; observations above 2^10 s
+ * are counted in the last bucket.  A word for the zero bucket, then one
+ * per bucket.
+ */
+#define NGX_HTTP_DSM_NATIVE_SCHEMA    3
+#define NGX_HTTP_DSM_NATIVE_MIN       (-79)  /* index of the first bucket */
+#define NGX_HTTP_DSM_NATIVE_BUCKETS   160
+#define NGX_HTTP_DSM_NATIVE_WORDS     (1 + NGX_HTTP_DSM_NATIVE_BUCKETS)
 
 
 /* histogram families, in exposition order */
@@ -178,6 +190,7 @@ typedef struct {
     size_t                        series_size;
     ngx_uint_t                    nbuckets[NGX_HTTP_DSM_NHIST]; /* 0: off */
     ngx_uint_t                    offset[NGX_HTTP_DSM_NHIST];
+    ngx_uint_t                    native[NGX_HTTP_DSM_NHIST];   /* 0: off */
     uint64_t                      bounds[NGX_HTTP_DSM_NHIST]
                                         [NGX_HTTP_DSM_MAX_BUCKETS]; /* us */
 } ngx_http_dsm_layout_t;
@@ -672,6 +685,10 @@ void ngx_http_dsm_balance_read(ngx_http_dsm_balance_t *b, u_char *pos,
     u_char *last);
 void ngx_http_dsm_balance_count(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_series_t *s);
+
+/* native histograms */
+void ngx_http_dsm_native_observe(ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, uint64_t us);
 
 /* export */
 char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
