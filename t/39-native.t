@@ -190,4 +190,103 @@ is(join(',', map { "$_->[0]:$_->[1]" } @{ $hh->{spans} || [] }), '-13:1,7:1,5:1'
    'probe: three spans (gaps of 7 and 5 empty buckets are not worth a zero run)');
 is(join(',', @{ $hh->{deltas} || [] }), '1,1,1', 'probe: deltas 1, +1, +1');
 
+# ------------------------------------------------------------------ Prometheus 2.42
+SKIP: {
+skip 'prometheus not installed', 7 unless system('command -v prometheus >/dev/null') == 0;
+
+my $dir = DSM::Stack::tempdir();
+my $metrics = $t->port('METRICS_PORT');
+my $prom = DSM::Stack->prometheus(dir => $dir, args => [ '--enable-feature=native-histograms' ],
+                                  config => <<"EOF");
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: 'deepseek-api'
+    static_configs:
+      - targets: ['127.0.0.1:$metrics']
+EOF
+my $t0 = time;
+
+# the counts Prometheus must show for a protobuf body: TTFT and latency, zone deepseek
+sub counts {
+    my ($body) = @_;
+    my %c;
+    for my $f (DSM::Protobuf->decode($body)) {
+        for my $m (@{ $f->{metrics} }) {
+            next unless $f->{type} eq 'histogram' && $m->{labels}{zone} eq 'deepseek';
+            $c{ $f->{name} } += $m->{histogram}{count};
+        }
+    }
+    return \%c;
+}
+my $TTFT = 'deepseek_time_to_first_token_seconds';
+my $LAT = 'deepseek_request_latency_seconds';
+
+my $before = get('/metrics', $PROM_NATIVE)->{body};
+my $seen = DSM::Stack::wait_for('first scrapes', 30, sub {
+    ($prom->value("histogram_count(sum(${TTFT}{zone=\"deepseek\"}))") // -1) == counts($before)->{$TTFT}
+});
+ok($seen, 'Prometheus scraped the native TTFT histogram');
+
+# more traffic, with TTFTs of 0 to 400 ms, while Prometheus scrapes
+DSM::Stack::traffic_round($t, ok_only => 1);
+for my $ka (0, 0, 0, 120, 120, 250, 400) {
+    $t->chat(stream => 1, mock => "keepalive_ms=$ka;keepalive_every_ms=50");
+}
+$t->scrape_settled;
+my $after = get('/metrics', $PROM_NATIVE)->{body};
+my $want = counts($after);
+my $text_now = $t->scrape(accept => 'text');
+
+$seen = DSM::Stack::wait_for('the new state scraped', 30, sub {
+    ($prom->value("histogram_count(sum(${TTFT}{zone=\"deepseek\"}))") // -1) == $want->{$TTFT}
+});
+is($prom->value("histogram_count(sum(${TTFT}{zone=\"deepseek\"}))"), $want->{$TTFT},
+   "histogram_count(sum(${TTFT}{zone=\"deepseek\"})) = the streams counted ($want->{$TTFT})");
+is($prom->value("histogram_count(sum(${LAT}{zone=\"deepseek\"}))"), $text_now->value('deepseek_requests_total', { zone => 'deepseek' }),
+   "histogram_count(sum(${LAT}{zone=\"deepseek\"})) = deepseek_requests_total of the zone");
+
+# the quantile Prometheus 2.42 interpolates (linearly) in the increase since the
+# first scrape: computed here from the two protobuf bodies
+sub native_sum {
+    my ($body) = @_;
+    my (%b, $zero);
+    for my $f (grep { $_->{name} eq $TTFT } DSM::Protobuf->decode($body)) {
+        for my $m (grep { $_->{labels}{zone} eq 'deepseek' } @{ $f->{metrics} }) {
+            my %x = DSM::Protobuf->native_buckets($m->{histogram});
+            $b{$_} += $x{$_} for keys %x;
+            $zero += $m->{histogram}{zero_count};
+        }
+    }
+    return ($zero, \%b);
+}
+my ($z0, $b0) = native_sum($before);
+my ($z1, $b1) = native_sum($after);
+my %d = map { ($_ => $b1->{$_} - ($b0->{$_} // 0)) } keys %$b1;
+my @bk = ([ 0, 2**-10, $z1 - $z0 ], map { [ 2**(($_ - 1) / 8), 2**($_ / 8), $d{$_} ] } sort { $a <=> $b } keys %d);
+my $total = 0;
+$total += $_->[2] for @bk;
+my ($rank, $cum, $q) = (0.9 * $total, 0, undef);
+for my $x (@bk) {
+    $cum += $x->[2];
+    next if $cum < $rank;
+    $q = $x->[0] + ($x->[1] - $x->[0]) * (($rank - ($cum - $x->[2])) / $x->[2]);
+    last;
+}
+my $got = $prom->value("histogram_quantile(0.9, sum(rate(${TTFT}{zone=\"deepseek\"}[1m])))");
+ok(time - $t0 < 55, 'the rate window still holds the first scrape');
+is(defined $got ? sprintf('%.9g', $got) : 'none', sprintf('%.9g', $q // -1),
+   "histogram_quantile(0.9, sum(rate(${TTFT}{zone=\"deepseek\"}[1m]))) = the linear interpolation in the native buckets");
+
+# a histogram without native= stays classic: its _bucket series, every one
+my $tpot = scalar $text_now->samples('deepseek_time_per_output_token_seconds_bucket');
+is($prom->value('count(deepseek_time_per_output_token_seconds_bucket)'), $tpot,
+   "classic histograms keep their _bucket series ($tpot)");
+my $tg = $prom->api('/api/v1/targets');
+my ($target) = @{ $tg->{data}{activeTargets} || [] };
+is(($target->{health} // '') . '|' . ($target->{lastError} // 'none'), 'up|', 'the target is up, no scrape error');
+$prom->stop;
+}
+
 done_testing;
