@@ -280,13 +280,13 @@ ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
                                  snap->name.data, snap->name.len, 1);
         zone->len = p - zone->data;
 
-        /* a LabelPair takes at most 4 bytes more than its text */
+        /* a LabelPair takes at most 8 bytes more than its text */
 
         size = 0;
 
         for (i = 0; i < snap->n; i++) {
             size += snap->entries[i].s->text_len + zone->len
-                    + 4 * (NGX_HTTP_DSM_MAX_LABELS + 2);
+                    + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
         }
 
         l = ngx_palloc(r->pool, snap->n * sizeof(ngx_str_t));
