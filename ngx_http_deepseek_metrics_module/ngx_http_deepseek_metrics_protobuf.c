@@ -132,6 +132,7 @@ typedef struct {
     int64_t                       delta[NGX_HTTP_DSM_NATIVE_BUCKETS];
     ngx_uint_t                    ndeltas;
     uint64_t                      zero;
+    uint64_t                      total;         /* zero bucket included */
 } ngx_http_dsm_pb_native_t;
 
 
@@ -569,7 +570,7 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
 {
     u_char                    *p;
     size_t                     len, hlen, tlen;
-    uint64_t                   cum;
+    uint64_t                   cum, count;
     ngx_str_t                 *labels;
     ngx_uint_t                 i, b, nb;
     ngx_atomic_uint_t         *v;
@@ -599,9 +600,23 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
             continue;
         }
 
+        /*
+         * An observation is counted in the native buckets first and they
+         * are read last: they may hold one the classic ones do not yet.
+         * Their total is the count then, so that Prometheus finds them
+         * adding up to it, and the classic buckets stay below it.
+         */
+
+        count = cum;
+
+        if (l->native[h]) {
+            ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
+            count = ngx_max(nh.total, cum);
+        }
+
         /* the sizes first: count, sum, buckets, native, created */
 
-        hlen = 1 + ngx_http_dsm_pb_varint_len(cum) + 9
+        hlen = 1 + ngx_http_dsm_pb_varint_len(count) + 9
                + ngx_http_dsm_pb_field_len(tlen);
 
         cum = 0;
@@ -610,10 +625,7 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
             hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(cum));
         }
 
-        cum += v[nb];
-
         if (l->native[h]) {
-            ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
             hlen += ngx_http_dsm_pb_native_len(&nh);
         }
 
@@ -642,7 +654,7 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
 
         *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_COUNT,
                                    NGX_HTTP_DSM_PB_VARINT);
-        p = ngx_http_dsm_pb_varint(p, cum);
+        p = ngx_http_dsm_pb_varint(p, count);
         p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_H_SUM_KEY,
                                    (double) v[nb + 1] / 1e6);
 
@@ -706,6 +718,7 @@ ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh, ngx_atomic_uint_t *w)
     ngx_int_t   k, last;
 
     nh->zero = w[0];
+    nh->total = w[0];
     nh->nspans = 0;
     nh->ndeltas = 0;
 
@@ -735,6 +748,7 @@ ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh, ngx_atomic_uint_t *w)
 
         nh->delta[nh->ndeltas++] = (int64_t) c - (int64_t) prev;
         nh->length[nh->nspans - 1]++;
+        nh->total += c;
         prev = c;
         last = k;
     }
