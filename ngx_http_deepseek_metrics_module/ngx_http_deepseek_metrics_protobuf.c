@@ -136,10 +136,11 @@ typedef struct {
 } ngx_http_dsm_pb_native_t;
 
 
-static size_t ngx_http_dsm_pb_varint_len(uint64_t v);
-static u_char *ngx_http_dsm_pb_varint(u_char *p, uint64_t v);
-static u_char *ngx_http_dsm_pb_double(u_char *p, u_char key, double d);
-static size_t ngx_http_dsm_pb_field_len(size_t len);
+static ngx_inline size_t ngx_http_dsm_pb_varint_len(uint64_t v);
+static ngx_inline u_char *ngx_http_dsm_pb_varint(u_char *p, uint64_t v);
+static ngx_inline u_char *ngx_http_dsm_pb_double(u_char *p, u_char key,
+    double d);
+static ngx_inline size_t ngx_http_dsm_pb_field_len(size_t len);
 static size_t ngx_http_dsm_pb_unescape(u_char *dst, u_char *src, size_t len);
 static size_t ngx_http_dsm_pb_pair_len(size_t nlen, size_t vlen);
 static u_char *ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen,
@@ -1074,7 +1075,7 @@ ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
 
 /* the encoder */
 
-static size_t
+static ngx_inline size_t
 ngx_http_dsm_pb_varint_len(uint64_t v)
 {
     size_t  n;
@@ -1087,7 +1088,7 @@ ngx_http_dsm_pb_varint_len(uint64_t v)
 }
 
 
-static u_char *
+static ngx_inline u_char *
 ngx_http_dsm_pb_varint(u_char *p, uint64_t v)
 {
     while (v >= 0x80) {
@@ -1103,7 +1104,7 @@ ngx_http_dsm_pb_varint(u_char *p, uint64_t v)
 
 /* a fixed64 field: the key, then the double's bits, little-endian */
 
-static u_char *
+static ngx_inline u_char *
 ngx_http_dsm_pb_double(u_char *p, u_char key, double d)
 {
     uint64_t    u;
@@ -1123,7 +1124,7 @@ ngx_http_dsm_pb_double(u_char *p, u_char key, double d)
 
 /* a length-delimited field of len bytes: key, length, bytes */
 
-static size_t
+static ngx_inline size_t
 ngx_http_dsm_pb_field_len(size_t len)
 {
     return 1 + ngx_http_dsm_pb_varint_len(len) + len;
