@@ -12,6 +12,8 @@
 #    the bare family name equals the requests sent, histogram_quantile(0.9, ...)
 #    equals the quantile Prometheus' interpolation gives on the scraped buckets,
 #    the classic histograms of families without native= keep their _bucket series
+#  - a Prometheus without the flag, scraping the same target, gets every classic
+#    bucket as before and no native histogram
 use strict;
 use warnings;
 use Test::More;
@@ -192,12 +194,22 @@ is(join(',', @{ $hh->{deltas} || [] }), '1,1,1', 'probe: deltas 1, +1, +1');
 
 # ------------------------------------------------------------------ Prometheus 2.42
 SKIP: {
-skip 'prometheus not installed', 7 unless system('command -v prometheus >/dev/null') == 0;
+skip 'prometheus not installed', 10 unless system('command -v prometheus >/dev/null') == 0;
 
 my $dir = DSM::Stack::tempdir();
 my $metrics = $t->port('METRICS_PORT');
 my $prom = DSM::Stack->prometheus(dir => $dir, args => [ '--enable-feature=native-histograms' ],
                                   config => <<"EOF");
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: 'deepseek-api'
+    static_configs:
+      - targets: ['127.0.0.1:$metrics']
+EOF
+# and one without the flag, as before: OpenMetrics, classic histograms only
+my $plain = DSM::Stack->prometheus(dir => $dir, name => 'plain', config => <<"EOF");
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -283,6 +295,16 @@ is(defined $got ? sprintf('%.9g', $got) : 'none', sprintf('%.9g', $q // -1),
 my $tpot = scalar $text_now->samples('deepseek_time_per_output_token_seconds_bucket');
 is($prom->value('count(deepseek_time_per_output_token_seconds_bucket)'), $tpot,
    "classic histograms keep their _bucket series ($tpot)");
+my $ttft_buckets = scalar $text_now->samples("${TTFT}_bucket");
+DSM::Stack::wait_for('plain Prometheus has the new state', 30, sub {
+    ($plain->value("sum(${TTFT}_count)") // -1) == $text_now->value("${TTFT}_count")
+});
+is($plain->value("count(${TTFT}_bucket)"), $ttft_buckets,
+   "Prometheus without the flag: every classic bucket of the native zone ($ttft_buckets)");
+is(scalar @{ $plain->query("histogram_count($TTFT)") }, 0, 'Prometheus without the flag: no native histogram');
+is(scalar @{ $prom->query("${TTFT}_bucket{zone=\"deepseek\"}") }, 0,
+   'Prometheus 2.42 with the flag keeps only the native histogram of a native= histogram (documented)');
+$plain->stop;
 my $tg = $prom->api('/api/v1/targets');
 my ($target) = @{ $tg->{data}{activeTargets} || [] };
 is(($target->{health} // '') . '|' . ($target->{lastError} // 'none'), 'up|', 'the target is up, no scrape error');
