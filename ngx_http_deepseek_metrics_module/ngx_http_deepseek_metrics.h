@@ -30,6 +30,18 @@
 #define NGX_HTTP_DSM_MAX_ENDPOINTS    32     /* in-flight endpoint table */
 #define NGX_HTTP_DSM_MAX_CHUNKS       128    /* of series records */
 
+/*
+ * Native histograms (deepseek_metrics_zone native=): schema 3, buckets
+ * -79..80, that is (2^-10 s, 2^10 s] in 160 buckets of 9% each, and a
+ * zero bucket for observations up to 2^-10 s; observations above 2^10 s
+ * are counted in the last bucket.  A word for the zero bucket, then one
+ * per bucket.
+ */
+#define NGX_HTTP_DSM_NATIVE_SCHEMA    3
+#define NGX_HTTP_DSM_NATIVE_MIN       (-79)  /* index of the first bucket */
+#define NGX_HTTP_DSM_NATIVE_BUCKETS   160
+#define NGX_HTTP_DSM_NATIVE_WORDS     (1 + NGX_HTTP_DSM_NATIVE_BUCKETS)
+
 
 /* histogram families, in exposition order */
 enum {
@@ -179,6 +191,7 @@ typedef struct {
     size_t                        series_size;
     ngx_uint_t                    nbuckets[NGX_HTTP_DSM_NHIST]; /* 0: off */
     ngx_uint_t                    offset[NGX_HTTP_DSM_NHIST];
+    ngx_uint_t                    native[NGX_HTTP_DSM_NHIST];   /* 0: off */
     uint64_t                      bounds[NGX_HTTP_DSM_NHIST]
                                         [NGX_HTTP_DSM_MAX_BUCKETS]; /* us */
 } ngx_http_dsm_layout_t;
@@ -684,6 +697,10 @@ void ngx_http_dsm_balance_read(ngx_http_dsm_balance_t *b, u_char *pos,
     u_char *last);
 void ngx_http_dsm_balance_count(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_series_t *s);
+
+/* native histograms */
+void ngx_http_dsm_native_observe(ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, uint64_t us);
 
 /* export */
 char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

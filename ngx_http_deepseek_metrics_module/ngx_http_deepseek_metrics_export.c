@@ -80,6 +80,7 @@ static void ngx_http_dsm_balance(ngx_http_dsm_out_t *o,
 static void ngx_http_dsm_build_info(ngx_http_dsm_out_t *o,
     ngx_http_dsm_snap_t *snap, const ngx_http_dsm_family_t *f);
 static ngx_uint_t ngx_http_dsm_status_reason(ngx_uint_t status);
+static ngx_uint_t ngx_http_dsm_family_kind(const ngx_http_dsm_family_t *f);
 
 
 static const ngx_http_dsm_reason_t
@@ -119,20 +120,6 @@ static const ngx_str_t  ngx_http_dsm_missing_list[NGX_HTTP_DSM_NMISSING] = {
     ngx_string("invalid_usage"),
     ngx_string("invalid_balance")
 };
-
-
-/* token kinds of ngx_http_dsm_tokens() */
-
-#define NGX_HTTP_DSM_TOKENS_BY_TYPE   0
-#define NGX_HTTP_DSM_TOKENS_REASONING 1
-#define NGX_HTTP_DSM_TOKENS_COST      2
-#define NGX_HTTP_DSM_TOKENS_KEEPALIVE 3
-
-/* balance families of ngx_http_dsm_balance() */
-
-#define NGX_HTTP_DSM_BAL_AMOUNT       0
-#define NGX_HTTP_DSM_BAL_AVAILABLE    1
-#define NGX_HTTP_DSM_BAL_UPDATED      2
 
 
 /* the exposition, family by family, in this order */
@@ -369,8 +356,22 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     o.om = (view == NGX_HTTP_DSM_VIEW_OPENMETRICS);
     o.priced = (dmcf->prices != NULL);
 
+    if (view == NGX_HTTP_DSM_VIEW_PROTOBUF) {
+        o.pb = ngx_http_dsm_pb_init(r, snaps, nzones);
+        if (o.pb == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
     for (f = ngx_http_dsm_families; f->name.len; f++) {
         if (!ngx_http_dsm_family_shown(&o, f, snaps, nzones)) {
+            continue;
+        }
+
+        if (o.pb) {
+            ngx_http_dsm_pb_family(&o, &f->name, f->type, f->help,
+                                   ngx_http_dsm_family_kind(f), f->arg,
+                                   snaps, nzones);
             continue;
         }
 
@@ -414,6 +415,14 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
                    "charset=utf-8");
         r->headers_out.content_type_len =
                                   sizeof("application/openmetrics-text") - 1;
+
+    } else if (o.pb) {
+        ngx_str_set(&r->headers_out.content_type,
+                    "application/vnd.google.protobuf; "
+                    "proto=io.prometheus.client.MetricFamily; "
+                    "encoding=delimited");
+        r->headers_out.content_type_len =
+                               sizeof("application/vnd.google.protobuf") - 1;
 
     } else {
         ngx_str_set(&r->headers_out.content_type,
@@ -1322,6 +1331,47 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
         o->b->last = p;
     }
+}
+
+
+/* the protobuf encoder writes a family by what its text emitter writes */
+
+static ngx_uint_t
+ngx_http_dsm_family_kind(const ngx_http_dsm_family_t *f)
+{
+    if (f->emit == ngx_http_dsm_requests) {
+        return NGX_HTTP_DSM_KIND_REQUESTS;
+    }
+
+    if (f->emit == ngx_http_dsm_histogram) {
+        return NGX_HTTP_DSM_KIND_HISTOGRAM;
+    }
+
+    if (f->emit == ngx_http_dsm_tokens) {
+        return NGX_HTTP_DSM_KIND_TOKENS;
+    }
+
+    if (f->emit == ngx_http_dsm_in_flight) {
+        return NGX_HTTP_DSM_KIND_IN_FLIGHT;
+    }
+
+    if (f->emit == ngx_http_dsm_reasons) {
+        return NGX_HTTP_DSM_KIND_REASONS;
+    }
+
+    if (f->emit == ngx_http_dsm_zone_value) {
+        return NGX_HTTP_DSM_KIND_ZONE;
+    }
+
+    if (f->emit == ngx_http_dsm_balance) {
+        return NGX_HTTP_DSM_KIND_BALANCE;
+    }
+
+    if (f->emit == ngx_http_dsm_build_info) {
+        return NGX_HTTP_DSM_KIND_BUILD_INFO;
+    }
+
+    return NGX_HTTP_DSM_KIND_UNKNOWN;
 }
 
 

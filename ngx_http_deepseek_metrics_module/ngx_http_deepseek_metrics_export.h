@@ -59,6 +59,7 @@ typedef struct {
     ngx_buf_t                    *b;
     off_t                         size;
     ngx_uint_t                    om;
+    void                         *pb;            /* protobuf: its state */
     ngx_uint_t                    priced;
     ngx_uint_t                    error;
 } ngx_http_dsm_out_t;
@@ -94,9 +95,36 @@ typedef enum {
 #define NGX_HTTP_DSM_VIEW_EXPOSITION  0     /* text 0.0.4 */
 #define NGX_HTTP_DSM_VIEW_OPENMETRICS 1     /* OpenMetrics 1.0.0 */
 #define NGX_HTTP_DSM_VIEW_JSON        2
-#define NGX_HTTP_DSM_VIEW_PAGE        3     /* the status page's HTML */
-#define NGX_HTTP_DSM_VIEW_JS          4     /* its script: ?js */
-#define NGX_HTTP_DSM_VIEW_CSS         5     /* its style sheet: ?css */
+#define NGX_HTTP_DSM_VIEW_PROTOBUF    3     /* delimited MetricFamily */
+#define NGX_HTTP_DSM_VIEW_PAGE        4     /* the status page's HTML */
+#define NGX_HTTP_DSM_VIEW_JS          5     /* its script: ?js */
+#define NGX_HTTP_DSM_VIEW_CSS         6     /* its style sheet: ?css */
+
+
+/* what a family's text emitter writes: the protobuf encoder's switch */
+
+#define NGX_HTTP_DSM_KIND_REQUESTS    0
+#define NGX_HTTP_DSM_KIND_HISTOGRAM   1
+#define NGX_HTTP_DSM_KIND_TOKENS      2
+#define NGX_HTTP_DSM_KIND_IN_FLIGHT   3
+#define NGX_HTTP_DSM_KIND_REASONS     4
+#define NGX_HTTP_DSM_KIND_ZONE        5
+#define NGX_HTTP_DSM_KIND_BALANCE     6
+#define NGX_HTTP_DSM_KIND_BUILD_INFO  7
+#define NGX_HTTP_DSM_KIND_UNKNOWN     8
+
+/* token kinds of ngx_http_dsm_tokens() */
+
+#define NGX_HTTP_DSM_TOKENS_BY_TYPE   0
+#define NGX_HTTP_DSM_TOKENS_REASONING 1
+#define NGX_HTTP_DSM_TOKENS_COST      2
+#define NGX_HTTP_DSM_TOKENS_KEEPALIVE 3
+
+/* balance families of ngx_http_dsm_balance() */
+
+#define NGX_HTTP_DSM_BAL_AMOUNT       0
+#define NGX_HTTP_DSM_BAL_AVAILABLE    1
+#define NGX_HTTP_DSM_BAL_UPDATED      2
 
 
 #define ngx_http_dsm_lit(p, s)   ngx_cpymem(p, s, sizeof(s) - 1)
@@ -116,6 +144,13 @@ ngx_uint_t ngx_http_dsm_entry_reasons(ngx_http_dsm_entry_t *e,
     ngx_uint_t missing, uint64_t *n);
 const ngx_str_t *ngx_http_dsm_reason_name(ngx_uint_t missing, ngx_uint_t r);
 const ngx_str_t *ngx_http_dsm_hist_name(ngx_uint_t h);
+
+/* protobuf: delimited io.prometheus.client.MetricFamily */
+void *ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
+    ngx_uint_t nzones);
+void ngx_http_dsm_pb_family(ngx_http_dsm_out_t *o, const ngx_str_t *name,
+    char *type, char *help, ngx_uint_t kind, ngx_uint_t arg,
+    ngx_http_dsm_snap_t *snaps, ngx_uint_t nzones);
 
 /* status: the JSON view and the status page */
 ngx_uint_t ngx_http_dsm_view(ngx_http_request_t *r);

@@ -37,6 +37,12 @@ ngx_http_dsm_observe(ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s,
 
     for (i = 0; i < n && us > l->bounds[h][i]; i++) { /* void */ }
 
+    /* native first: a scrape reads it after the classic buckets */
+
+    if (l->native[h]) {
+        ngx_http_dsm_native_observe(l, s, h, us);
+    }
+
     v = &s->v[l->offset[h]];
 
     (void) ngx_atomic_fetch_add(&v[i], 1);

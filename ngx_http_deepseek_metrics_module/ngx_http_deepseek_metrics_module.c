@@ -30,6 +30,8 @@ static char *ngx_http_dsm_models(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dsm_parse_buckets(ngx_conf_t *cf, ngx_str_t *value,
     ngx_uint_t *n, uint64_t *bounds);
+static char *ngx_http_dsm_parse_hists(ngx_conf_t *cf, ngx_str_t *value,
+    size_t skip, ngx_uint_t *mask);
 static char *ngx_http_dsm_check_prices(ngx_conf_t *cf,
     ngx_http_dsm_main_conf_t *dmcf);
 static ngx_uint_t ngx_http_dsm_model_labelled(ngx_http_dsm_main_conf_t *dmcf,
@@ -205,6 +207,7 @@ static const ngx_str_t  ngx_http_dsm_zone_params[] = {
     ngx_string("tpot_buckets="),
     ngx_string("histograms="),
     ngx_string("gap_buckets="),
+    ngx_string("native="),
     ngx_null_string
 };
 
@@ -545,7 +548,7 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     size_t                  size;
     ngx_str_t              *value, name, s;
     ngx_int_t               n;
-    ngx_uint_t              i, j, h, max_series, hist, seen, param;
+    ngx_uint_t              i, h, max_series, hist, native, seen, param;
     ngx_http_dsm_zone_t    *zone;
     ngx_http_dsm_layout_t   layout;
 
@@ -586,6 +589,9 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     max_series = 0;
     hist = (1 << NGX_HTTP_DSM_NHIST) - 1;
 
+    /* native histograms cost 1288 bytes each a label set: asked for only */
+    native = 0;
+
     ngx_memcpy(layout.bounds[NGX_HTTP_DSM_H_LATENCY],
                ngx_http_dsm_default_buckets,
                sizeof(ngx_http_dsm_default_buckets));
@@ -622,7 +628,8 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\", expected "
                                "max_series=, buckets=, tpot_buckets=, "
-                               "gap_buckets= or histograms=", &value[i]);
+                               "gap_buckets=, histograms= or native=",
+                               &value[i]);
             return NGX_CONF_ERROR;
         }
 
@@ -673,51 +680,24 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "histograms=", 11) == 0) {
-            hist = 1 << NGX_HTTP_DSM_H_LATENCY;
-            p = value[i].data + 11;
-
-            for ( ;; ) {
-                s.data = p;
-                while (p < value[i].data + value[i].len && *p != ',') {
-                    p++;
-                }
-                s.len = p - s.data;
-
-                if (s.len == 0) {
-                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                       "empty item in \"%V\": a stray "
-                                       "comma, or no histogram named",
-                                       &value[i]);
-                    return NGX_CONF_ERROR;
-                }
-
-                for (j = 0; ngx_http_dsm_hist_names[j].len; j++) {
-                    if (ngx_http_dsm_hist_names[j].len == s.len
-                        && ngx_strncmp(ngx_http_dsm_hist_names[j].data,
-                                       s.data, s.len) == 0)
-                    {
-                        break;
-                    }
-                }
-
-                if (ngx_http_dsm_hist_names[j].len == 0) {
-                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                       "unknown histogram \"%V\" in "
-                                       "\"%V\", expected latency, ttft, "
-                                       "answer, queue, tpot, gap", &s,
-                                       &value[i]);
-                    return NGX_CONF_ERROR;
-                }
-
-                hist |= 1 << j;
-
-                if (p == value[i].data + value[i].len) {
-                    break;
-                }
-
-                p++;
+        if (ngx_strncmp(value[i].data, "native=", 7) == 0) {
+            if (ngx_http_dsm_parse_hists(cf, &value[i], 7, &native)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
             }
+
+            continue;
+        }
+
+        /* histograms=: latency is always kept */
+
+        hist = 1 << NGX_HTTP_DSM_H_LATENCY;
+
+        if (ngx_http_dsm_parse_hists(cf, &value[i], 11, &hist)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
         }
     }
 
@@ -756,6 +736,24 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    /* a native histogram shares the classic one's count and sum */
+
+    for (i = 0; i < NGX_HTTP_DSM_NHIST; i++) {
+        if (!(native & (1 << i))) {
+            continue;
+        }
+
+        if (!(hist & (1 << i))) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"native=\" names %V, which \"histograms=\" "
+                               "omits; add it to \"histograms=\"",
+                               &ngx_http_dsm_hist_names[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        layout.native[i] = 1;
+    }
+
     zone = ngx_http_dsm_zone_lookup(cf, &name, "deepseek_metrics_zone");
     if (zone == NULL) {
         return NGX_CONF_ERROR;
@@ -768,6 +766,61 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return ngx_http_dsm_zone_add(cf, zone, size, &layout, max_series);
+}
+
+
+/* "histograms=ttft,tpot" from skip on: the named histograms into *mask */
+
+static char *
+ngx_http_dsm_parse_hists(ngx_conf_t *cf, ngx_str_t *value, size_t skip,
+    ngx_uint_t *mask)
+{
+    u_char      *p, *last;
+    ngx_str_t    s;
+    ngx_uint_t   j;
+
+    p = value->data + skip;
+    last = value->data + value->len;
+
+    for ( ;; ) {
+        s.data = p;
+        while (p < last && *p != ',') {
+            p++;
+        }
+        s.len = p - s.data;
+
+        if (s.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty item in \"%V\": a stray "
+                               "comma, or no histogram named", value);
+            return NGX_CONF_ERROR;
+        }
+
+        for (j = 0; ngx_http_dsm_hist_names[j].len; j++) {
+            if (ngx_http_dsm_hist_names[j].len == s.len
+                && ngx_strncmp(ngx_http_dsm_hist_names[j].data,
+                               s.data, s.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (ngx_http_dsm_hist_names[j].len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unknown histogram \"%V\" in \"%V\", "
+                               "expected latency, ttft, answer, queue, "
+                               "tpot, gap", &s, value);
+            return NGX_CONF_ERROR;
+        }
+
+        *mask |= 1 << j;
+
+        if (p == last) {
+            return NGX_CONF_OK;
+        }
+
+        p++;
+    }
 }
 
 

@@ -18,6 +18,7 @@ enum {
     NGX_HTTP_DSM_T_OM,                          /* openmetrics-text */
     NGX_HTTP_DSM_T_JSON,
     NGX_HTTP_DSM_T_HTML,
+    NGX_HTTP_DSM_T_PROTO,                       /* delimited MetricFamily */
     NGX_HTTP_DSM_NTYPES
 };
 
@@ -38,7 +39,9 @@ typedef struct {
 static void ngx_http_dsm_accept_parse(ngx_http_dsm_accept_t *a, u_char *p,
     u_char *last);
 static void ngx_http_dsm_accept_range(ngx_http_dsm_accept_t *a,
-    ngx_str_t *type, ngx_str_t *subtype, ngx_int_t q);
+    ngx_str_t *type, ngx_str_t *subtype, ngx_int_t q, ngx_uint_t pb);
+static ngx_uint_t ngx_http_dsm_pb_param(ngx_str_t *name, u_char *v,
+    u_char *last);
 static ngx_int_t ngx_http_dsm_qvalue(u_char *p, u_char *last);
 static ngx_uint_t ngx_http_dsm_accept_pick(ngx_http_dsm_accept_t *a);
 static ngx_int_t ngx_http_dsm_send(ngx_http_request_t *r, ngx_chain_t *out,
@@ -56,8 +59,16 @@ static const ngx_http_dsm_media_t  ngx_http_dsm_media[NGX_HTTP_DSM_NTYPES] = {
     { ngx_string("text"), ngx_string("plain"), 0 },
     { ngx_string("application"), ngx_string("openmetrics-text"), 0 },
     { ngx_string("application"), ngx_string("json"), 1 },
-    { ngx_string("text"), ngx_string("html"), 1 }
+    { ngx_string("text"), ngx_string("html"), 1 },
+    { ngx_string("application"), ngx_string("vnd.google.protobuf"), 1 }
 };
+
+
+/* the parameters a protobuf range must have: what Prometheus sends */
+
+#define NGX_HTTP_DSM_PB_PROTO         1
+#define NGX_HTTP_DSM_PB_DELIMITED     2
+#define NGX_HTTP_DSM_PB_OK            3
 
 
 /*
@@ -136,9 +147,10 @@ ngx_http_dsm_view(ngx_http_request_t *r)
 static void
 ngx_http_dsm_accept_parse(ngx_http_dsm_accept_t *a, u_char *p, u_char *last)
 {
-    u_char     *s, *v;
-    ngx_int_t   q;
-    ngx_str_t   type, subtype, name;
+    u_char      *s, *v;
+    ngx_int_t    q;
+    ngx_str_t    type, subtype, name;
+    ngx_uint_t   pb;
 
     while (p < last) {
 
@@ -174,8 +186,9 @@ ngx_http_dsm_accept_parse(ngx_http_dsm_accept_t *a, u_char *p, u_char *last)
 
         subtype.len = p - subtype.data;
         q = 1000;
+        pb = 0;
 
-        /* parameters; only q matters */
+        /* parameters: q, and protobuf's proto and encoding */
 
         while (p < last && *p != ',') {
 
@@ -208,32 +221,64 @@ ngx_http_dsm_accept_parse(ngx_http_dsm_accept_t *a, u_char *p, u_char *last)
                 p++;
             }
 
+            s = p;
+
+            while (s > v && (s[-1] == ' ' || s[-1] == '\t')) {
+                s--;
+            }
+
             if (name.len == 1 && (name.data[0] | 0x20) == 'q') {
-                s = p;
-
-                while (s > v && (s[-1] == ' ' || s[-1] == '\t')) {
-                    s--;
-                }
-
                 q = ngx_http_dsm_qvalue(v, s);
+
+            } else {
+                pb |= ngx_http_dsm_pb_param(&name, v, s);
             }
         }
 
         if (q >= 0) {
-            ngx_http_dsm_accept_range(a, &type, &subtype, q);
+            ngx_http_dsm_accept_range(a, &type, &subtype, q, pb);
         }
     }
 }
 
 
+/* proto=io.prometheus.client.MetricFamily, encoding=delimited */
+
+static ngx_uint_t
+ngx_http_dsm_pb_param(ngx_str_t *name, u_char *v, u_char *last)
+{
+    size_t  len;
+
+    len = last - v;
+
+    if (name->len == 5
+        && ngx_strncasecmp(name->data, (u_char *) "proto", 5) == 0
+        && len == sizeof("io.prometheus.client.MetricFamily") - 1
+        && ngx_strncmp(v, "io.prometheus.client.MetricFamily", len) == 0)
+    {
+        return NGX_HTTP_DSM_PB_PROTO;
+    }
+
+    if (name->len == 8
+        && ngx_strncasecmp(name->data, (u_char *) "encoding", 8) == 0
+        && len == sizeof("delimited") - 1
+        && ngx_strncmp(v, "delimited", len) == 0)
+    {
+        return NGX_HTTP_DSM_PB_DELIMITED;
+    }
+
+    return 0;
+}
+
+
 /*
  * The most specific range matching a type gives its q (RFC 9110 12.5.1);
- * JSON and HTML are only ever chosen by name, never by a wildcard.
+ * JSON, HTML and protobuf are only ever chosen by name, never by a wildcard.
  */
 
 static void
 ngx_http_dsm_accept_range(ngx_http_dsm_accept_t *a, ngx_str_t *type,
-    ngx_str_t *subtype, ngx_int_t q)
+    ngx_str_t *subtype, ngx_int_t q, ngx_uint_t pb)
 {
     ngx_int_t                    spec;
     ngx_uint_t                   t;
@@ -270,6 +315,12 @@ ngx_http_dsm_accept_range(ngx_http_dsm_accept_t *a, ngx_str_t *type,
         }
 
         if (m->explicit && spec != 2) {
+            continue;
+        }
+
+        /* another message or encoding: not what we write */
+
+        if (t == NGX_HTTP_DSM_T_PROTO && pb != NGX_HTTP_DSM_PB_OK) {
             continue;
         }
 
@@ -354,6 +405,9 @@ ngx_http_dsm_accept_pick(ngx_http_dsm_accept_t *a)
 
     case NGX_HTTP_DSM_T_HTML:
         return NGX_HTTP_DSM_VIEW_PAGE;
+
+    case NGX_HTTP_DSM_T_PROTO:
+        return NGX_HTTP_DSM_VIEW_PROTOBUF;
 
     default:
         return NGX_HTTP_DSM_VIEW_EXPOSITION;

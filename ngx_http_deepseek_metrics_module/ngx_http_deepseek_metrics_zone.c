@@ -63,6 +63,15 @@ ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
         }
     }
 
+    /* native histograms last: nonzero native[] asks for one, then is it */
+
+    for (i = 0; i < NGX_HTTP_DSM_NHIST; i++) {
+        if (layout->native[i]) {
+            layout->native[i] = n;
+            n += NGX_HTTP_DSM_NATIVE_WORDS;
+        }
+    }
+
     return offsetof(ngx_http_dsm_series_t, v) + n * sizeof(ngx_atomic_t);
 }
 

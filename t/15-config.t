@@ -106,6 +106,30 @@ sub good {
              http => "deepseek_metrics_zone z:${need}k max_series=100000;");
     }
 }
+# native=: 161 counters (1288 bytes) more a label set for each histogram named
+{
+    my $plain = bad('max_series without native=', 'deepseek_metrics_zone', qr/\((\d+) bytes a series\)/,
+                    http => 'deepseek_metrics_zone z:64k max_series=100000;');
+    my $native = bad('max_series with native=latency,ttft', 'deepseek_metrics_zone', qr/\((\d+) bytes a series\)/,
+                     http => 'deepseek_metrics_zone z:64k max_series=100000 native=latency,ttft;');
+    my ($a) = $plain =~ /\((\d+) bytes a series\)/;
+    my ($b) = $native =~ /\((\d+) bytes a series\)/;
+    is(($b // 0) - ($a // 0), 2 * 161 * 8, 'native=latency,ttft: 2 x 1288 bytes more a series');
+    my ($need) = $native =~ /at least (\d+)k/;
+    good("native=: the size from the message (${need}k) is accepted",
+         http => "deepseek_metrics_zone z:${need}k max_series=100000 native=latency,ttft;") if $need;
+}
+bad('native= names a histogram histograms= omits', 'deepseek_metrics_zone',
+    qr/"native=" names ttft, which "histograms=" omits/,
+    http => 'deepseek_metrics_zone z:1m histograms=latency,tpot native=latency,ttft;');
+bad('native= unknown histogram', 'deepseek_metrics_zone', qr/unknown histogram "bogus" in "native=latency,bogus"/,
+    http => 'deepseek_metrics_zone z:1m native=latency,bogus;');
+bad('native= empty', 'deepseek_metrics_zone', qr/empty item in "native="/,
+    http => 'deepseek_metrics_zone z:1m native=;');
+bad('native= given twice', 'deepseek_metrics_zone', qr/duplicate parameter "native=ttft"/,
+    http => 'deepseek_metrics_zone z:1m native=latency native=ttft;');
+good('native= naming every histogram', http => 'deepseek_metrics_zone z:1m native=latency,ttft,answer,queue,tpot,gap;');
+
 bad('zone below the minimum size', 'deepseek_metrics_zone', qr/zone "z:4k" is too small/,
     http => 'deepseek_metrics_zone z:4k;');
 bad('zone without size', 'deepseek_metrics_zone', qr/invalid zone "z", expected NAME:SIZE/,
@@ -170,7 +194,7 @@ bad('max_series=abc', 'deepseek_metrics_zone', qr/invalid max_series "max_series
 bad('max_series=', 'deepseek_metrics_zone', qr/invalid max_series "max_series="/,
     http => 'deepseek_metrics_zone z:1m max_series=;');
 bad('unknown zone parameter', 'deepseek_metrics_zone',
-    qr/invalid parameter "colour=blue", expected max_series=, buckets=, tpot_buckets=, gap_buckets= or histograms=/,
+    qr/invalid parameter "colour=blue", expected max_series=, buckets=, tpot_buckets=, gap_buckets=, histograms= or native=/,
     http => 'deepseek_metrics_zone z:1m colour=blue;');
 bad('buckets= given twice', 'deepseek_metrics_zone', qr/duplicate parameter "buckets=1,2"/,
     http => 'deepseek_metrics_zone z:1m buckets=0.5,1 buckets=1,2;');

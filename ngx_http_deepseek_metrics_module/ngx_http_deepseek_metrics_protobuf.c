@@ -1,0 +1,1244 @@
+
+/*
+ * The protobuf exposition: io.prometheus.client.MetricFamily messages,
+ * delimited (each prefixed by its length as a varint), written from the
+ * same snapshot as the text formats, family by family.  A small encoder of
+ * our own: varints, little-endian doubles and length-delimited fields.
+ * Each family is measured first, then written, so no length is ever
+ * patched in a buffer that may already be sent.
+ *
+ * Also the native histograms' observation: exponential buckets of schema
+ * 3 (each bucket 2^(1/8) = 1.09 times the previous one: a quantile within
+ * 4.4%, as client_golang's default bucket factor 1.1), counted with
+ * atomics in the series record next to the classic buckets.
+ */
+
+
+#include "ngx_http_deepseek_metrics_export.h"
+
+
+/* wire types */
+
+#define NGX_HTTP_DSM_PB_VARINT        0
+#define NGX_HTTP_DSM_PB_FIXED64       1
+#define NGX_HTTP_DSM_PB_LEN           2
+
+#define ngx_http_dsm_pb_key(field, wt)  ((u_char) ((field) << 3 | (wt)))
+
+/* field numbers of metrics.proto */
+
+#define NGX_HTTP_DSM_PB_FAMILY_NAME   1
+#define NGX_HTTP_DSM_PB_FAMILY_HELP   2
+#define NGX_HTTP_DSM_PB_FAMILY_TYPE   3
+#define NGX_HTTP_DSM_PB_FAMILY_METRIC 4
+
+#define NGX_HTTP_DSM_PB_METRIC_LABEL  1
+#define NGX_HTTP_DSM_PB_METRIC_GAUGE  2
+#define NGX_HTTP_DSM_PB_METRIC_COUNTER 3
+#define NGX_HTTP_DSM_PB_METRIC_HIST   7
+
+#define NGX_HTTP_DSM_PB_LABEL_NAME    1
+#define NGX_HTTP_DSM_PB_LABEL_VALUE   2
+
+#define NGX_HTTP_DSM_PB_VALUE         1      /* Gauge and Counter */
+#define NGX_HTTP_DSM_PB_COUNTER_CREATED 3
+
+#define NGX_HTTP_DSM_PB_H_COUNT       1
+#define NGX_HTTP_DSM_PB_H_SUM         2
+#define NGX_HTTP_DSM_PB_H_BUCKET      3
+#define NGX_HTTP_DSM_PB_H_SCHEMA      5
+#define NGX_HTTP_DSM_PB_H_ZERO_THRESHOLD 6
+#define NGX_HTTP_DSM_PB_H_ZERO_COUNT  7
+#define NGX_HTTP_DSM_PB_H_POS_SPAN    12
+#define NGX_HTTP_DSM_PB_H_POS_DELTA   13
+#define NGX_HTTP_DSM_PB_H_CREATED     15
+
+#define NGX_HTTP_DSM_PB_BUCKET_COUNT  1
+#define NGX_HTTP_DSM_PB_BUCKET_BOUND  2
+
+#define NGX_HTTP_DSM_PB_SPAN_OFFSET   1
+#define NGX_HTTP_DSM_PB_SPAN_LENGTH   2
+
+#define NGX_HTTP_DSM_PB_TS_SECONDS    1
+
+/* the keys of the double fields */
+
+#define NGX_HTTP_DSM_PB_VALUE_KEY                                            \
+    ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_VALUE, NGX_HTTP_DSM_PB_FIXED64)
+#define NGX_HTTP_DSM_PB_H_SUM_KEY                                            \
+    ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_SUM, NGX_HTTP_DSM_PB_FIXED64)
+#define NGX_HTTP_DSM_PB_H_ZERO_THRESHOLD_KEY                                 \
+    ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_ZERO_THRESHOLD,                    \
+                        NGX_HTTP_DSM_PB_FIXED64)
+#define NGX_HTTP_DSM_PB_BUCKET_BOUND_KEY                                     \
+    ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_BUCKET_BOUND, NGX_HTTP_DSM_PB_FIXED64)
+
+/* sint32 and sint64 */
+
+#define ngx_http_dsm_pb_zigzag(v)                                            \
+    (((uint64_t) (int64_t) (v) << 1) ^ (uint64_t) ((int64_t) (v) >> 63))
+
+/* MetricType */
+
+#define NGX_HTTP_DSM_PB_COUNTER       0
+#define NGX_HTTP_DSM_PB_GAUGE         1
+#define NGX_HTTP_DSM_PB_HISTOGRAM     4
+
+/* the zero bucket: observations up to 2^-10 s, 976 us */
+
+#define NGX_HTTP_DSM_NATIVE_ZERO_US   976
+#define NGX_HTTP_DSM_NATIVE_ZERO      0.0009765625
+
+/* a run of up to this many empty buckets stays inside a span */
+
+#define NGX_HTTP_DSM_NATIVE_GAP       2
+
+
+/* the labels of every series, encoded once a scrape */
+
+typedef struct {
+    ngx_str_t                   **labels;        /* [zone][entry] */
+    ngx_str_t                    *zone;          /* zone="..": [zone] */
+} ngx_http_dsm_pb_t;
+
+
+/* a family being measured (write 0) or written */
+
+typedef struct {
+    ngx_http_dsm_out_t           *o;
+    ngx_http_dsm_pb_t            *pb;
+    ngx_uint_t                    write;
+    ngx_uint_t                    type;          /* MetricType */
+    size_t                        size;          /* of the metrics */
+    ngx_uint_t                    n;
+    uint64_t                      created;       /* the zone's start */
+} ngx_http_dsm_pb_fam_t;
+
+
+/* a label of a metric besides its series' ones */
+
+typedef struct {
+    ngx_str_t                     name;
+    ngx_str_t                     value;         /* raw */
+} ngx_http_dsm_pb_label_t;
+
+
+/* a native histogram's positive buckets as spans and deltas */
+
+typedef struct {
+    ngx_int_t                     offset[NGX_HTTP_DSM_NATIVE_BUCKETS];
+    ngx_uint_t                    length[NGX_HTTP_DSM_NATIVE_BUCKETS];
+    ngx_uint_t                    nspans;
+    int64_t                       delta[NGX_HTTP_DSM_NATIVE_BUCKETS];
+    ngx_uint_t                    ndeltas;
+    uint64_t                      zero;
+    uint64_t                      total;         /* zero bucket included */
+} ngx_http_dsm_pb_native_t;
+
+
+static ngx_inline size_t ngx_http_dsm_pb_varint_len(uint64_t v);
+static ngx_inline u_char *ngx_http_dsm_pb_varint(u_char *p, uint64_t v);
+static ngx_inline u_char *ngx_http_dsm_pb_double(u_char *p, u_char key,
+    double d);
+static ngx_inline size_t ngx_http_dsm_pb_field_len(size_t len);
+static size_t ngx_http_dsm_pb_unescape(u_char *dst, u_char *src, size_t len);
+static size_t ngx_http_dsm_pb_pair_len(size_t nlen, size_t vlen);
+static u_char *ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen,
+    u_char *value, size_t vlen, ngx_uint_t escaped);
+static u_char *ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text,
+    size_t len);
+static void ngx_http_dsm_pb_metrics(ngx_http_dsm_pb_fam_t *fm,
+    ngx_uint_t kind, ngx_uint_t arg, ngx_http_dsm_snap_t *snaps,
+    ngx_uint_t nzones);
+static void ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm,
+    ngx_str_t *labels, ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra,
+    double value);
+static void ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z);
+static void ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t h);
+static size_t ngx_http_dsm_pb_bucket_len(uint64_t cum);
+static u_char *ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le);
+static void ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh,
+    ngx_atomic_uint_t *w);
+static size_t ngx_http_dsm_pb_native_len(ngx_http_dsm_pb_native_t *nh);
+static size_t ngx_http_dsm_pb_span_len(ngx_http_dsm_pb_native_t *nh,
+    ngx_uint_t i);
+static size_t ngx_http_dsm_pb_deltas_len(ngx_http_dsm_pb_native_t *nh);
+static u_char *ngx_http_dsm_pb_native_write(u_char *p,
+    ngx_http_dsm_pb_native_t *nh);
+static void ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t arg);
+static void ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z);
+static void ngx_http_dsm_pb_reasons(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t missing);
+static void ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t arg);
+static void ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t arg);
+
+
+/*
+ * The upper bounds of the native buckets -79..80 in microseconds,
+ * floor(2^(i/8) * 1e6): an observation (whole microseconds) is in the
+ * first bucket whose bound it does not exceed.
+ */
+
+static const uint64_t  ngx_http_dsm_native_bounds[NGX_HTTP_DSM_NATIVE_BUCKETS]
+    = {
+    1064, 1161, 1266, 1381, 1506, 1642, 1791, 1953, 2129, 2322, 2532, 2762,
+    3012, 3284, 3582, 3906, 4259, 4645, 5065, 5524, 6024, 6569, 7164, 7812,
+    8519, 9290, 10131, 11048, 12048, 13139, 14328, 15625, 17039, 18581, 20263,
+    22097, 24097, 26278, 28656, 31250, 34078, 37162, 40526, 44194, 48194,
+    52556, 57312, 62500, 68156, 74325, 81052, 88388, 96388, 105112, 114625,
+    125000, 136313, 148650, 162104, 176776, 192776, 210224, 229251, 250000,
+    272626, 297301, 324209, 353553, 385552, 420448, 458502, 500000, 545253,
+    594603, 648419, 707106, 771105, 840896, 917004, 1000000, 1090507, 1189207,
+    1296839, 1414213, 1542210, 1681792, 1834008, 2000000, 2181015, 2378414,
+    2593679, 2828427, 3084421, 3363585, 3668016, 4000000, 4362030, 4756828,
+    5187358, 5656854, 6168843, 6727171, 7336032, 8000000, 8724061, 9513656,
+    10374716, 11313708, 12337686, 13454342, 14672064, 16000000, 17448123,
+    19027313, 20749432, 22627416, 24675373, 26908685, 29344129, 32000000,
+    34896247, 38054627, 41498865, 45254833, 49350746, 53817370, 58688258,
+    64000000, 69792494, 76109255, 82997731, 90509667, 98701492, 107634741,
+    117376517, 128000000, 139584989, 152218510, 165995462, 181019335,
+    197402985, 215269482, 234753035, 256000000, 279169979, 304437021,
+    331990925, 362038671, 394805971, 430538964, 469506070, 512000000,
+    558339959, 608874042, 663981851, 724077343, 789611942, 861077929,
+    939012140, 1024000000
+};
+
+
+void
+ngx_http_dsm_native_observe(ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, uint64_t us)
+{
+    ngx_uint_t     lo, hi, mid;
+    ngx_atomic_t  *v;
+
+    v = &s->v[l->native[h]];
+
+    if (us <= NGX_HTTP_DSM_NATIVE_ZERO_US) {
+        (void) ngx_atomic_fetch_add(&v[0], 1);
+        return;
+    }
+
+    /* above 2^10 s: the last bucket, so that the count stays exact */
+
+    lo = 0;
+    hi = NGX_HTTP_DSM_NATIVE_BUCKETS - 1;
+
+    while (lo < hi) {
+        mid = (lo + hi) / 2;
+
+        if (us <= ngx_http_dsm_native_bounds[mid]) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&v[1 + lo], 1);
+}
+
+
+/* the labels of every series as encoded LabelPair fields, zone first */
+
+void *
+ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
+    ngx_uint_t nzones)
+{
+    u_char               *p;
+    size_t                size;
+    ngx_str_t            *l, *zone;
+    ngx_uint_t            z, i;
+    ngx_http_dsm_pb_t    *pb;
+    ngx_http_dsm_snap_t  *snap;
+
+    pb = ngx_palloc(r->pool, sizeof(ngx_http_dsm_pb_t));
+    if (pb == NULL) {
+        return NULL;
+    }
+
+    pb->labels = ngx_palloc(r->pool, (nzones + 1) * sizeof(ngx_str_t *));
+    pb->zone = ngx_palloc(r->pool, (nzones + 1) * sizeof(ngx_str_t));
+
+    if (pb->labels == NULL || pb->zone == NULL) {
+        return NULL;
+    }
+
+    for (z = 0; z < nzones; z++) {
+        snap = &snaps[z];
+        zone = &pb->zone[z];
+
+        zone->data = ngx_pnalloc(r->pool, snap->name.len + 16);
+        if (zone->data == NULL) {
+            return NULL;
+        }
+
+        p = ngx_http_dsm_pb_pair(zone->data, (u_char *) "zone", 4,
+                                 snap->name.data, snap->name.len, 1);
+        zone->len = p - zone->data;
+
+        /* a LabelPair takes at most 8 bytes more than its text */
+
+        size = 0;
+
+        for (i = 0; i < snap->n; i++) {
+            size += snap->entries[i].s->text_len + zone->len
+                    + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
+        }
+
+        l = ngx_palloc(r->pool, snap->n * sizeof(ngx_str_t));
+        p = ngx_pnalloc(r->pool, size);
+
+        if (l == NULL || p == NULL) {
+            return NULL;
+        }
+
+        pb->labels[z] = l;
+
+        for (i = 0; i < snap->n; i++) {
+            l[i].data = p;
+
+            if (snap->prefix.len) {
+                p = ngx_cpymem(p, zone->data, zone->len);
+            }
+
+            p = ngx_http_dsm_pb_text_pairs(p, snap->entries[i].s->text,
+                                           snap->entries[i].s->text_len);
+            l[i].len = p - l[i].data;
+        }
+    }
+
+    return pb;
+}
+
+
+void
+ngx_http_dsm_pb_family(ngx_http_dsm_out_t *o, const ngx_str_t *name,
+    char *type, char *help, ngx_uint_t kind, ngx_uint_t arg,
+    ngx_http_dsm_snap_t *snaps, ngx_uint_t nzones)
+{
+    u_char                 *p;
+    size_t                  hlen, len;
+    ngx_http_dsm_pb_fam_t   fm;
+
+    ngx_memzero(&fm, sizeof(ngx_http_dsm_pb_fam_t));
+    fm.o = o;
+    fm.pb = o->pb;
+
+    switch (type[0]) {
+
+    case 'c':
+        fm.type = NGX_HTTP_DSM_PB_COUNTER;
+        break;
+
+    case 'g':
+        fm.type = NGX_HTTP_DSM_PB_GAUGE;
+        break;
+
+    default:
+        fm.type = NGX_HTTP_DSM_PB_HISTOGRAM;
+        break;
+    }
+
+    ngx_http_dsm_pb_metrics(&fm, kind, arg, snaps, nzones);
+
+    /* no metric, no family: client_golang never sends an empty one */
+
+    if (fm.n == 0 || o->error) {
+        return;
+    }
+
+    hlen = ngx_strlen(help);
+    len = ngx_http_dsm_pb_field_len(name->len)
+          + ngx_http_dsm_pb_field_len(hlen)
+          + 1 + ngx_http_dsm_pb_varint_len(fm.type)
+          + fm.size;
+
+    p = ngx_http_dsm_reserve(o, len - fm.size + 16);
+    if (p == NULL) {
+        return;
+    }
+
+    p = ngx_http_dsm_pb_varint(p, len);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_NAME,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, name->len);
+    p = ngx_cpymem(p, name->data, name->len);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_HELP,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, hlen);
+    p = ngx_cpymem(p, help, hlen);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_TYPE,
+                               NGX_HTTP_DSM_PB_VARINT);
+    p = ngx_http_dsm_pb_varint(p, fm.type);
+    o->b->last = p;
+
+    fm.write = 1;
+
+    ngx_http_dsm_pb_metrics(&fm, kind, arg, snaps, nzones);
+}
+
+
+static void
+ngx_http_dsm_pb_metrics(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
+    ngx_uint_t arg, ngx_http_dsm_snap_t *snaps, ngx_uint_t nzones)
+{
+    ngx_uint_t               z;
+    ngx_http_dsm_pb_label_t  extra[2];
+
+    if (kind == NGX_HTTP_DSM_KIND_BUILD_INFO) {
+        ngx_str_set(&extra[0].name, "version");
+        ngx_str_set(&extra[0].value, NGX_HTTP_DSM_VERSION);
+        ngx_str_set(&extra[1].name, "nginx_version");
+        ngx_str_set(&extra[1].value, NGINX_VERSION);
+
+        ngx_http_dsm_pb_sample(fm, NULL, extra, 2, 1);
+        return;
+    }
+
+    for (z = 0; z < nzones; z++) {
+        fm->created = snaps[z].values[NGX_HTTP_DSM_V_START_TIME];
+
+        switch (kind) {
+
+        case NGX_HTTP_DSM_KIND_REQUESTS:
+            ngx_http_dsm_pb_requests(fm, &snaps[z], z);
+            break;
+
+        case NGX_HTTP_DSM_KIND_HISTOGRAM:
+            ngx_http_dsm_pb_histogram(fm, &snaps[z], z, arg);
+            break;
+
+        case NGX_HTTP_DSM_KIND_TOKENS:
+            ngx_http_dsm_pb_tokens(fm, &snaps[z], z, arg);
+            break;
+
+        case NGX_HTTP_DSM_KIND_IN_FLIGHT:
+            ngx_http_dsm_pb_in_flight(fm, &snaps[z], z);
+            break;
+
+        case NGX_HTTP_DSM_KIND_REASONS:
+            ngx_http_dsm_pb_reasons(fm, &snaps[z], z, arg);
+            break;
+
+        case NGX_HTTP_DSM_KIND_ZONE:
+            ngx_http_dsm_pb_zone(fm, &snaps[z], z, arg);
+            break;
+
+        case NGX_HTTP_DSM_KIND_BALANCE:
+            ngx_http_dsm_pb_balance(fm, &snaps[z], z, arg);
+            break;
+
+        default:
+            /* a family this encoder does not know: the tests catch it */
+            return;
+        }
+    }
+}
+
+
+/*
+ * One Metric with a counter or gauge value: the encoded labels (may be
+ * NULL), then the extra ones.
+ */
+
+static void
+ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
+    ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra, double value)
+{
+    u_char      *p;
+    size_t       len, vlen, tlen;
+    ngx_uint_t   i;
+
+    len = labels ? labels->len : 0;
+
+    for (i = 0; i < nextra; i++) {
+        len += ngx_http_dsm_pb_pair_len(extra[i].name.len,
+                                        extra[i].value.len);
+    }
+
+    vlen = 9;
+    tlen = 0;
+
+    if (fm->type == NGX_HTTP_DSM_PB_COUNTER) {
+        tlen = 1 + ngx_http_dsm_pb_varint_len(fm->created);
+        vlen += ngx_http_dsm_pb_field_len(tlen);
+    }
+
+    len += ngx_http_dsm_pb_field_len(vlen);
+
+    if (!fm->write) {
+        fm->size += ngx_http_dsm_pb_field_len(len);
+        fm->n++;
+        return;
+    }
+
+    p = ngx_http_dsm_reserve(fm->o, len + 16);
+    if (p == NULL) {
+        return;
+    }
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_METRIC,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, len);
+
+    if (labels) {
+        p = ngx_cpymem(p, labels->data, labels->len);
+    }
+
+    for (i = 0; i < nextra; i++) {
+        p = ngx_http_dsm_pb_pair(p, extra[i].name.data, extra[i].name.len,
+                                 extra[i].value.data, extra[i].value.len, 0);
+    }
+
+    if (fm->type == NGX_HTTP_DSM_PB_COUNTER) {
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_COUNTER,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, vlen);
+        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_COUNTER_CREATED,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, tlen);
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, fm->created);
+
+    } else {
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_GAUGE,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, vlen);
+        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
+    }
+
+    fm->o->b->last = p;
+}
+
+
+static void
+ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z)
+{
+    u_char                   code[3];
+    uint64_t                 w;
+    ngx_uint_t               i, j, status;
+    ngx_http_dsm_entry_t    *e;
+    ngx_http_dsm_pb_label_t  extra;
+
+    ngx_str_set(&extra.name, "status");
+    extra.value.data = code;
+    extra.value.len = 3;
+
+    for (i = 0; i < snap->n; i++) {
+        e = &snap->entries[i];
+
+        for (j = 0; j < e->nslots; j++) {
+            w = e->slots[j];
+
+            if (w == 0) {
+                break;
+            }
+
+            if (ngx_http_dsm_tag_kind(w) != NGX_HTTP_DSM_SLOT_STATUS) {
+                continue;
+            }
+
+            status = ngx_http_dsm_tag_code(w);
+            code[0] = (u_char) ('0' + status / 100);
+            code[1] = (u_char) ('0' + status / 10 % 10);
+            code[2] = (u_char) ('0' + status % 10);
+
+            ngx_http_dsm_pb_sample(fm, &fm->pb->labels[z][i], &extra, 1,
+                                   (double) ngx_http_dsm_slot_count(w));
+        }
+    }
+}
+
+
+/*
+ * One Histogram message with the classic buckets and, if the zone keeps
+ * them, the native ones, as client_golang writes them: a scraper takes
+ * the native histogram if it wants it, the classic one otherwise.
+ */
+
+static void
+ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t h)
+{
+    u_char                    *p;
+    size_t                     len, hlen, tlen;
+    uint64_t                   cum, count;
+    ngx_str_t                 *labels;
+    ngx_uint_t                 i, b, nb;
+    ngx_atomic_uint_t         *v;
+    ngx_http_dsm_entry_t      *e;
+    ngx_http_dsm_layout_t     *l;
+    ngx_http_dsm_pb_native_t   nh;
+
+    l = snap->layout;
+    nb = l->nbuckets[h];
+
+    if (nb == 0) {
+        return;
+    }
+
+    tlen = 1 + ngx_http_dsm_pb_varint_len(fm->created);
+
+    for (i = 0; i < snap->n; i++) {
+        e = &snap->entries[i];
+        v = &e->v[l->offset[h]];
+
+        cum = 0;
+        for (b = 0; b <= nb; b++) {
+            cum += v[b];
+        }
+
+        if (cum == 0) {
+            continue;
+        }
+
+        /*
+         * An observation is counted in the native buckets first and they
+         * are read last: they may hold one the classic ones do not yet.
+         * Their total is the count then, so that Prometheus finds them
+         * adding up to it, and the classic buckets stay below it.
+         */
+
+        count = cum;
+
+        if (l->native[h]) {
+            ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
+            count = ngx_max(nh.total, cum);
+        }
+
+        /* the sizes first: count, sum, buckets, native, created */
+
+        hlen = 1 + ngx_http_dsm_pb_varint_len(count) + 9
+               + ngx_http_dsm_pb_field_len(tlen);
+
+        cum = 0;
+        for (b = 0; b < nb; b++) {
+            cum += v[b];
+            hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(cum));
+        }
+
+        if (l->native[h]) {
+            hlen += ngx_http_dsm_pb_native_len(&nh);
+        }
+
+        labels = &fm->pb->labels[z][i];
+        len = labels->len + ngx_http_dsm_pb_field_len(hlen);
+
+        if (!fm->write) {
+            fm->size += ngx_http_dsm_pb_field_len(len);
+            fm->n++;
+            continue;
+        }
+
+        p = ngx_http_dsm_reserve(fm->o, len + 16);
+        if (p == NULL) {
+            return;
+        }
+
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_METRIC,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, len);
+        p = ngx_cpymem(p, labels->data, labels->len);
+
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_HIST,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, hlen);
+
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_COUNT,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, count);
+        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_H_SUM_KEY,
+                                   (double) v[nb + 1] / 1e6);
+
+        /* no "+Inf" bucket: sample_count is it */
+
+        cum = 0;
+        for (b = 0; b < nb; b++) {
+            cum += v[b];
+            p = ngx_http_dsm_pb_bucket(p, cum,
+                                       (double) l->bounds[h][b] / 1e6);
+        }
+
+        if (l->native[h]) {
+            p = ngx_http_dsm_pb_native_write(p, &nh);
+        }
+
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_CREATED,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, tlen);
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, fm->created);
+
+        fm->o->b->last = p;
+    }
+}
+
+
+/* a classic bucket: the Bucket message's length, then the field */
+
+static size_t
+ngx_http_dsm_pb_bucket_len(uint64_t cum)
+{
+    return 1 + ngx_http_dsm_pb_varint_len(cum) + 9;
+}
+
+
+static u_char *
+ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le)
+{
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_BUCKET, NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_bucket_len(cum));
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_BUCKET_COUNT,
+                               NGX_HTTP_DSM_PB_VARINT);
+    p = ngx_http_dsm_pb_varint(p, cum);
+
+    return ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_BUCKET_BOUND_KEY, le);
+}
+
+
+/*
+ * The native buckets in use as spans of consecutive indexes; a run of up
+ * to NGX_HTTP_DSM_NATIVE_GAP empty buckets between two in use is cheaper
+ * as zero counts inside a span than as a new span.
+ */
+
+static void
+ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh, ngx_atomic_uint_t *w)
+{
+    uint64_t    c, prev;
+    ngx_int_t   k, last;
+
+    nh->zero = w[0];
+    nh->total = w[0];
+    nh->nspans = 0;
+    nh->ndeltas = 0;
+
+    prev = 0;
+    last = -1;
+
+    for (k = 0; k < NGX_HTTP_DSM_NATIVE_BUCKETS; k++) {
+        c = w[1 + k];
+
+        if (c == 0) {
+            continue;
+        }
+
+        if (nh->nspans && k - last - 1 <= NGX_HTTP_DSM_NATIVE_GAP) {
+            while (++last < k) {
+                nh->delta[nh->ndeltas++] = - (int64_t) prev;
+                nh->length[nh->nspans - 1]++;
+                prev = 0;
+            }
+
+        } else {
+            nh->offset[nh->nspans] = nh->nspans ? k - last - 1
+                                                : NGX_HTTP_DSM_NATIVE_MIN + k;
+            nh->length[nh->nspans] = 0;
+            nh->nspans++;
+        }
+
+        nh->delta[nh->ndeltas++] = (int64_t) c - (int64_t) prev;
+        nh->length[nh->nspans - 1]++;
+        nh->total += c;
+        prev = c;
+        last = k;
+    }
+}
+
+
+static size_t
+ngx_http_dsm_pb_native_len(ngx_http_dsm_pb_native_t *nh)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    /* schema, zero_threshold, zero_count */
+
+    len = 2 + 9 + 1 + ngx_http_dsm_pb_varint_len(nh->zero);
+
+    for (i = 0; i < nh->nspans; i++) {
+        len += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_span_len(nh, i));
+    }
+
+    if (nh->ndeltas) {
+        len += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_deltas_len(nh));
+    }
+
+    return len;
+}
+
+
+static size_t
+ngx_http_dsm_pb_span_len(ngx_http_dsm_pb_native_t *nh, ngx_uint_t i)
+{
+    return 2 + ngx_http_dsm_pb_varint_len(ngx_http_dsm_pb_zigzag(
+                                                          nh->offset[i]))
+           + ngx_http_dsm_pb_varint_len(nh->length[i]);
+}
+
+
+static size_t
+ngx_http_dsm_pb_deltas_len(ngx_http_dsm_pb_native_t *nh)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    len = 0;
+
+    for (i = 0; i < nh->ndeltas; i++) {
+        len += ngx_http_dsm_pb_varint_len(ngx_http_dsm_pb_zigzag(
+                                                             nh->delta[i]));
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_dsm_pb_native_write(u_char *p, ngx_http_dsm_pb_native_t *nh)
+{
+    ngx_uint_t  i;
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_SCHEMA,
+                               NGX_HTTP_DSM_PB_VARINT);
+    *p++ = (u_char) ngx_http_dsm_pb_zigzag(NGX_HTTP_DSM_NATIVE_SCHEMA);
+    p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_H_ZERO_THRESHOLD_KEY,
+                               NGX_HTTP_DSM_NATIVE_ZERO);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_ZERO_COUNT,
+                               NGX_HTTP_DSM_PB_VARINT);
+    p = ngx_http_dsm_pb_varint(p, nh->zero);
+
+    for (i = 0; i < nh->nspans; i++) {
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_POS_SPAN,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_span_len(nh, i));
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_SPAN_OFFSET,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_zigzag(nh->offset[i]));
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_SPAN_LENGTH,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, nh->length[i]);
+    }
+
+    if (nh->ndeltas == 0) {
+        return p;
+    }
+
+    /* packed sint64 */
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_POS_DELTA,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_deltas_len(nh));
+
+    for (i = 0; i < nh->ndeltas; i++) {
+        p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_zigzag(nh->delta[i]));
+    }
+
+    return p;
+}
+
+
+/* the same series and skips as ngx_http_dsm_tokens() */
+
+static void
+ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z, ngx_uint_t arg)
+{
+    u_char                   cur[4 * NGX_HTTP_DSM_MAX_VALUE];
+    ngx_str_t               *labels;
+    ngx_uint_t               i, t;
+    ngx_atomic_uint_t       *v;
+    ngx_http_dsm_entry_t    *e;
+    ngx_http_dsm_pb_label_t  extra;
+
+    static ngx_str_t  types[] = {
+        ngx_string("input_cache_hit"),
+        ngx_string("input_cache_miss"),
+        ngx_string("output")
+    };
+
+    for (i = 0; i < snap->n; i++) {
+        e = &snap->entries[i];
+        v = e->v;
+        labels = &fm->pb->labels[z][i];
+
+        if (arg == NGX_HTTP_DSM_TOKENS_KEEPALIVE) {
+            if (v[NGX_HTTP_DSM_C_KEEPALIVE] == 0) {
+                continue;
+            }
+
+        } else if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
+                   + v[NGX_HTTP_DSM_C_OUTPUT] == 0)
+        {
+            continue;
+        }
+
+        switch (arg) {
+
+        case NGX_HTTP_DSM_TOKENS_BY_TYPE:
+            ngx_str_set(&extra.name, "type");
+
+            for (t = 0; t < 3; t++) {
+                extra.value = types[t];
+                ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+                                       (double) v[NGX_HTTP_DSM_C_HIT + t]);
+            }
+
+            break;
+
+        case NGX_HTTP_DSM_TOKENS_REASONING:
+            ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+                                   (double) v[NGX_HTTP_DSM_C_REASONING]);
+            break;
+
+        case NGX_HTTP_DSM_TOKENS_KEEPALIVE:
+            ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+                                   (double) v[NGX_HTTP_DSM_C_KEEPALIVE]);
+            break;
+
+        default:
+            if (e->s->currency_len == 0
+                || e->s->currency_len > sizeof(cur))
+            {
+                break;
+            }
+
+            /* 1e-12 units: the double nearest the text's decimal */
+
+            ngx_str_set(&extra.name, "currency");
+            extra.value.data = cur;
+            extra.value.len = ngx_http_dsm_pb_unescape(cur, e->s->currency,
+                                                      e->s->currency_len);
+
+            ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+                                   (double) v[NGX_HTTP_DSM_C_COST] / 1e12);
+            break;
+        }
+    }
+}
+
+
+static void
+ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z)
+{
+    u_char                    name[4 * NGX_HTTP_DSM_MAX_VALUE];
+    ngx_str_t                *prefix;
+    ngx_uint_t                j;
+    ngx_http_dsm_endpoint_t  *ep;
+    ngx_http_dsm_pb_label_t   extra;
+
+    prefix = snap->prefix.len ? &fm->pb->zone[z] : NULL;
+    ngx_str_set(&extra.name, "endpoint");
+
+    for (j = 0; j <= NGX_HTTP_DSM_MAX_ENDPOINTS; j++) {
+        if (j < snap->nendpoints) {
+            ep = &snap->endpoints[j];
+
+            if (ep->text_len > sizeof(name)) {
+                continue;
+            }
+
+            extra.value.data = name;
+            extra.value.len = ngx_http_dsm_pb_unescape(name, ep->text,
+                                                      ep->text_len);
+
+        } else if (j == NGX_HTTP_DSM_MAX_ENDPOINTS && snap->in_flight[j]) {
+            ngx_str_set(&extra.value, "__overflow__");
+
+        } else {
+            continue;
+        }
+
+        ngx_http_dsm_pb_sample(fm, prefix, &extra, 1,
+                               (double) snap->in_flight[j]);
+    }
+}
+
+
+static void
+ngx_http_dsm_pb_reasons(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z, ngx_uint_t missing)
+{
+    uint64_t                 n[NGX_HTTP_DSM_NREASONS];
+    ngx_uint_t               i, r, nr;
+    ngx_http_dsm_pb_label_t  extra;
+
+    nr = missing ? NGX_HTTP_DSM_NMISSING : NGX_HTTP_DSM_NREASONS;
+    ngx_str_set(&extra.name, "reason");
+
+    for (i = 0; i < snap->n; i++) {
+        if (!ngx_http_dsm_entry_reasons(&snap->entries[i], missing, n)) {
+            continue;
+        }
+
+        for (r = 0; r < nr; r++) {
+            if (n[r] == 0) {
+                continue;
+            }
+
+            extra.value = *ngx_http_dsm_reason_name(missing, r);
+
+            ngx_http_dsm_pb_sample(fm, &fm->pb->labels[z][i], &extra, 1,
+                                   (double) n[r]);
+        }
+    }
+}
+
+
+static void
+ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z, ngx_uint_t arg)
+{
+    ngx_http_dsm_pb_label_t  extra;
+
+    if (arg != NGX_HTTP_DSM_V_SERIES) {
+        ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], NULL, 0,
+                               (double) snap->values[arg]);
+        return;
+    }
+
+    ngx_str_set(&extra.name, "state");
+
+    ngx_str_set(&extra.value, "used");
+    ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], &extra, 1,
+                           (double) snap->values[NGX_HTTP_DSM_V_SERIES]);
+
+    ngx_str_set(&extra.value, "capacity");
+    ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], &extra, 1,
+                           (double) snap->values[NGX_HTTP_DSM_V_CAPACITY]);
+}
+
+
+static void
+ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z, ngx_uint_t arg)
+{
+    u_char                      code[8];
+    ngx_uint_t                  i, t;
+    ngx_http_dsm_balance_sh_t  *bs;
+    ngx_http_dsm_pb_label_t     extra[2];
+
+    bs = &snap->balance;
+
+    if (bs->last == 0) {
+        return;
+    }
+
+    if (arg == NGX_HTTP_DSM_BAL_AVAILABLE) {
+        ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], NULL, 0,
+                               bs->available ? 1 : 0);
+        return;
+    }
+
+    if (arg == NGX_HTTP_DSM_BAL_UPDATED) {
+        /* milliseconds: the double nearest the text's decimal */
+        ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], NULL, 0,
+                               (double) bs->updated / 1e3);
+        return;
+    }
+
+    ngx_str_set(&extra[0].name, "currency");
+    ngx_str_set(&extra[1].name, "type");
+
+    for (i = 0; i < NGX_HTTP_DSM_BALANCE_SLOTS; i++) {
+        if (bs->slots[i].code == 0) {
+            continue;
+        }
+
+        extra[0].value.data = code;
+        extra[0].value.len = ngx_http_dsm_currency_code(code,
+                                                        bs->slots[i].code)
+                             - code;
+
+        for (t = 0; t < NGX_HTTP_DSM_BALANCE_TYPES; t++) {
+            extra[1].value.data = (u_char *) ngx_http_dsm_balance_types[t];
+            extra[1].value.len = ngx_strlen(ngx_http_dsm_balance_types[t]);
+
+            ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], extra, 2,
+                                   (double) (int64_t) bs->slots[i].amount[t]
+                                   / 1e6);
+        }
+    }
+}
+
+
+/* the encoder */
+
+static ngx_inline size_t
+ngx_http_dsm_pb_varint_len(uint64_t v)
+{
+    size_t  n;
+
+    for (n = 1; v >= 0x80; n++) {
+        v >>= 7;
+    }
+
+    return n;
+}
+
+
+static ngx_inline u_char *
+ngx_http_dsm_pb_varint(u_char *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (u_char) (v | 0x80);
+        v >>= 7;
+    }
+
+    *p++ = (u_char) v;
+
+    return p;
+}
+
+
+/* a fixed64 field: the key, then the double's bits, little-endian */
+
+static ngx_inline u_char *
+ngx_http_dsm_pb_double(u_char *p, u_char key, double d)
+{
+    uint64_t    u;
+    ngx_uint_t  i;
+
+    ngx_memcpy(&u, &d, sizeof(uint64_t));
+
+    *p++ = key;
+
+    for (i = 0; i < 8; i++) {
+        *p++ = (u_char) (u >> (8 * i));
+    }
+
+    return p;
+}
+
+
+/* a length-delimited field of len bytes: key, length, bytes */
+
+static ngx_inline size_t
+ngx_http_dsm_pb_field_len(size_t len)
+{
+    return 1 + ngx_http_dsm_pb_varint_len(len) + len;
+}
+
+
+/* the text formats' escapes undone: \\, \" and \n; dst NULL: the length */
+
+static size_t
+ngx_http_dsm_pb_unescape(u_char *dst, u_char *src, size_t len)
+{
+    u_char  *last;
+    size_t   n;
+
+    n = 0;
+    last = src + len;
+
+    while (src < last) {
+        if (*src == '\\' && src + 1 < last) {
+            src++;
+
+            if (dst) {
+                dst[n] = (*src == 'n') ? '\n' : *src;
+            }
+
+        } else if (dst) {
+            dst[n] = *src;
+        }
+
+        src++;
+        n++;
+    }
+
+    return n;
+}
+
+
+static size_t
+ngx_http_dsm_pb_pair_len(size_t nlen, size_t vlen)
+{
+    return ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_field_len(nlen)
+                                     + ngx_http_dsm_pb_field_len(vlen));
+}
+
+
+/* a Metric's LabelPair field; an escaped value is unescaped on the way */
+
+static u_char *
+ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen, u_char *value,
+    size_t vlen, ngx_uint_t escaped)
+{
+    size_t  ulen;
+
+    ulen = escaped ? ngx_http_dsm_pb_unescape(NULL, value, vlen) : vlen;
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_LABEL,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_field_len(nlen)
+                                  + ngx_http_dsm_pb_field_len(ulen));
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_LABEL_NAME,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, nlen);
+    p = ngx_cpymem(p, name, nlen);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_LABEL_VALUE,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, ulen);
+
+    if (escaped) {
+        return p + ngx_http_dsm_pb_unescape(p, value, vlen);
+    }
+
+    return ngx_cpymem(p, value, vlen);
+}
+
+
+/* a series' label text, name="value",... (escaped), as LabelPair fields */
+
+static u_char *
+ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text, size_t len)
+{
+    u_char  *last, *name, *value;
+    size_t   nlen;
+
+    last = text + len;
+
+    while (text < last) {
+        name = text;
+
+        while (text < last && *text != '=') {
+            text++;
+        }
+
+        nlen = text - name;
+
+        if (last - text < 2 || text[1] != '"') {
+            break;
+        }
+
+        text += 2;
+        value = text;
+
+        while (text < last && *text != '"') {
+            text += (*text == '\\') ? 2 : 1;
+        }
+
+        if (text >= last) {
+            break;
+        }
+
+        p = ngx_http_dsm_pb_pair(p, name, nlen, value, text - value, 1);
+
+        /* the closing quote and the comma */
+        text += 2;
+    }
+
+    return p;
+}
