@@ -604,8 +604,11 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
 
     ngx_memory_barrier();
 
-    nv = (sh->layout.series_size - offsetof(ngx_http_dsm_series_t, v))
-         / sizeof(ngx_atomic_t);
+    /* the counters; exemplars are read at formatting, each under its lock */
+
+    len = sh->layout.exemplar_offset ? sh->layout.exemplar_offset
+                                     : sh->layout.series_size;
+    nv = (len - offsetof(ngx_http_dsm_series_t, v)) / sizeof(ngx_atomic_t);
 
     snap->entries = ngx_palloc(r->pool, n * sizeof(ngx_http_dsm_entry_t));
     v = ngx_palloc(r->pool, n * nv * sizeof(ngx_atomic_uint_t));
@@ -1004,13 +1007,15 @@ static void
 ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     const ngx_http_dsm_family_t *f)
 {
-    u_char                *p;
-    uint64_t               cum;
-    ngx_str_t              name;
-    ngx_uint_t             i, b, nb, h;
-    const ngx_str_t       *metric;
-    ngx_atomic_uint_t     *v;
-    ngx_http_dsm_entry_t  *e;
+    u_char                   *p;
+    size_t                    exlen;
+    uint64_t                  cum;
+    ngx_str_t                 name;
+    ngx_uint_t                i, b, nb, h;
+    const ngx_str_t          *metric;
+    ngx_atomic_uint_t        *v;
+    ngx_http_dsm_entry_t     *e;
+    ngx_http_dsm_exemplar_t   ex;
 
     h = f->arg;
     nb = snap->layout->nbuckets[h];
@@ -1018,6 +1023,11 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     if (nb == 0) {
         return;
     }
+
+    /* exemplars: OpenMetrics only, text 0.0.4 has no syntax for them */
+
+    exlen = (o->om && snap->layout->exemplar_offset)
+            ? (nb + 1) * NGX_HTTP_DSM_EXEMPLAR_LEN : 0;
 
     metric = &f->name;
 
@@ -1035,7 +1045,8 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         }
 
         p = ngx_http_dsm_reserve(o, (nb + 3)
-                                    * ngx_http_dsm_line_size(snap, e));
+                                    * ngx_http_dsm_line_size(snap, e)
+                                    + exlen);
         if (p == NULL) {
             return;
         }
@@ -1058,6 +1069,14 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
             p = ngx_cpymem(p, snap->le[h][b].data, snap->le[h][b].len);
             p = ngx_http_dsm_u64(p, cum);
+
+            if (exlen
+                && ngx_http_dsm_exemplar_read(snap->layout, e->s, h, b, &ex)
+                   == NGX_OK)
+            {
+                p = ngx_http_dsm_exemplar_om(p, &ex);
+            }
+
             *p++ = '\n';
         }
 
