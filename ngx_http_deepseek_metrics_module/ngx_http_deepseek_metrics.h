@@ -711,7 +711,8 @@ void ngx_http_dsm_exemplar_record(ngx_http_dsm_layout_t *l,
 ngx_int_t ngx_http_dsm_exemplar_read(ngx_http_dsm_layout_t *l,
     ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket,
     ngx_http_dsm_exemplar_t *ex);
-u_char *ngx_http_dsm_exemplar_om(u_char *p, ngx_http_dsm_exemplar_t *ex);
+u_char *ngx_http_dsm_exemplar_om(u_char *p, ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket);
 
 /* export */
 char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

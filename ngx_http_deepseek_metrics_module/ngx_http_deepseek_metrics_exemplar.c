@@ -290,17 +290,25 @@ ngx_http_dsm_exemplar_read(ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s,
 
 /*
  * OpenMetrics 1.0: " # {trace_id="..."} value timestamp" after a bucket's
- * count; the value in seconds like the bucket bounds, the timestamp in
- * seconds with milliseconds.  At most NGX_HTTP_DSM_EXEMPLAR_LEN bytes.
+ * count, or nothing; the value in seconds like the bucket bounds, the
+ * timestamp in seconds with milliseconds.  At most
+ * NGX_HTTP_DSM_EXEMPLAR_LEN bytes.
  */
 
 u_char *
-ngx_http_dsm_exemplar_om(u_char *p, ngx_http_dsm_exemplar_t *ex)
+ngx_http_dsm_exemplar_om(u_char *p, ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket)
 {
-    p = ngx_http_dsm_lit(p, " # {trace_id=\"");
-    p += ngx_http_dsm_escape(p, ex->id, ex->len);
-    p = ngx_http_dsm_lit(p, "\"} ");
-    p = ngx_http_dsm_seconds(p, ex->value);
+    ngx_http_dsm_exemplar_t  ex;
 
-    return ngx_sprintf(p, " %uL.%03uL", ex->time / 1000, ex->time % 1000);
+    if (ngx_http_dsm_exemplar_read(l, s, h, bucket, &ex) != NGX_OK) {
+        return p;
+    }
+
+    p = ngx_http_dsm_lit(p, " # {trace_id=\"");
+    p += ngx_http_dsm_escape(p, ex.id, ex.len);
+    p = ngx_http_dsm_lit(p, "\"} ");
+    p = ngx_http_dsm_seconds(p, ex.value);
+
+    return ngx_sprintf(p, " %uL.%03uL", ex.time / 1000, ex.time % 1000);
 }

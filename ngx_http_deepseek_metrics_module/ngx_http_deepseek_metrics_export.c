@@ -1007,15 +1007,14 @@ static void
 ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     const ngx_http_dsm_family_t *f)
 {
-    u_char                   *p;
-    size_t                    exlen;
-    uint64_t                  cum;
-    ngx_str_t                 name;
-    ngx_uint_t                i, b, nb, h;
-    const ngx_str_t          *metric;
-    ngx_atomic_uint_t        *v;
-    ngx_http_dsm_entry_t     *e;
-    ngx_http_dsm_exemplar_t   ex;
+    u_char                *p;
+    size_t                 exlen;
+    uint64_t               cum;
+    ngx_str_t              name;
+    ngx_uint_t             i, b, nb, h;
+    const ngx_str_t       *metric;
+    ngx_atomic_uint_t     *v;
+    ngx_http_dsm_entry_t  *e;
 
     h = f->arg;
     nb = snap->layout->nbuckets[h];
@@ -1070,11 +1069,8 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             p = ngx_cpymem(p, snap->le[h][b].data, snap->le[h][b].len);
             p = ngx_http_dsm_u64(p, cum);
 
-            if (exlen
-                && ngx_http_dsm_exemplar_read(snap->layout, e->s, h, b, &ex)
-                   == NGX_OK)
-            {
-                p = ngx_http_dsm_exemplar_om(p, &ex);
+            if (exlen) {
+                p = ngx_http_dsm_exemplar_om(p, snap->layout, e->s, h, b);
             }
 
             *p++ = '\n';
