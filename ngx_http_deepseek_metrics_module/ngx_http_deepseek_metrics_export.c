@@ -1011,7 +1011,7 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     size_t                 exlen;
     uint64_t               cum;
     ngx_str_t              name;
-    ngx_uint_t             i, b, nb, h;
+    ngx_uint_t             i, b, nb, h, ex;
     const ngx_str_t       *metric;
     ngx_atomic_uint_t     *v;
     ngx_http_dsm_entry_t  *e;
@@ -1025,8 +1025,7 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
     /* exemplars: OpenMetrics only, text 0.0.4 has no syntax for them */
 
-    exlen = (o->om && snap->layout->exemplar_offset)
-            ? (nb + 1) * NGX_HTTP_DSM_EXEMPLAR_LEN : 0;
+    ex = (o->om && snap->layout->exemplar_offset);
 
     metric = &f->name;
 
@@ -1035,8 +1034,16 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         v = &e->v[snap->layout->offset[h]];
 
         cum = 0;
+        exlen = 0;
+
         for (b = 0; b <= nb; b++) {
             cum += v[b];
+
+            /* an exemplar is written after its count: none where it is 0 */
+
+            if (ex && v[b]) {
+                exlen += NGX_HTTP_DSM_EXEMPLAR_LEN;
+            }
         }
 
         if (cum == 0) {
@@ -1069,7 +1076,7 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             p = ngx_cpymem(p, snap->le[h][b].data, snap->le[h][b].len);
             p = ngx_http_dsm_u64(p, cum);
 
-            if (exlen) {
+            if (ex && v[b]) {
                 p = ngx_http_dsm_exemplar_om(p, snap->layout, e->s, h, b);
             }
 
