@@ -708,6 +708,11 @@ void ngx_http_dsm_exemplar_start(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q, ngx_msec_t now);
 void ngx_http_dsm_exemplar_record(ngx_http_dsm_layout_t *l,
     ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket, uint64_t us);
+/*
+ * ngx_http_dsm_exemplar_read(): a whole copy of the exemplar of bucket
+ * "bucket" (0..nbuckets[h], the last is "+Inf") of histogram h, for any
+ * exposition: NGX_OK, or NGX_DECLINED (none, being written, no storage).
+ */
 ngx_int_t ngx_http_dsm_exemplar_read(ngx_http_dsm_layout_t *l,
     ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket,
     ngx_http_dsm_exemplar_t *ex);
