@@ -193,6 +193,8 @@ request('stream', 'b', '2026-12-07 01:00:10', '2026-12-07 01:00:11', stream => 1
 request('two',    'b', '2026-12-07 01:00:20', '2026-12-07 01:00:22', mock => 'sleep_ms=1500');
 request('one',    'b', '2026-12-07 01:00:30', '2026-12-07 01:00:31', mock => 'sleep_ms=1500');
 request('five',   'b', '2026-12-07 01:00:40', '2026-12-07 01:00:45', mock => 'sleep_ms=1500');
+# every time 0: the first bucket of each histogram, next to the "+Inf" of the one before
+request('fast',   'b', '2026-12-07 01:00:48', '2026-12-07 01:00:48', stream => 1);
 request('off',    'c', '2026-12-07 01:00:50', '2026-12-07 01:00:50', path => '/off/chat/completions');
 request('plain',  'a', '2026-12-07 01:00:50', '2026-12-07 01:00:50', path => '/plain/chat/completions');
 
@@ -202,17 +204,17 @@ my $T0 = epoch('2026-12-07 01:00:00');
 my $m = $t->scrape(accept => 'openmetrics');
 my %E = (
     # family, case, le                                   request   value  clock (s after $T0)
-    'request_latency_seconds b 0.5'                  => undef,
+    'request_latency_seconds b 0.5'                  => [ 'fast',   '0.0', 48 ],
     'request_latency_seconds a 0.5'                  => [ 'zero',   '0.0', 0  ],
     'request_latency_seconds a 1.0'                  => undef,
     'request_latency_seconds b 1.0'                  => [ 'one',    '1.0', 31 ],   # the latest of two
     'request_latency_seconds b 2.0'                  => [ 'two',    '2.0', 22 ],
     'request_latency_seconds b +Inf'                 => [ 'five',   '5.0', 45 ],
-    'time_to_first_token_seconds b 0.5'              => undef,
+    'time_to_first_token_seconds b 0.5'              => [ 'fast',   '0.0', 48 ],
     'time_to_first_token_seconds b 1.0'              => [ 'stream', '1.0', 11 ],
     'time_to_first_token_seconds b 2.0'              => undef,
     'time_to_first_token_seconds b +Inf'             => undef,
-    'time_per_output_token_seconds b 0.5'            => [ 'stream', '0.0', 11 ],
+    'time_per_output_token_seconds b 0.5'            => [ 'fast',   '0.0', 48 ],   # was 'stream'
     'time_per_output_token_seconds b 1.0'            => undef,
     'request_latency_seconds c 0.5'                  => undef,       # directive off
 );
@@ -232,14 +234,14 @@ for my $k (sort keys %E) {
     like($m->raw, qr/\Q${\ "deepseek_${fam}_bucket"}\E\{[^}]*le="\Q$le\E"\} \d+ # \{trace_id="$ID{$req}"\} \Q$value\E \Q${\ ($T0 + $at)}\E\.000\n/,
          "$k: the exact text");
 }
-is(scalar(() = $m->exemplars(undef, {})), 6, '6 exemplars in all, on buckets only');
+is(scalar(() = $m->exemplars(undef, {})), 8, '8 exemplars in all, on buckets only');
 
 my $p = $t->scrape(path => '/plain', accept => 'openmetrics');
 is($p->value('deepseek_request_latency_seconds_count', { case => 'a' }), 1, 'plain zone: the request is counted');
 is(scalar(() = $p->exemplars(undef, {})), 0, 'plain zone (no "exemplars"): no exemplar');
 
 my $text = $t->scrape(accept => 'text');
-is($text->value('deepseek_request_latency_seconds_count', { case => 'b' }), 4, 'text 0.0.4: counted');
+is($text->value('deepseek_request_latency_seconds_count', { case => 'b' }), 5, 'text 0.0.4: counted');
 unlike($text->response->{body}, qr/ # /, 'text 0.0.4: no exemplar');
 
 # ------------------------------------------------------------------ ids from a header
