@@ -6,7 +6,7 @@
 //   $__rate_interval, $__interval          ->  1m   (override with --interval=30s)
 //   $__range                               ->  1h
 // Output: JSON lines {"kind":"panel"|"annotation"|"variable", "title", "refId",
-// "expr", "instant"} ; variables `label_values(SELECTOR, LABEL)` become
+// "expr", "instant", "exemplar" (panels)} ; variables `label_values(SELECTOR, LABEL)` become
 // {"kind":"variable","match":SELECTOR,"label":LABEL}.
 //
 //   node extract-queries.js [--interval=1m] [dashboard.json]
@@ -42,7 +42,7 @@ function walk(panels) {
     for (const t of p.targets || []) {
       if (!t.expr) continue;
       out.push({ kind: 'panel', title: p.title, id: p.id, refId: t.refId, expr: subst(t.expr),
-        instant: !!t.instant && !t.range, legend: t.legendFormat || '' });
+        instant: !!t.instant && !t.range, legend: t.legendFormat || '', exemplar: !!t.exemplar });
     }
   }
 }

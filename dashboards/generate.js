@@ -42,6 +42,7 @@ function q(expr, legend, opts = {}) {
   if (opts.instant) b.instant(true).range(false);
   else b.range(true);
   if (opts.format) b.format(opts.format);
+  if (opts.exemplar) b.exemplar(true);
   return b;
 }
 
@@ -117,10 +118,12 @@ function row(title) {
   return new dashboard.RowBuilder(title);
 }
 
-function quantiles(family, sel, qs = [0.5, 0.9, 0.99]) {
-  return qs.map((qq) =>
+// exemplars (deepseek_metrics_exemplar): shown on the highest quantile only,
+// each dot once; Prometheus needs --enable-feature=exemplar-storage
+function quantiles(family, sel, qs = [0.5, 0.9, 0.99], o = {}) {
+  return qs.map((qq, i) =>
     q(`histogram_quantile(${qq}, sum by (le) (rate(${family}_bucket{${sel}}[${RI}])))`,
-      `p${Math.round(qq * 100)}`));
+      `p${Math.round(qq * 100)}`, { exemplar: o.exemplar && i === qs.length - 1 }));
 }
 
 // Currency-aware units for the cost panels (legend/series names contain the
@@ -258,8 +261,8 @@ panels.push(ts('Usage missing', 'Responses whose token usage could not be read, 
   [q(`sum by (reason) (rate(deepseek_usage_missing_total{${SEL}}[${RI}]))`, '{{reason}}')], { w: 12 }));
 
 panels.push(row('Latency'));
-panels.push(ts('Request latency p50 / p90 / p99', 'Request start to last byte ($request_time), from deepseek_request_latency_seconds.', 's',
-  quantiles('deepseek_request_latency_seconds', SEL), { w: 12, fill: 0 }));
+panels.push(ts('Request latency p50 / p90 / p99', 'Request start to last byte ($request_time), from deepseek_request_latency_seconds. Dots on p99: exemplars, the latest request of each bucket (trace_id = the deepseek_metrics_exemplar variable, e.g. $request_id); see docs/exemplars.md.', 's',
+  quantiles('deepseek_request_latency_seconds', SEL, undefined, { exemplar: true }), { w: 12, fill: 0 }));
 refIds = 0;
 panels.push(new heatmap.PanelBuilder()
   .title('Request latency heatmap')
@@ -274,8 +277,8 @@ panels.push(new heatmap.PanelBuilder()
   .showValue(common.VisibilityMode.Never)
   .tooltip(new heatmap.HeatmapTooltipBuilder().mode(common.TooltipDisplayMode.Single).yHistogram(true).showColorScale(false))
   .withTarget(q(`sum by (le) (rate(deepseek_request_latency_seconds_bucket{${SEL}}[${RI}]))`, '{{le}}', { format: prometheus.PromQueryFormat.Heatmap })));
-panels.push(ts('Time to first token p50 / p90 / p99', 'Streaming requests: request start to the first SSE event with content, reasoning or tool calls (keep-alives do not count).', 's',
-  quantiles('deepseek_time_to_first_token_seconds', SEL), { w: 12, fill: 0 }));
+panels.push(ts('Time to first token p50 / p90 / p99', 'Streaming requests: request start to the first SSE event with content, reasoning or tool calls (keep-alives do not count). Dots on p99: exemplars (docs/exemplars.md).', 's',
+  quantiles('deepseek_time_to_first_token_seconds', SEL, undefined, { exemplar: true }), { w: 12, fill: 0 }));
 refIds = 0;
 panels.push(ts('Queue wait and first answer token (p90)', 'Queue wait: request start to the first data event (time queued at DeepSeek). First answer token: first non-reasoning content.', 's',
   [q(`histogram_quantile(0.9, sum by (le) (rate(deepseek_queue_wait_seconds_bucket{${SEL}}[${RI}])))`, 'queue wait p90'),

@@ -194,7 +194,31 @@ typedef struct {
     ngx_uint_t                    native[NGX_HTTP_DSM_NHIST];   /* 0: off */
     uint64_t                      bounds[NGX_HTTP_DSM_NHIST]
                                         [NGX_HTTP_DSM_MAX_BUCKETS]; /* us */
+    size_t                        exemplar_offset; /* in a series, 0: none */
 } ngx_http_dsm_layout_t;
+
+
+/*
+ * The latest exemplar of a classic bucket, in the series record after the
+ * counters when the zone has "exemplars".  One cache line; written under
+ * a seqlock: seq is odd while a writer owns it (taken by compare-and-swap,
+ * so a second writer skips instead of waiting), even and non-zero once one
+ * is published.  Only printable ASCII ids are kept, so the stored bytes
+ * are valid UTF-8 and within the OpenMetrics limit of 128 characters.
+ */
+
+#define NGX_HTTP_DSM_EXEMPLAR_MAX     36     /* a UUID; 32 hex ids fit */
+#define NGX_HTTP_DSM_EXEMPLAR_LEN                                            \
+    (sizeof(" # {trace_id=\"\"} ") - 1 + 2 * NGX_HTTP_DSM_EXEMPLAR_MAX      \
+     + 2 * (NGX_INT64_LEN + 8))                 /* OpenMetrics text */
+
+typedef struct {
+    ngx_atomic_t                  seq;
+    uint64_t                      value;         /* us */
+    uint64_t                      time;          /* unix time, ms */
+    uint32_t                      len;
+    u_char                        id[NGX_HTTP_DSM_EXEMPLAR_MAX];
+} ngx_http_dsm_exemplar_t;
 
 
 /*
@@ -362,6 +386,7 @@ typedef struct {
     ngx_array_t                  *export_zones;  /* ngx_http_dsm_zone_t * */
     ngx_flag_t                    export;
     ngx_flag_t                    request_body;  /* read model from it */
+    ngx_http_complex_value_t     *exemplar;      /* NULL: off */
     ngx_uint_t                    unbuffered;    /* SSE without buffering */
 } ngx_http_dsm_loc_conf_t;
 
@@ -701,6 +726,27 @@ void ngx_http_dsm_balance_count(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
 /* native histograms */
 void ngx_http_dsm_native_observe(ngx_http_dsm_layout_t *l,
     ngx_http_dsm_series_t *s, ngx_uint_t h, uint64_t us);
+
+/* exemplars */
+extern ngx_str_t  ngx_http_dsm_exemplar_id;
+size_t ngx_http_dsm_exemplar_size(ngx_http_dsm_layout_t *layout);
+char *ngx_http_dsm_exemplar(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_dsm_exemplar_merge(ngx_conf_t *cf,
+    ngx_http_dsm_loc_conf_t *prev, ngx_http_dsm_loc_conf_t *conf);
+void ngx_http_dsm_exemplar_start(ngx_http_request_t *r,
+    ngx_http_dsm_req_t *q, ngx_msec_t now);
+void ngx_http_dsm_exemplar_record(ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket, uint64_t us);
+/*
+ * ngx_http_dsm_exemplar_read(): a whole copy of the exemplar of bucket
+ * "bucket" (0..nbuckets[h], the last is "+Inf") of histogram h, for any
+ * exposition: NGX_OK, or NGX_DECLINED (none, being written, no storage).
+ */
+ngx_int_t ngx_http_dsm_exemplar_read(ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket,
+    ngx_http_dsm_exemplar_t *ex);
+u_char *ngx_http_dsm_exemplar_om(u_char *p, ngx_http_dsm_layout_t *l,
+    ngx_http_dsm_series_t *s, ngx_uint_t h, ngx_uint_t bucket);
 
 /* export */
 char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

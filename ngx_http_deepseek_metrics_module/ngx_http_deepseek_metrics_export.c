@@ -613,8 +613,11 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
 
     ngx_memory_barrier();
 
-    nv = (sh->layout.series_size - offsetof(ngx_http_dsm_series_t, v))
-         / sizeof(ngx_atomic_t);
+    /* the counters; exemplars are read at formatting, each under its lock */
+
+    len = sh->layout.exemplar_offset ? sh->layout.exemplar_offset
+                                     : sh->layout.series_size;
+    nv = (len - offsetof(ngx_http_dsm_series_t, v)) / sizeof(ngx_atomic_t);
 
     snap->entries = ngx_palloc(r->pool, n * sizeof(ngx_http_dsm_entry_t));
     v = ngx_palloc(r->pool, n * nv * sizeof(ngx_atomic_uint_t));
@@ -1014,9 +1017,10 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     const ngx_http_dsm_family_t *f)
 {
     u_char                *p;
+    size_t                 exlen;
     uint64_t               cum;
     ngx_str_t              name;
-    ngx_uint_t             i, b, nb, h;
+    ngx_uint_t             i, b, nb, h, ex;
     const ngx_str_t       *metric;
     ngx_atomic_uint_t     *v;
     ngx_http_dsm_entry_t  *e;
@@ -1028,6 +1032,10 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         return;
     }
 
+    /* exemplars: OpenMetrics only, text 0.0.4 has no syntax for them */
+
+    ex = (o->om && snap->layout->exemplar_offset);
+
     metric = &f->name;
 
     for (i = 0; i < snap->n; i++) {
@@ -1035,8 +1043,16 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         v = &e->v[snap->layout->offset[h]];
 
         cum = 0;
+        exlen = 0;
+
         for (b = 0; b <= nb; b++) {
             cum += v[b];
+
+            /* an exemplar is written after its count: none where it is 0 */
+
+            if (ex && v[b]) {
+                exlen += NGX_HTTP_DSM_EXEMPLAR_LEN;
+            }
         }
 
         if (cum == 0) {
@@ -1044,7 +1060,8 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         }
 
         p = ngx_http_dsm_reserve(o, (nb + 3)
-                                    * ngx_http_dsm_line_size(snap, e));
+                                    * ngx_http_dsm_line_size(snap, e)
+                                    + exlen);
         if (p == NULL) {
             return;
         }
@@ -1067,6 +1084,11 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
             p = ngx_cpymem(p, snap->le[h][b].data, snap->le[h][b].len);
             p = ngx_http_dsm_u64(p, cum);
+
+            if (ex && v[b]) {
+                p = ngx_http_dsm_exemplar_om(p, snap->layout, e->s, h, b);
+            }
+
             *p++ = '\n';
         }
 

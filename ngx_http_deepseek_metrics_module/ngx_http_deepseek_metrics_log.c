@@ -47,6 +47,10 @@ ngx_http_dsm_observe(ngx_http_dsm_layout_t *l, ngx_http_dsm_series_t *s,
 
     (void) ngx_atomic_fetch_add(&v[i], 1);
     (void) ngx_atomic_fetch_add(&v[n + 1], us);
+
+    if (ngx_http_dsm_exemplar_id.len) {
+        ngx_http_dsm_exemplar_record(l, s, h, i, us);
+    }
 }
 
 
@@ -151,6 +155,8 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
                    "deepseek metrics: counted status %ui model index %ui%s",
                    status, q.model_index,
                    s->overflow ? " in the overflow series" : "");
+
+    ngx_http_dsm_exemplar_start(r, &q, now);
 
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
                          ngx_http_dsm_elapsed(start, now) * 1000);

@@ -82,6 +82,13 @@ static ngx_command_t  ngx_http_dsm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("deepseek_metrics_exemplar"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsm_exemplar,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("deepseek_metrics_request_body"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -208,11 +215,13 @@ static const ngx_str_t  ngx_http_dsm_zone_params[] = {
     ngx_string("histograms="),
     ngx_string("gap_buckets="),
     ngx_string("native="),
+    ngx_string("exemplars"),
     ngx_null_string
 };
 
 #define NGX_HTTP_DSM_PARAM_TPOT_BUCKETS  2
 #define NGX_HTTP_DSM_PARAM_GAP_BUCKETS   4
+#define NGX_HTTP_DSM_PARAM_EXEMPLARS     6
 
 
 static uint64_t  ngx_http_dsm_default_buckets[] = {
@@ -488,6 +497,7 @@ ngx_http_dsm_create_loc_conf(ngx_conf_t *cf)
     conf->zone = NGX_CONF_UNSET_PTR;
     conf->endpoint = NGX_CONF_UNSET_PTR;
     conf->labels = NGX_CONF_UNSET_PTR;
+    conf->exemplar = NGX_CONF_UNSET_PTR;
     conf->export = NGX_CONF_UNSET;
     conf->request_body = NGX_CONF_UNSET;
     conf->unbuffered = NGX_CONF_UNSET_UINT;
@@ -523,7 +533,7 @@ ngx_http_dsm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->zone = NULL;
     }
 
-    return NGX_CONF_OK;
+    return ngx_http_dsm_exemplar_merge(cf, prev, conf);
 }
 
 
@@ -628,8 +638,8 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\", expected "
                                "max_series=, buckets=, tpot_buckets=, "
-                               "gap_buckets=, histograms= or native=",
-                               &value[i]);
+                               "gap_buckets=, histograms=, native= or "
+                               "exemplars", &value[i]);
             return NGX_CONF_ERROR;
         }
 
@@ -651,6 +661,19 @@ ngx_http_dsm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             max_series = n;
+            continue;
+        }
+
+        if (param == NGX_HTTP_DSM_PARAM_EXEMPLARS) {
+            if (value[i].len != sizeof("exemplars") - 1) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid parameter \"%V\", expected "
+                                   "\"exemplars\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            /* a request: ngx_http_dsm_series_size() sets the offset */
+            layout.exemplar_offset = 1;
             continue;
         }
 

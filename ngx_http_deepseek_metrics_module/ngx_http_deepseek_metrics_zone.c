@@ -47,6 +47,7 @@ static ngx_str_t  ngx_http_dsm_overflow = ngx_string("__overflow__");
 size_t
 ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
 {
+    size_t      size;
     ngx_uint_t  i, n;
 
     n = NGX_HTTP_DSM_NCOUNTERS;
@@ -63,7 +64,7 @@ ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
         }
     }
 
-    /* native histograms last: nonzero native[] asks for one, then is it */
+    /* native histograms after the counters: nonzero native[] asks */
 
     for (i = 0; i < NGX_HTTP_DSM_NHIST; i++) {
         if (layout->native[i]) {
@@ -72,7 +73,16 @@ ngx_http_dsm_series_size(ngx_http_dsm_layout_t *layout)
         }
     }
 
-    return offsetof(ngx_http_dsm_series_t, v) + n * sizeof(ngx_atomic_t);
+    size = offsetof(ngx_http_dsm_series_t, v) + n * sizeof(ngx_atomic_t);
+
+    /* "exemplars" (exemplar_offset set to 1): after the counters */
+
+    if (layout->exemplar_offset) {
+        layout->exemplar_offset = size;
+        size += ngx_http_dsm_exemplar_size(layout);
+    }
+
+    return size;
 }
 
 

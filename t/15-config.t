@@ -194,7 +194,7 @@ bad('max_series=abc', 'deepseek_metrics_zone', qr/invalid max_series "max_series
 bad('max_series=', 'deepseek_metrics_zone', qr/invalid max_series "max_series="/,
     http => 'deepseek_metrics_zone z:1m max_series=;');
 bad('unknown zone parameter', 'deepseek_metrics_zone',
-    qr/invalid parameter "colour=blue", expected max_series=, buckets=, tpot_buckets=, gap_buckets=, histograms= or native=/,
+    qr/invalid parameter "colour=blue", expected max_series=, buckets=, tpot_buckets=, gap_buckets=, histograms=, native= or exemplars/,
     http => 'deepseek_metrics_zone z:1m colour=blue;');
 bad('buckets= given twice', 'deepseek_metrics_zone', qr/duplicate parameter "buckets=1,2"/,
     http => 'deepseek_metrics_zone z:1m buckets=0.5,1 buckets=1,2;');

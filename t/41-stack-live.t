@@ -29,7 +29,10 @@ my $dir = DSM::Stack::tempdir();
 
 my $t = DSM::Test->new(workers => 2);
 $t->mock_start;
-$t->write_conf(DSM::Stack::live_conf());
+# exemplars on: the latency and TTFT panels show them (docs/exemplars.md)
+my %EXEMPLARS = (zone_size => '10m exemplars',
+                 http_extra => '    deepseek_metrics_exemplar $request_id;');
+$t->write_conf(DSM::Stack::live_conf(%EXEMPLARS));
 $t->start;
 
 # some traffic before Prometheus starts, so the first scrapes see every family
@@ -37,7 +40,8 @@ my $sent = DSM::Stack::traffic_round($t);
 note "first round: $sent requests";
 
 my $metrics = $t->port('METRICS_PORT');
-my $prom = DSM::Stack->prometheus(dir => $dir, config => <<"EOF");
+my $prom = DSM::Stack->prometheus(dir => $dir, args => ['--enable-feature=exemplar-storage'],
+                                  config => <<"EOF");
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -118,6 +122,7 @@ sleep 3;
 my @queries = map { $JSON->decode($_) } grep { length } split /\n/, `node $REPO/dashboards/extract-queries.js`;
 ok(@queries >= 40, scalar(@queries) . ' dashboard queries');
 my (%nodata, %errors);
+my $exemplar_panels = 0;
 my $now = time;
 for my $q (@queries) {
     my $name = "$q->{kind} '$q->{title}'" . ($q->{refId} ? " $q->{refId}" : '');
@@ -135,7 +140,15 @@ for my $q (@queries) {
     my $res = $r->{data}{result};
     my $has = ref $res eq 'ARRAY' ? grep { @{ $_->{values} || [] } || $_->{value} } @$res : 1;
     $nodata{$name} = $q->{expr} unless $has;
+    next unless $q->{exemplar};
+    # what Grafana asks for the exemplar dots of the query
+    $r = $prom->api('/api/v1/query_exemplars', query => $q->{expr}, start => $now - 60, end => $now);
+    if ($r->{status} ne 'success') { $errors{"$name exemplars"} = "$r->{error}\n  $q->{expr}"; next }
+    my @ids = map { $_->{labels}{trace_id} // '' } map { @{ $_->{exemplars} } } @{ $r->{data} || [] };
+    $nodata{"$name exemplars"} = $q->{expr} unless @ids && !grep { !/^[0-9a-f]{32}$/ } @ids;
+    $exemplar_panels++;
 }
+is($exemplar_panels, 2, 'exemplars on two panels: latency and TTFT');
 is(scalar(keys %errors), 0, 'every dashboard query evaluates without error') or diag join "\n", map { "$_: $errors{$_}" } sort keys %errors;
 is(scalar(keys %nodata), 0, 'every dashboard query returns data under traffic') or diag join "\n", map { "$_: $nodata{$_}" } sort keys %nodata;
 
@@ -182,7 +195,7 @@ for my $q (@article) {
         my $text = DSM::Stack::slurp($f);
         # (recording rule names level:metric:ops are not metric names)
         for my $name ($text =~ /(?<![:\w])(deepseek_[a-z_]+)(?![:\w])/g) {
-            next if $name =~ /^deepseek_metrics(_(zone|price|label|endpoint|export|models|peak_hours|holidays|request_body|stream_unbuffered))?$/;   # directives
+            next if $name =~ /^deepseek_metrics(_(zone|price|label|endpoint|export|models|peak_hours|holidays|request_body|stream_unbuffered|exemplar))?$/;   # directives
             next if $name =~ /^deepseek_(api|metrics_module|proxy)/;                      # file/host names
             $unknown{"$name ($f)"}++ unless $known{$name} || $known{"${name}_total"};
         }
@@ -198,7 +211,7 @@ for my $q (@article) {
 # ------------------------------------------------------------------ zone reset (annotation)
 # A new zone size on reload gives a fresh zone: the "zone resets" annotation must see it.
 my $start0 = $prom->value('deepseek_metrics_zone_start_time_seconds');
-$t->write_conf(DSM::Stack::live_conf(zone_size => '12m'));
+$t->write_conf(DSM::Stack::live_conf(%EXEMPLARS, zone_size => '12m exemplars'));
 ok($t->reload, 'nginx reload with a new zone size');
 my $reset = DSM::Stack::wait_for('zone reset seen', 20, sub {
     my $v = $prom->value('deepseek_metrics_zone_start_time_seconds');

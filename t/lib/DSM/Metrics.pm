@@ -24,7 +24,15 @@ or C<'text'> may be passed instead of a content type).
 
 =item * malformed lines: bad metric/label names, missing value, junk after the value,
 unterminated label sets, bad floats; OM: blank lines, separators other than one space,
-trailing comma in label sets, comments other than HELP/TYPE/UNIT, exemplars
+trailing comma in label sets, comments other than HELP/TYPE/UNIT
+
+=item * exemplars (OM only, C<< value # {labels} value [timestamp] >>): anywhere but on a
+counter's C<_total> or a histogram's C<_bucket>; separators other than one space; a label
+set that breaks the sample label rules or whose names and values exceed 128 UTF-8
+characters together; a bad value or timestamp; on a bucket, a value outside
+C<(previous le, le]>. A parsed exemplar is C<< $sample->{exemplar} >> =
+C<< { labels => {...}, value => N, ts => N or undef } >>; C<< $m->exemplars($name, \%match) >>
+lists the samples that have one
 
 =item * bad escapes: label values accept only C<\\ \" \n>; HELP (text) only C<\\ \n>,
 (OM) C<\\ \" \n>; label values that are not valid UTF-8
@@ -123,6 +131,12 @@ sub value {
 }
 
 sub count { my ($s, $name, $match) = @_; return scalar $s->samples($name, $match) }
+
+# exemplars: the matching samples that carry one
+sub exemplars {
+    my ($s, $name, $match) = @_;
+    return grep { $_->{exemplar} } $s->samples($name, $match);
+}
 
 # ------------------------------------------------------------------ parser
 
@@ -334,9 +348,12 @@ sub _sample {
         $s->{_last_comma} = 0;
     }
     my $rest = substr($line, pos($line) // length($name));
-    my ($value, $ts);
+    my ($value, $ts, $exemplar);
     if ($om) {
-        $s->_die($ln, "exemplars are not expected", $line) if $rest =~ / # /;
+        if ($rest =~ /^(.*?) # (.*)$/s) {
+            $rest = $1;
+            $exemplar = $s->_exemplar($ln, $2, $line);
+        }
         $rest =~ /^ (\S+)(?: (\S+))?$/ or $s->_die($ln, "malformed sample (expected ' value [timestamp]')", $line);
         ($value, $ts) = ($1, $2);
     } else {
@@ -401,10 +418,50 @@ sub _sample {
 
     my $key = $name . '{' . join(',', map { "$_=\"$labels{$_}\"" } sort keys %labels) . '}';
     $s->_die($ln, "duplicate series $key", $line) if $s->{series_seen}{$key}++;
+    if ($exemplar) {
+        $s->_die($ln, "exemplar on '$name': only a counter's _total or a histogram's _bucket may have one", $line)
+            unless ($type eq 'counter' && $name eq "${famname}_total")
+                || (($type eq 'histogram' || $type eq 'gaugehistogram') && $name eq "${famname}_bucket");
+    }
     my $x = { name => $name, family => $famname, labels => \%labels, value => $v, line => $ln, order => \@order };
+    $x->{exemplar} = $exemplar if $exemplar;
     $f->{has_samples} = 1;
     push @{ $f->{samples} }, $x;
     push @{ $s->{samples} }, $x;
+}
+
+# the part after ' # ': '{labels} value [timestamp]', one space between, strictly
+sub _exemplar {
+    my ($s, $ln, $ex, $line) = @_;
+    $ex =~ /\G\{/gc or $s->_die($ln, "exemplar without a label set", $line);
+    my (%labels, $chars);
+    $chars = 0;
+    my $empty = $ex =~ /\G\}/gc;
+    while (!$empty) {
+        $ex =~ /\G([^=\s{},"]*)="((?:[^"\\]|\\.)*)"/gcs
+            or $s->_die($ln, "malformed exemplar label", $line);
+        my ($lname, $raw) = ($1, $2);
+        $s->_die($ln, "invalid exemplar label name '$lname'", $line) unless $lname =~ /^$LABEL_RE$/;
+        $s->_die($ln, "reserved exemplar label name '$lname'", $line) if $lname =~ /^__/;
+        my $val = $s->_unescape($ln, $raw, '\\"n', $line, "exemplar label value of '$lname'");
+        my $chk = $val;
+        $s->_die($ln, "exemplar label value of '$lname' is not valid UTF-8", $line) unless utf8::decode($chk);
+        $s->_die($ln, "duplicate exemplar label name '$lname'", $line) if exists $labels{$lname};
+        $labels{$lname} = $val;
+        $chars += length($lname) + length($chk);
+        last if $ex =~ /\G\}/gc;
+        $ex =~ /\G,/gc or $s->_die($ln, "malformed exemplar label set (missing ',' or '}')", $line);
+        $s->_die($ln, "trailing comma in exemplar label set", $line) if $ex =~ /\G\}/;
+    }
+    $s->_die($ln, "exemplar label set has $chars characters, more than 128", $line) if $chars > 128;
+    my $rest = substr($ex, pos($ex));
+    $rest =~ /^ (\S+)(?: (\S+))?$/ or $s->_die($ln, "malformed exemplar (expected '{labels} value [timestamp]')", $line);
+    my ($value, $ts) = ($1, $2);
+    my $v = $s->_parse_float($ln, $value, $line);
+    if (defined $ts) {
+        $ts =~ /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/ or $s->_die($ln, "bad exemplar timestamp '$ts'", $line);
+    }
+    return { labels => \%labels, value => $v, ts => $ts, line => $ln };
 }
 
 sub _check_histograms {
@@ -420,7 +477,7 @@ sub _check_histograms {
             my $le = delete $l{le};
             my $k = join(',', map { "$_=\"$l{$_}\"" } sort keys %l);
             my $e = $series{$k} ||= { buckets => [], line => $x->{line} };
-            if ($x->{name} eq "${fname}_bucket") { push @{ $e->{buckets} }, [ $le, $x->{value}, $x->{line} ] }
+            if ($x->{name} eq "${fname}_bucket") { push @{ $e->{buckets} }, [ $le, $x->{value}, $x->{line}, $x->{exemplar} ] }
             elsif ($x->{name} eq "$fname$cnt") { $e->{count} = $x->{value} }
             elsif ($x->{name} eq "$fname$sum") { $e->{sum} = $x->{value} }
         }
@@ -435,6 +492,12 @@ sub _check_histograms {
                 $s->_die($bl, "$where: le=\"$le\" not in increasing order") if defined $prev_le && !($lev > $prev_le);
                 $s->_die($bl, "$where: bucket le=\"$le\" ($v) < previous bucket ($prev_v): not cumulative")
                     if defined $prev_v && $v < $prev_v;
+                if (my $x = $b->[3]) {
+                    $s->_die($bl, "$where: exemplar value $x->{value} above le=\"$le\"")
+                        if $x->{value} > $lev;
+                    $s->_die($bl, "$where: exemplar value $x->{value} not above the previous le")
+                        if defined $prev_le && !($x->{value} > $prev_le);
+                }
                 ($prev_le, $prev_v) = ($lev, $v);
             }
             my $last = $e->{buckets}[-1];
