@@ -1,8 +1,8 @@
 /*
  * The exporter's snapshot of a zone and its output buffers, shared by the
- * exposition (ngx_http_deepseek_metrics_export.c) and the JSON view and
- * status page (ngx_http_deepseek_metrics_status.c): both format the same
- * snapshot, so they show the same numbers.
+ * exposition (ngx_http_deepseek_metrics_export.c), which reads the series'
+ * counters live as it streams them, and the JSON view and status page
+ * (ngx_http_deepseek_metrics_status.c), which format a whole copy.
  */
 
 
