@@ -442,8 +442,25 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     /* a subrequest gets its body whole, in one chain */
     o->max_bufs = (r == r->main) ? NGX_HTTP_DSM_BUFS : 0;
 
+    /*
+     * The first buffers are formatted before the header: a body that fits
+     * in them keeps an exact Content-Length, a larger one is chunked.
+     */
+
+    ngx_http_dsm_scrape_emit(sc);
+
+    if (o->error) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     r->headers_out.status = NGX_HTTP_OK;
     r->headers_out.content_length_n = -1;
+
+    if (sc->done) {
+        r->headers_out.content_length_n = o->size
+                                          + (o->b ? o->b->last - o->b->pos
+                                                  : 0);
+    }
 
     /* the MIME type alone is what gzip_types and the like match */
 

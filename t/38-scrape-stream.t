@@ -11,6 +11,8 @@
 #  D. A client that closes mid-scrape leaves nginx healthy: the next scrape
 #     is exact, and the error log has nothing above info since.
 #  E. HTTP/1.0 (no chunked encoding): the body ends with the connection.
+#  F. A body that fits in the first buffers keeps an exact Content-Length;
+#     a larger one is chunked.
 
 use strict;
 use warnings;
@@ -49,6 +51,7 @@ http {
     server {
         listen 127.0.0.1:%%METRICS_PORT%%;
         location = /metrics { deepseek_metrics_export; }
+        location = /metrics-small { deepseek_metrics_export small; }
     }
 }
 EOF
@@ -133,7 +136,8 @@ sub slow_get {
         ? DSM::Test::_dechunk(substr($raw, $he + 4)) : (substr($raw, $he + 4), 0);
     $complete = 1 if defined $cl && length $body == $cl;
     return { status => $status // 0, ct => $ct // '', body => $body, complete => $complete,
-             reads => $reads, timed_out => time >= $deadline };
+             reads => $reads, timed_out => time >= $deadline, length => $cl,
+             chunked => scalar($head =~ /^Transfer-Encoding: chunked\r$/mi) };
 }
 
 # every label set's requests and latency count, exact
@@ -163,6 +167,7 @@ my $r = slow_get(accept => $PROM_ACCEPT, chunk => 16384, pause => 0.002);
 my $hwm1 = vm('VmHWM');
 is($r->{status}, 200, 'A: slow client, OpenMetrics: 200');
 ok(!$r->{timed_out} && $r->{complete}, 'A: body complete');
+ok($r->{chunked} && !defined $r->{length}, 'F: a large body is chunked');
 my $bytes = length $r->{body};
 ok($bytes > 7_000_000, "A: a large body ($bytes bytes, $r->{reads} reads)");
 my $m = eval { DSM::Metrics->parse($r->{body}, $r->{ct}) };
@@ -208,6 +213,15 @@ ok(!defined $r->{headers}{'transfer-encoding'}, 'E: not chunked');
 $m = eval { DSM::Metrics->parse($r->{body}, $r->{headers}{'content-type'}) };
 ok($m, 'E: HTTP/1.0 body parses strictly') or diag $@;
 check_exact($m, 'E: HTTP/1.0') if $m;
+
+# F: one small zone: formatted whole before the header
+$r = $t->http(GET => '/metrics-small', port => $mport,
+              headers => { Accept => 'text/plain;version=0.0.4' });
+is($r->{status}, 200, 'F: small scrape');
+ok(!defined $r->{headers}{'transfer-encoding'}, 'F: small scrape not chunked');
+is($r->{headers}{'content-length'}, length $r->{body}, 'F: Content-Length exact');
+$m = eval { DSM::Metrics->parse($r->{body}, $r->{headers}{'content-type'}) };
+is($m && $m->value('deepseek_requests_total', { status => '204' }), 3, 'F: small zone exact');
 
 $t->stop;
 done_testing;
