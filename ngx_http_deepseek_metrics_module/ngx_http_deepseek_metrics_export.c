@@ -1012,6 +1012,7 @@ ngx_http_dsm_entry(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     ngx_uint_t from, ngx_uint_t n)
 {
     ngx_uint_t                   j;
+    ngx_atomic_uint_t           *dst;
     ngx_http_dsm_entry_t        *e;
     volatile ngx_atomic_uint_t  *src;
 
@@ -1022,10 +1023,13 @@ ngx_http_dsm_entry(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     e = &snap->live;
     e->s = ngx_http_dsm_series(snap->zone->sh, o->series);
 
-    src = e->s->v;
+    /* locals: e->v would be reloaded after every store */
 
-    for (j = from; j < from + n; j++) {
-        e->v[j] = src[j];
+    src = &e->s->v[from];
+    dst = &e->v[from];
+
+    for (j = 0; j < n; j++) {
+        dst[j] = src[j];
     }
 
     if (o->series == 0 && from < NGX_HTTP_DSM_NSLOTS) {
