@@ -1,8 +1,10 @@
 
 /*
- * The exporter: a content handler that copies every zone's counters into a
- * pool snapshot without taking any lock, then writes Prometheus text 0.0.4
- * or OpenMetrics 1.0.0 from that snapshot alone.
+ * The exporter: a content handler that writes Prometheus text 0.0.4 or
+ * OpenMetrics 1.0.0 without taking any lock.  The body is streamed: a few
+ * buffers are formatted from the live counters, sent, and reused, and the
+ * scrape resumes on the write event when the client reads slowly, so its
+ * memory does not grow with the label sets.
  */
 
 
@@ -43,12 +45,40 @@ struct ngx_http_dsm_family_s {
 };
 
 
+/* a streamed scrape: where it is, between write events */
+
+typedef struct {
+    ngx_http_dsm_out_t            out;
+    ngx_http_dsm_snap_t          *snaps;
+    ngx_uint_t                    nzones;
+    ngx_uint_t                    family;        /* the position: family, */
+    ngx_uint_t                    zone;          /* zone, out.series */
+    unsigned                      started:1;     /* HELP and TYPE written */
+    unsigned                      done:1;
+} ngx_http_dsm_scrape_t;
+
+
+#define NGX_HTTP_DSM_TAG  (ngx_buf_tag_t) &ngx_http_deepseek_metrics_module
+
+
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dsm_json_view(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dsm_pb_view(ngx_http_request_t *r);
+static void ngx_http_dsm_scrape_cleanup(void *data);
+static void ngx_http_dsm_scrape_writer(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dsm_scrape_wait(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dsm_scrape_send(ngx_http_request_t *r,
+    ngx_http_dsm_scrape_t *sc);
+static void ngx_http_dsm_scrape_emit(ngx_http_dsm_scrape_t *sc);
+static ngx_uint_t ngx_http_dsm_spare(ngx_http_dsm_out_t *o);
 static void ngx_http_dsm_export_uncount(ngx_http_request_t *r);
+static ngx_http_dsm_snap_t *ngx_http_dsm_snapshots_read(ngx_http_request_t *r,
+    ngx_uint_t *nzones, ngx_uint_t copy);
 static ngx_int_t ngx_http_dsm_snapshot(ngx_http_request_t *r,
-    ngx_http_dsm_zone_t *zone, ngx_http_dsm_snap_t *snap, ngx_uint_t multi);
-static ngx_int_t ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r,
-    ngx_http_dsm_sh_t *sh, ngx_http_dsm_entry_t *e);
+    ngx_http_dsm_zone_t *zone, ngx_http_dsm_snap_t *snap, ngx_uint_t multi,
+    ngx_uint_t copy);
+static void ngx_http_dsm_snapshot_overflow(ngx_http_dsm_sh_t *sh,
+    ngx_http_dsm_entry_t *e, ngx_atomic_uint_t *w);
 static void ngx_http_dsm_snapshot_in_flight(ngx_http_dsm_zone_t *zone,
     ngx_http_dsm_snap_t *snap);
 static ngx_uint_t ngx_http_dsm_family_shown(ngx_http_dsm_out_t *o,
@@ -122,7 +152,38 @@ static const ngx_str_t  ngx_http_dsm_missing_list[NGX_HTTP_DSM_NMISSING] = {
 };
 
 
-/* the exposition, family by family, in this order */
+/*
+ * The exposition, family by family, in this order.
+ *
+ * An emitter writes through ngx_http_dsm_reserve() and sets o->b->last
+ * after each reserved piece.  A scrape has a few buffers only: when they
+ * all wait for the client, reserve returns NULL (o->full is set) and the
+ * emitter returns; it is called again for the same zone once a buffer is
+ * free.  An emitter over series resumes by one pattern, o->series being
+ * the cursor (0 when a zone starts):
+ *
+ *     for ( ; o->series < snap->n; o->series++) {
+ *         e = ngx_http_dsm_entry(o, snap, from, n);
+ *         p = ngx_http_dsm_reserve(o, size of all the series' lines);
+ *         if (p == NULL) {
+ *             return;                 (resumed at this series)
+ *         }
+ *         ... the series' lines from e ...
+ *         o->b->last = p;
+ *     }
+ *
+ * One reserve per series: a series that found no room wrote nothing and
+ * is read again on resumption.  ngx_http_dsm_entry() copies the series'
+ * counters [from, from + n) once, live and without a lock, so all the
+ * lines of a series come from the same reads.  An emitter without a
+ * cursor (a zone's few lines) must write less than NGX_HTTP_DSM_BUF_SIZE
+ * in all: it is only called with a whole free buffer at hand, so its
+ * reserves never fail for room.
+ */
+
+#define NGX_HTTP_DSM_BUF_SIZE         (64 * 1024)
+#define NGX_HTTP_DSM_BUFS             4
+
 
 static const ngx_http_dsm_family_t  ngx_http_dsm_families[] = {
 
@@ -308,13 +369,12 @@ ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_http_dsm_export_handler(ngx_http_request_t *r)
 {
-    u_char                       *p;
-    ngx_int_t                     rc;
-    ngx_uint_t                    i, nzones, view;
-    ngx_http_dsm_out_t            o;
-    ngx_http_dsm_snap_t          *snaps;
-    ngx_http_dsm_main_conf_t     *dmcf;
-    const ngx_http_dsm_family_t  *f;
+    ngx_int_t                  rc;
+    ngx_uint_t                 view;
+    ngx_http_dsm_out_t        *o;
+    ngx_pool_cleanup_t        *cln;
+    ngx_http_dsm_scrape_t     *sc;
+    ngx_http_dsm_main_conf_t  *dmcf;
 
     ngx_http_dsm_export_uncount(r);
 
@@ -339,90 +399,69 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    snaps = ngx_http_dsm_snapshots(r, &nzones);
-    if (snaps == NULL) {
+    if (view == NGX_HTTP_DSM_VIEW_JSON) {
+        return ngx_http_dsm_json_view(r);
+    }
+
+    if (view == NGX_HTTP_DSM_VIEW_PROTOBUF) {
+        return ngx_http_dsm_pb_view(r);
+    }
+
+    /* the cleanup only marks the scrape: the writer finds it by it */
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_dsm_scrape_t));
+    if (cln == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (view == NGX_HTTP_DSM_VIEW_JSON) {
-        return ngx_http_dsm_json(r, snaps, nzones);
+    cln->handler = ngx_http_dsm_scrape_cleanup;
+    sc = cln->data;
+    ngx_memzero(sc, sizeof(ngx_http_dsm_scrape_t));
+
+    sc->snaps = ngx_http_dsm_snapshots_read(r, &sc->nzones, 0);
+    if (sc->snaps == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
 
-    ngx_memzero(&o, sizeof(ngx_http_dsm_out_t));
-    o.r = r;
-    o.last = &o.out;
-    o.om = (view == NGX_HTTP_DSM_VIEW_OPENMETRICS);
-    o.priced = (dmcf->prices != NULL);
+    o = &sc->out;
+    o->r = r;
+    o->last = &o->out;
+    o->om = (view == NGX_HTTP_DSM_VIEW_OPENMETRICS);
+    o->priced = (dmcf->prices != NULL);
 
-    if (view == NGX_HTTP_DSM_VIEW_PROTOBUF) {
-        o.pb = ngx_http_dsm_pb_init(r, snaps, nzones);
-        if (o.pb == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
+    /* a subrequest gets its body whole, in one chain */
+    o->max_bufs = (r == r->main) ? NGX_HTTP_DSM_BUFS : 0;
 
-    for (f = ngx_http_dsm_families; f->name.len; f++) {
-        if (!ngx_http_dsm_family_shown(&o, f, snaps, nzones)) {
-            continue;
-        }
+    /*
+     * The first buffers are formatted before the header: a body that fits
+     * in them keeps an exact Content-Length, a larger one is chunked.
+     */
 
-        if (o.pb) {
-            ngx_http_dsm_pb_family(&o, &f->name, f->type, f->help,
-                                   ngx_http_dsm_family_kind(f), f->arg,
-                                   snaps, nzones);
-            continue;
-        }
+    ngx_http_dsm_scrape_emit(sc);
 
-        ngx_http_dsm_family(&o, f);
-
-        if (f->when == NGX_HTTP_DSM_FAMILY_ONCE) {
-            f->emit(&o, NULL, f);
-            continue;
-        }
-
-        for (i = 0; i < nzones; i++) {
-            f->emit(&o, &snaps[i], f);
-        }
-    }
-
-    if (o.om) {
-        p = ngx_http_dsm_reserve(&o, 8);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        o.b->last = ngx_http_dsm_lit(p, "# EOF\n");
-    }
-
-    if (o.error) {
+    if (o->error) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    o.size += o.b->last - o.b->pos;
-    o.b->last_buf = (r == r->main) ? 1 : 0;
-    o.b->last_in_chain = 1;
-
     r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = o.size;
+    r->headers_out.content_length_n = -1;
+
+    if (sc->done) {
+        r->headers_out.content_length_n = o->size
+                                          + (o->b ? o->b->last - o->b->pos
+                                                  : 0);
+    }
 
     /* the MIME type alone is what gzip_types and the like match */
 
-    if (o.om) {
+    if (o->om) {
         ngx_str_set(&r->headers_out.content_type,
                    "application/openmetrics-text; version=1.0.0; "
                    "charset=utf-8");
         r->headers_out.content_type_len =
                                   sizeof("application/openmetrics-text") - 1;
-
-    } else if (o.pb) {
-        ngx_str_set(&r->headers_out.content_type,
-                    "application/vnd.google.protobuf; "
-                    "proto=io.prometheus.client.MetricFamily; "
-                    "encoding=delimited");
-        r->headers_out.content_type_len =
-                               sizeof("application/vnd.google.protobuf") - 1;
 
     } else {
         ngx_str_set(&r->headers_out.content_type,
@@ -437,7 +476,351 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
         return rc;
     }
 
+    rc = ngx_http_dsm_scrape_send(r, sc);
+
+    if (sc->done || rc == NGX_ERROR) {
+        return rc;
+    }
+
+    /* the client has the buffers: the rest follows on the write event */
+
+    r->write_event_handler = ngx_http_dsm_scrape_writer;
+
+    if (ngx_http_dsm_scrape_wait(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_dsm_json_view(ngx_http_request_t *r)
+{
+    ngx_uint_t            nzones;
+    ngx_http_dsm_snap_t  *snaps;
+
+    snaps = ngx_http_dsm_snapshots(r, &nzones);
+    if (snaps == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_dsm_json(r, snaps, nzones);
+}
+
+
+/*
+ * Protobuf: each MetricFamily is written after its length, measured in a
+ * first pass over the same numbers, so it is formatted from a whole copy
+ * of the zones, like the JSON view, and sent as one chain.
+ */
+
+static ngx_int_t
+ngx_http_dsm_pb_view(ngx_http_request_t *r)
+{
+    ngx_int_t                     rc;
+    ngx_uint_t                    nzones;
+    ngx_http_dsm_out_t            o;
+    ngx_http_dsm_snap_t          *snaps;
+    ngx_http_dsm_main_conf_t     *dmcf;
+    const ngx_http_dsm_family_t  *f;
+
+    snaps = ngx_http_dsm_snapshots(r, &nzones);
+    if (snaps == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
+
+    ngx_memzero(&o, sizeof(ngx_http_dsm_out_t));
+    o.r = r;
+    o.last = &o.out;
+    o.priced = (dmcf->prices != NULL);
+
+    o.pb = ngx_http_dsm_pb_init(r, snaps, nzones);
+    if (o.pb == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (f = ngx_http_dsm_families; f->name.len; f++) {
+        if (ngx_http_dsm_family_shown(&o, f, snaps, nzones)) {
+            ngx_http_dsm_pb_family(&o, &f->name, f->type, f->help,
+                                   ngx_http_dsm_family_kind(f), f->arg,
+                                   snaps, nzones);
+        }
+    }
+
+    if (o.error) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (o.b == NULL) {
+        /* nothing to show: an empty body */
+        if (ngx_http_dsm_reserve(&o, 1) == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    o.size += o.b->last - o.b->pos;
+    o.b->last_buf = (r == r->main) ? 1 : 0;
+    o.b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = o.size;
+
+    /* the MIME type alone is what gzip_types and the like match */
+
+    ngx_str_set(&r->headers_out.content_type,
+                "application/vnd.google.protobuf; "
+                "proto=io.prometheus.client.MetricFamily; "
+                "encoding=delimited");
+    r->headers_out.content_type_len =
+                               sizeof("application/vnd.google.protobuf") - 1;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
     return ngx_http_output_filter(r, o.out);
+}
+
+
+static void
+ngx_http_dsm_scrape_cleanup(void *data)
+{
+    /* nothing: the pool frees the scrape's buffers */
+}
+
+
+static void
+ngx_http_dsm_scrape_writer(ngx_http_request_t *r)
+{
+    ngx_int_t               rc;
+    ngx_event_t            *wev;
+    ngx_connection_t       *c;
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_dsm_scrape_t  *sc;
+
+    c = r->connection;
+    wev = c->write;
+
+    /* as ngx_http_writer() */
+
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "client timed out");
+        c->timedout = 1;
+
+        ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
+        return;
+    }
+
+    if (wev->delayed || r->aio) {
+        if (ngx_http_dsm_scrape_wait(r) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_ERROR);
+        }
+
+        return;
+    }
+
+    sc = NULL;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_dsm_scrape_cleanup) {
+            sc = cln->data;
+            break;
+        }
+    }
+
+    if (sc == NULL) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return;
+    }
+
+    rc = ngx_http_dsm_scrape_send(r, sc);
+
+    if (!sc->done && rc != NGX_ERROR) {
+        if (ngx_http_dsm_scrape_wait(r) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_ERROR);
+        }
+
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "deepseek metrics: scrape formatted, rc %i", rc);
+
+    /* the one finalization: nginx's writer sends what the client has not */
+
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+/* the write event (or send_timeout) resumes the scrape */
+
+static ngx_int_t
+ngx_http_dsm_scrape_wait(ngx_http_request_t *r)
+{
+    ngx_event_t               *wev;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    wev = r->connection->write;
+    clcf = ngx_http_get_module_loc_conf(r->main, ngx_http_core_module);
+
+    if (!wev->delayed) {
+        ngx_add_timer(wev, clcf->send_timeout);
+    }
+
+    return ngx_handle_write_event(wev, clcf->send_lowat);
+}
+
+
+/*
+ * Formats into the free buffers and passes them on until the body is done
+ * (then returns the output filter's code) or every buffer waits for the
+ * client (NGX_AGAIN, sc->done unset).
+ */
+
+static ngx_int_t
+ngx_http_dsm_scrape_send(ngx_http_request_t *r, ngx_http_dsm_scrape_t *sc)
+{
+    ngx_int_t            rc;
+    ngx_chain_t         *cl;
+    ngx_http_dsm_out_t  *o;
+
+    o = &sc->out;
+
+    for ( ;; ) {
+        ngx_http_dsm_scrape_emit(sc);
+
+        if (o->error) {
+            return NGX_ERROR;
+        }
+
+        if (o->out) {
+            for (cl = o->out; cl->next; cl = cl->next) { /* void */ }
+
+            if (sc->done) {
+                cl->buf->last_buf = (r == r->main) ? 1 : 0;
+                cl->buf->last_in_chain = 1;
+
+            } else {
+                /* postpone_output must not keep what the scrape waits for */
+                cl->buf->flush = 1;
+            }
+
+        } else if (sc->done) {
+            return ngx_http_send_special(r, NGX_HTTP_LAST);
+        }
+
+        /* nothing new: pushes what the client has not read yet */
+
+        rc = ngx_http_output_filter(r, o->out);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        ngx_chain_update_chains(r->pool, &o->free, &o->busy, &o->out,
+                                NGX_HTTP_DSM_TAG);
+
+        o->last = &o->out;
+        o->b = NULL;
+        o->full = 0;
+
+        if (sc->done) {
+            return rc;
+        }
+
+        if (!ngx_http_dsm_spare(o)) {
+            return NGX_AGAIN;
+        }
+    }
+}
+
+
+/*
+ * Writes families into the scrape's buffers until they are all in use or
+ * the body is done; the position is kept in sc and o->series.
+ */
+
+static void
+ngx_http_dsm_scrape_emit(ngx_http_dsm_scrape_t *sc)
+{
+    u_char                       *p;
+    ngx_uint_t                    nzones;
+    ngx_http_dsm_out_t           *o;
+    const ngx_http_dsm_family_t  *f;
+
+    o = &sc->out;
+
+    while (!sc->done && ngx_http_dsm_spare(o)) {
+
+        f = &ngx_http_dsm_families[sc->family];
+
+        if (f->name.len == 0) {
+            if (o->om) {
+                p = ngx_http_dsm_reserve(o, 8);
+                if (p == NULL) {
+                    return;
+                }
+
+                o->b->last = ngx_http_dsm_lit(p, "# EOF\n");
+            }
+
+            sc->done = 1;
+            return;
+        }
+
+        if (!sc->started) {
+            if (ngx_http_dsm_family_shown(o, f, sc->snaps, sc->nzones)) {
+                ngx_http_dsm_family(o, f);
+                sc->started = 1;
+                sc->zone = 0;
+                o->series = 0;
+
+            } else {
+                sc->family++;
+            }
+
+            continue;
+        }
+
+        nzones = (f->when == NGX_HTTP_DSM_FAMILY_ONCE) ? 1 : sc->nzones;
+
+        if (sc->zone < nzones) {
+            f->emit(o, (f->when == NGX_HTTP_DSM_FAMILY_ONCE)
+                       ? NULL : &sc->snaps[sc->zone], f);
+
+            if (o->full || o->error) {
+                return;
+            }
+
+            sc->zone++;
+            o->series = 0;
+            continue;
+        }
+
+        sc->family++;
+        sc->started = 0;
+    }
+}
+
+
+/* a whole free buffer can be had */
+
+static ngx_uint_t
+ngx_http_dsm_spare(ngx_http_dsm_out_t *o)
+{
+    return !o->full && !o->error
+           && (o->max_bufs == 0 || o->free || o->bufs < o->max_bufs);
 }
 
 
@@ -478,10 +861,27 @@ ngx_http_dsm_export_uncount(ngx_http_request_t *r)
 }
 
 
-/* the snapshots of the zones this location exports, in its order */
+/*
+ * The snapshots of the zones this location exports, in its order, with
+ * every counter copied: the JSON view and the status page format them
+ * whole (they are for people, and small enough).
+ */
 
 ngx_http_dsm_snap_t *
 ngx_http_dsm_snapshots(ngx_http_request_t *r, ngx_uint_t *nzones)
+{
+    return ngx_http_dsm_snapshots_read(r, nzones, 1);
+}
+
+
+/*
+ * copy 0: the exposition reads the series' counters while it writes them
+ * (ngx_http_dsm_entry()); the rest is read here, in-flight first.
+ */
+
+static ngx_http_dsm_snap_t *
+ngx_http_dsm_snapshots_read(ngx_http_request_t *r, ngx_uint_t *nzones,
+    ngx_uint_t copy)
 {
     ngx_uint_t                 i, n;
     ngx_http_dsm_snap_t       *snaps;
@@ -509,7 +909,9 @@ ngx_http_dsm_snapshots(ngx_http_request_t *r, ngx_uint_t *nzones)
     for (i = 0; i < n; i++) {
         ngx_http_dsm_snapshot_in_flight(zones[i], &snaps[i]);
 
-        if (ngx_http_dsm_snapshot(r, zones[i], &snaps[i], n > 1) != NGX_OK) {
+        if (ngx_http_dsm_snapshot(r, zones[i], &snaps[i], n > 1, copy)
+            != NGX_OK)
+        {
             return NULL;
         }
     }
@@ -521,15 +923,16 @@ ngx_http_dsm_snapshots(ngx_http_request_t *r, ngx_uint_t *nzones)
 
 
 /*
- * One pass over the zone's published series, each counter read once; no
- * lock is taken, so a scrape never makes a worker wait.  Everything below
- * formats this snapshot only: buckets are cumulated from one read each,
- * so they are monotone and "+Inf" equals _count by construction.
+ * The zone's published series (their number is read once: series created
+ * later wait for the next scrape) and, with copy, each counter read once;
+ * no lock is taken, so a scrape never makes a worker wait.  Buckets are
+ * cumulated from one read each, so they are monotone and "+Inf" equals
+ * _count by construction.
  */
 
 static ngx_int_t
 ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t multi)
+    ngx_http_dsm_snap_t *snap, ngx_uint_t multi, ngx_uint_t copy)
 {
     u_char                      *p;
     size_t                       nv, len;
@@ -619,15 +1022,37 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
                                      : sh->layout.series_size;
     nv = (len - offsetof(ngx_http_dsm_series_t, v)) / sizeof(ngx_atomic_t);
 
+    snap->n = n;
+    snap->values[NGX_HTTP_DSM_V_SERIES] = n - 1;
+
+    snap->nendpoints = sh->nendpoints;
+    snap->endpoints = sh->endpoints;
+
+    ngx_http_dsm_snapshot_balance(sh, snap);
+
+    snap->overflow = ngx_palloc(r->pool, (NGX_HTTP_DSM_NCODES
+                                          + 2 * NGX_HTTP_DSM_NREASON_CODES)
+                                         * sizeof(ngx_atomic_uint_t));
+    if (snap->overflow == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (!copy) {
+        /* one series at a time */
+        snap->live.v = ngx_palloc(r->pool, nv * sizeof(ngx_atomic_uint_t));
+        if (snap->live.v == NULL) {
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
     snap->entries = ngx_palloc(r->pool, n * sizeof(ngx_http_dsm_entry_t));
     v = ngx_palloc(r->pool, n * nv * sizeof(ngx_atomic_uint_t));
 
     if (snap->entries == NULL || v == NULL) {
         return NGX_ERROR;
     }
-
-    snap->n = n;
-    snap->values[NGX_HTTP_DSM_V_SERIES] = n - 1;
 
     for (i = 0; i < n; i++) {
         e = &snap->entries[i];
@@ -644,16 +1069,52 @@ ngx_http_dsm_snapshot(ngx_http_request_t *r, ngx_http_dsm_zone_t *zone,
         v += nv;
     }
 
-    if (ngx_http_dsm_snapshot_overflow(r, sh, &snap->entries[0]) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    snap->nendpoints = sh->nendpoints;
-    snap->endpoints = sh->endpoints;
-
-    ngx_http_dsm_snapshot_balance(sh, snap);
+    ngx_http_dsm_snapshot_overflow(sh, &snap->entries[0], snap->overflow);
 
     return NGX_OK;
+}
+
+
+/*
+ * The series at the cursor, its counters [from, from + n) read once into
+ * a copy that its lines are all written from (the rest of the copy is
+ * stale); from a whole snapshot, that snapshot's entry.
+ */
+
+ngx_http_dsm_entry_t *
+ngx_http_dsm_entry(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t from, ngx_uint_t n)
+{
+    ngx_uint_t                   j;
+    ngx_atomic_uint_t           *dst;
+    ngx_http_dsm_entry_t        *e;
+    volatile ngx_atomic_uint_t  *src;
+
+    if (snap->entries) {
+        return &snap->entries[o->series];
+    }
+
+    e = &snap->live;
+    e->s = ngx_http_dsm_series(snap->zone->sh, o->series);
+
+    /* locals: e->v would be reloaded after every store */
+
+    src = &e->s->v[from];
+    dst = &e->v[from];
+
+    for (j = 0; j < n; j++) {
+        dst[j] = src[j];
+    }
+
+    if (o->series == 0 && from < NGX_HTTP_DSM_NSLOTS) {
+        ngx_http_dsm_snapshot_overflow(snap->zone->sh, e, snap->overflow);
+
+    } else {
+        e->slots = e->v;
+        e->nslots = NGX_HTTP_DSM_NSLOTS;
+    }
+
+    return e;
 }
 
 
@@ -756,20 +1217,12 @@ ngx_http_dsm_snapshot_in_flight(ngx_http_dsm_zone_t *zone,
  * counters become slot words, so that it is written like any series.
  */
 
-static ngx_int_t
-ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r, ngx_http_dsm_sh_t *sh,
-    ngx_http_dsm_entry_t *e)
+static void
+ngx_http_dsm_snapshot_overflow(ngx_http_dsm_sh_t *sh, ngx_http_dsm_entry_t *e,
+    ngx_atomic_uint_t *w)
 {
-    uint64_t            c;
-    ngx_uint_t          i, k, n;
-    ngx_atomic_uint_t  *w;
-
-    w = ngx_palloc(r->pool, (NGX_HTTP_DSM_NCODES
-                             + 2 * NGX_HTTP_DSM_NREASON_CODES)
-                            * sizeof(ngx_atomic_uint_t));
-    if (w == NULL) {
-        return NGX_ERROR;
-    }
+    uint64_t    c;
+    ngx_uint_t  i, k, n;
 
     n = 0;
 
@@ -795,18 +1248,23 @@ ngx_http_dsm_snapshot_overflow(ngx_http_request_t *r, ngx_http_dsm_sh_t *sh,
 
     e->slots = w;
     e->nslots = n;
-
-    return NGX_OK;
 }
 
+
+/*
+ * n bytes at o->b->last: in the current buffer, a sent one (o->free), or a
+ * new one while the scrape has fewer than o->max_bufs; else NULL with
+ * o->full set, and the scrape resumes once the client has read.
+ */
 
 u_char *
 ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n)
 {
     size_t        size;
+    ngx_buf_t    *b;
     ngx_chain_t  *cl;
 
-    if (o->error) {
+    if (o->error || o->full) {
         return NULL;
     }
 
@@ -816,28 +1274,64 @@ ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n)
 
     if (o->b) {
         o->size += o->b->last - o->b->pos;
+        o->b = NULL;
     }
 
-    size = ngx_max(n, 64 * 1024);
+    size = ngx_max(n, NGX_HTTP_DSM_BUF_SIZE);
 
-    cl = ngx_alloc_chain_link(o->r->pool);
-    if (cl == NULL) {
-        o->error = 1;
-        return NULL;
-    }
+    if (o->free) {
+        cl = o->free;
+        o->free = cl->next;
+        b = cl->buf;
 
-    cl->buf = ngx_create_temp_buf(o->r->pool, size);
-    if (cl->buf == NULL) {
-        o->error = 1;
+        /* a series larger than a buffer had one of its own: not kept */
+
+        if ((size_t) (b->end - b->start) < size
+            || (size_t) (b->end - b->start) > NGX_HTTP_DSM_BUF_SIZE)
+        {
+            ngx_pfree(o->r->pool, b->start);
+
+            b->start = ngx_palloc(o->r->pool, size);
+            if (b->start == NULL) {
+                o->error = 1;
+                return NULL;
+            }
+
+            b->end = b->start + size;
+        }
+
+        b->pos = b->start;
+        b->last = b->start;
+        b->flush = 0;
+
+    } else if (o->max_bufs == 0 || o->bufs < o->max_bufs) {
+        cl = ngx_alloc_chain_link(o->r->pool);
+        if (cl == NULL) {
+            o->error = 1;
+            return NULL;
+        }
+
+        b = ngx_create_temp_buf(o->r->pool, size);
+        if (b == NULL) {
+            o->error = 1;
+            return NULL;
+        }
+
+        b->tag = NGX_HTTP_DSM_TAG;
+        cl->buf = b;
+        o->bufs++;
+
+    } else {
+        o->full = 1;
         return NULL;
     }
 
     cl->next = NULL;
     *o->last = cl;
     o->last = &cl->next;
-    o->b = cl->buf;
+    o->b = b;
 
-    return o->b->last;
+    return b->last;
 }
 
 
@@ -972,11 +1466,11 @@ ngx_http_dsm_requests(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 {
     u_char                *p;
     uint64_t               w;
-    ngx_uint_t             i, j, status;
+    ngx_uint_t             j, status;
     ngx_http_dsm_entry_t  *e;
 
-    for (i = 0; i < snap->n; i++) {
-        e = &snap->entries[i];
+    for ( /* void */ ; o->series < snap->n; o->series++) {
+        e = ngx_http_dsm_entry(o, snap, 0, NGX_HTTP_DSM_NSLOTS);
 
         p = ngx_http_dsm_reserve(o, e->nslots
                                     * ngx_http_dsm_line_size(snap, e));
@@ -1020,7 +1514,7 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     size_t                 exlen;
     uint64_t               cum;
     ngx_str_t              name;
-    ngx_uint_t             i, b, nb, h, ex;
+    ngx_uint_t             b, nb, h, ex;
     const ngx_str_t       *metric;
     ngx_atomic_uint_t     *v;
     ngx_http_dsm_entry_t  *e;
@@ -1038,8 +1532,10 @@ ngx_http_dsm_histogram(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
     metric = &f->name;
 
-    for (i = 0; i < snap->n; i++) {
-        e = &snap->entries[i];
+    /* a series: its nb + 1 buckets (the last is +Inf), then _sum */
+
+    for ( /* void */ ; o->series < snap->n; o->series++) {
+        e = ngx_http_dsm_entry(o, snap, snap->layout->offset[h], nb + 2);
         v = &e->v[snap->layout->offset[h]];
 
         cum = 0;
@@ -1121,12 +1617,12 @@ ngx_http_dsm_tokens(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 {
     u_char                *p;
     uint64_t               cost;
-    ngx_uint_t             i;
     ngx_atomic_uint_t     *v;
     ngx_http_dsm_entry_t  *e;
 
-    for (i = 0; i < snap->n; i++) {
-        e = &snap->entries[i];
+    for ( /* void */ ; o->series < snap->n; o->series++) {
+        e = ngx_http_dsm_entry(o, snap, NGX_HTTP_DSM_C_HIT,
+                               NGX_HTTP_DSM_NCOUNTERS - NGX_HTTP_DSM_C_HIT);
         v = e->v;
 
         if (f->arg == NGX_HTTP_DSM_TOKENS_KEEPALIVE) {
@@ -1316,15 +1812,15 @@ ngx_http_dsm_reasons(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 {
     u_char                *p;
     uint64_t               n[NGX_HTTP_DSM_NREASONS];
-    ngx_uint_t             i, r, nr, missing;
+    ngx_uint_t             r, nr, missing;
     const ngx_str_t       *reason;
     ngx_http_dsm_entry_t  *e;
 
     missing = f->arg;
     nr = missing ? NGX_HTTP_DSM_NMISSING : NGX_HTTP_DSM_NREASONS;
 
-    for (i = 0; i < snap->n; i++) {
-        e = &snap->entries[i];
+    for ( /* void */ ; o->series < snap->n; o->series++) {
+        e = ngx_http_dsm_entry(o, snap, 0, NGX_HTTP_DSM_NSLOTS);
 
         if (!ngx_http_dsm_entry_reasons(e, missing, n)) {
             continue;

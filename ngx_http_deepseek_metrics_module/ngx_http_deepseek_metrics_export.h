@@ -1,8 +1,8 @@
 /*
  * The exporter's snapshot of a zone and its output buffers, shared by the
- * exposition (ngx_http_deepseek_metrics_export.c) and the JSON view and
- * status page (ngx_http_deepseek_metrics_status.c): both format the same
- * snapshot, so they show the same numbers.
+ * exposition (ngx_http_deepseek_metrics_export.c), which reads the series'
+ * counters live as it streams them, and the JSON view and status page
+ * (ngx_http_deepseek_metrics_status.c), which format a whole copy.
  */
 
 
@@ -15,7 +15,7 @@
 
 typedef struct {
     ngx_http_dsm_series_t        *s;
-    ngx_atomic_uint_t            *v;             /* copied counters */
+    ngx_atomic_uint_t            *v;             /* read counters */
     ngx_atomic_uint_t            *slots;
     ngx_uint_t                    nslots;
 } ngx_http_dsm_entry_t;
@@ -49,6 +49,8 @@ typedef struct {
     ngx_str_t                     le[NGX_HTTP_DSM_NHIST]
                                     [NGX_HTTP_DSM_MAX_BUCKETS + 1];
     ngx_http_dsm_balance_sh_t     balance;       /* last: 0 none */
+    ngx_http_dsm_entry_t          live;          /* entries NULL: the */
+    ngx_atomic_uint_t            *overflow;      /* series being written */
 } ngx_http_dsm_snap_t;
 
 
@@ -62,6 +64,12 @@ typedef struct {
     void                         *pb;            /* protobuf: its state */
     ngx_uint_t                    priced;
     ngx_uint_t                    error;
+    ngx_uint_t                    series;        /* the cursor: see families */
+    ngx_uint_t                    full;          /* no buffer left: resume */
+    ngx_uint_t                    bufs;
+    ngx_uint_t                    max_bufs;      /* 0: unbounded */
+    ngx_chain_t                  *free;
+    ngx_chain_t                  *busy;
 } ngx_http_dsm_out_t;
 
 
@@ -134,6 +142,8 @@ typedef enum {
 ngx_http_dsm_snap_t *ngx_http_dsm_snapshots(ngx_http_request_t *r,
     ngx_uint_t *nzones);
 u_char *ngx_http_dsm_reserve(ngx_http_dsm_out_t *o, size_t n);
+ngx_http_dsm_entry_t *ngx_http_dsm_entry(ngx_http_dsm_out_t *o,
+    ngx_http_dsm_snap_t *snap, ngx_uint_t from, ngx_uint_t n);
 u_char *ngx_http_dsm_u64(u_char *p, uint64_t n);
 u_char *ngx_http_dsm_seconds(u_char *p, uint64_t us);
 u_char *ngx_http_dsm_amount(u_char *p, int64_t a);

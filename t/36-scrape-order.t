@@ -10,7 +10,7 @@
 # would miss every request finishing in between.  Thousands of label sets
 # created after the counted one widen that gap, while clients keep slow
 # requests finishing all the time.  With the reads planted in the wrong
-# order (swap the two calls in ngx_http_dsm_snapshots()) this test failed
+# order (swap the two calls in ngx_http_dsm_snapshots_read()) this test failed
 # in 3 of 4 runs here: a race is caught often, not always, so it is not in
 # mutants/*.mut.  With the right order it cannot fail: nothing here
 # depends on timing.
