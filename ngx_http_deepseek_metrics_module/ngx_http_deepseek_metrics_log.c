@@ -156,7 +156,11 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
                    status, q.model_index,
                    s->overflow ? " in the overflow series" : "");
 
-    ngx_http_dsm_exemplar_start(r, &q, now);
+    /* the id of the last request counted here may still be set */
+
+    if (q.dlcf->exemplar || ngx_http_dsm_exemplar_id.len) {
+        ngx_http_dsm_exemplar_start(r, &q, now);
+    }
 
     ngx_http_dsm_observe(&zone->layout, s, NGX_HTTP_DSM_H_LATENCY,
                          ngx_http_dsm_elapsed(start, now) * 1000);

@@ -16,14 +16,6 @@
 #include "ngx_http_deepseek_metrics_parse.h"
 
 
-/* the key recognisers must be inlined even at nginx's default -O */
-#if (defined __GNUC__ || defined __clang__)
-#define ngx_http_dsm_inline  __attribute__((always_inline)) ngx_inline
-#else
-#define ngx_http_dsm_inline  ngx_inline
-#endif
-
-
 /* SSE framing states */
 enum {
     sw_line = 0,
@@ -231,8 +223,6 @@ static u_char *ngx_http_dsm_str_end(ngx_http_dsm_parse_t *p,
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_probe(ngx_uint_t kind,
     u_char *k, u_char *last, size_t *len);
 static ngx_uint_t ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len);
-static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_eq(u_char *a,
-    const char *b, size_t n);
 static void ngx_http_dsm_append(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static void ngx_http_dsm_enum(ngx_http_dsm_parse_t *p);
@@ -2501,67 +2491,6 @@ ngx_http_dsm_key(ngx_uint_t kind, u_char *k, size_t len)
     key = ngx_http_dsm_probe(kind, k, k + len + 1, &n);
 
     return (n == len) ? key : key_none;
-}
-
-
-/*
- * Compares n bytes with word loads, the last one overlapping.  n is a
- * constant at the call sites that matter: the tests of n then fold away
- * and the first 64 bytes are straight-line code (-O, as nginx builds,
- * does not unroll loops).
- */
-
-static ngx_http_dsm_inline ngx_uint_t
-ngx_http_dsm_eq(u_char *a, const char *b, size_t n)
-{
-    size_t    i;
-    uint64_t  x, y;
-    uint32_t  x4, y4;
-
-#define dsm_eq8(i)                                                           \
-    (ngx_memcpy(&x, a + (i), 8), ngx_memcpy(&y, b + (i), 8), x == y)
-
-    if (n >= 8) {
-        if ((n > 8 && !dsm_eq8(0)) || (n > 16 && !dsm_eq8(8))
-            || (n > 24 && !dsm_eq8(16)) || (n > 32 && !dsm_eq8(24))
-            || (n > 40 && !dsm_eq8(32)) || (n > 48 && !dsm_eq8(40))
-            || (n > 56 && !dsm_eq8(48)) || (n > 64 && !dsm_eq8(56)))
-        {
-            return 0;
-        }
-
-        for (i = 64; i + 8 < n; i += 8) {
-            if (!dsm_eq8(i)) {
-                return 0;
-            }
-        }
-
-        return dsm_eq8(n - 8);
-    }
-
-#undef dsm_eq8
-
-    if (n >= 4) {
-        ngx_memcpy(&x4, a, 4);
-        ngx_memcpy(&y4, b, 4);
-
-        if (x4 != y4) {
-            return 0;
-        }
-
-        ngx_memcpy(&x4, a + n - 4, 4);
-        ngx_memcpy(&y4, b + n - 4, 4);
-
-        return x4 == y4;
-    }
-
-    for (i = 0; i < n; i++) {
-        if (a[i] != (u_char) b[i]) {
-            return 0;
-        }
-    }
-
-    return 1;
 }
 
 

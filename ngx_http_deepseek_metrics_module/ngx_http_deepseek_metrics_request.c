@@ -14,8 +14,6 @@ static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
 static void ngx_http_dsm_ctx_release(void *data);
 static ngx_uint_t ngx_http_dsm_model_find(ngx_http_dsm_main_conf_t *dmcf,
     u_char *name, size_t len);
-static ngx_inline ngx_uint_t ngx_http_dsm_same(u_char *a, u_char *b,
-    size_t n);
 
 
 static ngx_http_dsm_parse_t  ngx_http_dsm_noparse;
@@ -328,11 +326,11 @@ ngx_http_dsm_classify(ngx_str_t *uri)
         len--;
     }
 
-/* memcmp() of a constant length against 0 compiles to a few loads */
+/* a constant length: a few word compares, no call to memcmp() */
 
 #define ngx_http_dsm_ends(s)                                                 \
     (len >= sizeof(s) - 1                                                    \
-     && ngx_memcmp(p + len - (sizeof(s) - 1), s, sizeof(s) - 1) == 0)
+     && ngx_http_dsm_eq(p + len - (sizeof(s) - 1), s, sizeof(s) - 1))
 
     switch (p[len - 1]) {
 
@@ -476,49 +474,12 @@ ngx_http_dsm_model_find(ngx_http_dsm_main_conf_t *dmcf, u_char *name,
     m = dmcf->models->elts;
 
     for (i = 0; i < dmcf->models->nelts; i++) {
-        if (m[i].len == len && ngx_http_dsm_same(m[i].data, name, len)) {
+        if (m[i].len == len && ngx_http_dsm_eq(name, (char *) m[i].data, len)) {
             break;
         }
     }
 
     return i;
-}
-
-
-/*
- * Compares n bytes, n below 64, with word loads, the last one overlapping:
- * a model name costs a few instructions instead of a call to memcmp().
- */
-
-static ngx_inline ngx_uint_t
-ngx_http_dsm_same(u_char *a, u_char *b, size_t n)
-{
-    size_t    i;
-    uint64_t  x, y;
-
-    if (n < 8) {
-        for (i = 0; i < n; i++) {
-            if (a[i] != b[i]) {
-                return 0;
-            }
-        }
-
-        return 1;
-    }
-
-    for (i = 0; i + 8 < n; i += 8) {
-        ngx_memcpy(&x, a + i, 8);
-        ngx_memcpy(&y, b + i, 8);
-
-        if (x != y) {
-            return 0;
-        }
-    }
-
-    ngx_memcpy(&x, a + n - 8, 8);
-    ngx_memcpy(&y, b + n - 8, 8);
-
-    return x == y;
 }
 
 
