@@ -22,6 +22,8 @@ use JSON::PP ();
 use Time::HiRes qw(time sleep);
 use DSM::Test;
 use DSM::Stack;
+use DSM::Protobuf;
+use HTTP::Tiny;
 
 my $REPO = abs_path(dirname(abs_path(__FILE__)) . '/..');
 my $MODULE = $ENV{DSM_MODULE} // "$REPO/build/modules/ngx_http_deepseek_metrics_module.so";
@@ -287,6 +289,49 @@ for my $rec (qw(job_endpoint:deepseek_request_latency_seconds:p50_5m job_endpoin
                 job_endpoint:deepseek_time_to_first_token_seconds:p90_5m job_endpoint:deepseek_time_to_first_token_seconds:p99_5m)) {
     my $res = eval { $nprom->query($rec) } || [];
     ok(@$res > 0, "native Prometheus: recording rule $rec has data");
+}
+
+# Federation from the native Prometheus: its /federate answers protobuf when
+# asked, with a native family as a native histogram (float counts) and the
+# classic ones as untyped series; a global Prometheus 2.42 with native
+# histograms (it asks for protobuf) pulls it with honor_labels.
+{
+    my $PB = 'application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited';
+    my $r = HTTP::Tiny->new(timeout => 20)->get($nprom->url . '/federate?match%5B%5D='
+        . '%7Bjob%3D%22deepseek-api%22%2C__name__%3D~%22deepseek_(request_latency%7Cqueue_wait)_seconds.*%22%7D',
+        { headers => { Accept => $PB } });
+    like($r->{headers}{'content-type'} // '', qr{^application/vnd\.google\.protobuf; proto=io\.prometheus\.client\.MetricFamily; encoding=delimited},
+         '/federate of the native Prometheus answers protobuf');
+    my %type = map { $_->{name} => $_->{type} . (($_->{metrics}[0]{histogram} || {})->{schema} // '') }
+               eval { DSM::Protobuf->decode($r->{content}) };
+    is(join(' ', map { "$_=$type{$_}" } sort keys %type),
+       'deepseek_queue_wait_seconds_bucket=untyped deepseek_queue_wait_seconds_count=untyped '
+       . 'deepseek_queue_wait_seconds_sum=untyped deepseek_request_latency_seconds=histogram3',
+       '/federate: the native latency histogram (schema 3), the classic queue wait as untyped series');
+    my $gprom = DSM::Stack->prometheus(dir => $dir, name => 'global',
+                                       args => ['--enable-feature=native-histograms'], config => <<"EOF");
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: 'federate'
+    honor_labels: true
+    metrics_path: '/federate'
+    params:
+      'match[]': ['{job="deepseek-api"}']
+    static_configs:
+      - targets: ['127.0.0.1:@{[ $nprom->port ]}']
+EOF
+    my $g = DSM::Stack::wait_for('global federates', 20, sub {
+        my $res = eval { $gprom->query('deepseek_requests_total') } || [];
+        @$res ? $res : undef;
+    });
+    ok($g, 'global Prometheus: federated counters');
+    for my $qq ('histogram_count(sum(deepseek_request_latency_seconds))', 'sum(deepseek_queue_wait_seconds_count)') {
+        my $res = eval { $gprom->query($qq) } || [];
+        is(scalar(@$res), 1, "global Prometheus answers $qq");
+    }
+    $gprom->stop;
 }
 
 # ------------------------------------------------------------------ the article's queries, verbatim
