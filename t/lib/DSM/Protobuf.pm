@@ -146,8 +146,11 @@ sub _histogram {
     croak "protobuf: last bucket above sample_count" if $prev > $h{count};
     my $n = 0;
     $n += $_->[1] for @{ $h{spans} };
-    croak "protobuf: $n span buckets, " . scalar(@{ $h{deltas} }) . " deltas"
-        unless $n == @{ $h{deltas} } || $n == @{ $h{counts} || [] };
+    # integer deltas (the module) or float counts (/federate), never both
+    my @c = @{ $h{counts} || [] };
+    croak "protobuf: deltas and float counts" if @c && @{ $h{deltas} };
+    croak "protobuf: $n span buckets, " . scalar(@c ? @c : @{ $h{deltas} }) . " deltas"
+        unless $n == (@c ? @c : @{ $h{deltas} });
     return \%h;
 }
 
