@@ -217,6 +217,9 @@ like($naccept // '', qr{^application/vnd\.google\.protobuf;proto=io\.prometheus\
 like($nctype // '', qr{^application/vnd\.google\.protobuf; proto=io\.prometheus\.client\.MetricFamily; encoding=delimited},
      'the module answers protobuf');
 
+note('samples per scrape, default / native Prometheus: '
+     . join(' / ', map { $_->value('scrape_samples_scraped{job="deepseek-api"}') // 'none' } $prom, $nprom));
+
 # What each Prometheus stores: the native one only the native histogram of a
 # native= family (no _bucket, _count, _sum), classic series of the others.
 my @stored = (
