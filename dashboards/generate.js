@@ -118,12 +118,32 @@ function row(title) {
   return new dashboard.RowBuilder(title);
 }
 
+// A quantile from the native histogram where Prometheus stores one (zone
+// native=, Prometheus with native histograms: 2.42 then keeps no _bucket
+// series of that family), else from the classic _bucket series. Both sides
+// end with the same labels (the by list), so `or` takes the native series
+// and falls back to the classic one: the panel works with either.
+function hq(qq, family, sel, by = []) {
+  const nat = by.length ? `sum by (${by.join(', ')}) ` : 'sum';
+  const cls = `sum by (${[...by, 'le'].join(', ')}) `;
+  return `histogram_quantile(${qq}, ${nat}(rate(${family}{${sel}}[${RI}])))\n`
+    + `or histogram_quantile(${qq}, ${cls}(rate(${family}_bucket{${sel}}[${RI}])))`;
+}
+
+// Share of observations above `le` seconds, native (histogram_fraction) or
+// classic (the bucket `le` must be a classic bound, written as exported).
+function above(family, sel, le) {
+  return `1 - (histogram_fraction(0, ${Number(le)}, sum(rate(${family}{${sel}}[${RI}])))\n`
+    + `or sum(rate(${family}_bucket{${sel}, le="${le}"}[${RI}]))\n`
+    + `/ sum(rate(${family}_count{${sel}}[${RI}])))`;
+}
+
 // exemplars (deepseek_metrics_exemplar): shown on the highest quantile only,
 // each dot once; Prometheus needs --enable-feature=exemplar-storage
 function quantiles(family, sel, qs = [0.5, 0.9, 0.99], o = {}) {
   return qs.map((qq, i) =>
-    q(`histogram_quantile(${qq}, sum by (le) (rate(${family}_bucket{${sel}}[${RI}])))`,
-      `p${Math.round(qq * 100)}`, { exemplar: o.exemplar && i === qs.length - 1 }));
+    q(hq(qq, family, sel), `p${Math.round(qq * 100)}`,
+      { exemplar: o.exemplar && i === qs.length - 1 }));
 }
 
 // Currency-aware units for the cost panels (legend/series names contain the
@@ -212,10 +232,10 @@ panels.push(st('4xx ratio', 'Share of requests that ended with a 4xx status (inc
   q(`(sum(rate(deepseek_requests_total{${SEL}, status=~"4.."}[${RI}])) or vector(0))\n/ sum(rate(deepseek_requests_total{${SEL}}[${RI}]))`, '4xx'),
   { thresholds: thresholds([[null, 'green'], [0.05, 'orange'], [0.2, 'red']]), decimals: 2 }));
 panels.push(st('Latency p99', '99th percentile of request duration (start to last byte).', 's',
-  q(`histogram_quantile(0.99, sum by (le) (rate(deepseek_request_latency_seconds_bucket{${SEL}}[${RI}])))`, 'p99'),
+  q(hq(0.99, 'deepseek_request_latency_seconds', SEL), 'p99'),
   { thresholds: thresholds([[null, 'green'], [60, 'orange'], [120, 'red']]) }));
 panels.push(st('TTFT p90', '90th percentile of time to first token (streaming requests).', 's',
-  q(`histogram_quantile(0.9, sum by (le) (rate(deepseek_time_to_first_token_seconds_bucket{${SEL}}[${RI}])))`, 'p90'),
+  q(hq(0.9, 'deepseek_time_to_first_token_seconds', SEL), 'p90'),
   { thresholds: thresholds([[null, 'green'], [5, 'orange'], [10, 'red']]) }));
 panels.push(st('Cache hit ratio', 'Input tokens served from DeepSeek\'s context cache (billed at the cache-hit price).', 'percentunit',
   q(`sum(rate(deepseek_tokens_total{${SEL}, type="input_cache_hit"}[${RI}]))\n/ sum(rate(deepseek_tokens_total{${SEL}, type=~"input_cache_hit|input_cache_miss"}[${RI}]))`, 'hit ratio'),
@@ -261,12 +281,12 @@ panels.push(ts('Usage missing', 'Responses whose token usage could not be read, 
   [q(`sum by (reason) (rate(deepseek_usage_missing_total{${SEL}}[${RI}]))`, '{{reason}}')], { w: 12 }));
 
 panels.push(row('Latency'));
-panels.push(ts('Request latency p50 / p90 / p99', 'Request start to last byte ($request_time), from deepseek_request_latency_seconds. Dots on p99: exemplars, the latest request of each bucket (trace_id = the deepseek_metrics_exemplar variable, e.g. $request_id); see docs/exemplars.md.', 's',
+panels.push(ts('Request latency p50 / p90 / p99', 'Request start to last byte ($request_time), from deepseek_request_latency_seconds: its native histogram where Prometheus stores one (zone native=), else its classic buckets. Dots on p99: exemplars, the latest request of each bucket (trace_id = the deepseek_metrics_exemplar variable, e.g. $request_id); see docs/exemplars.md.', 's',
   quantiles('deepseek_request_latency_seconds', SEL, undefined, { exemplar: true }), { w: 12, fill: 0 }));
 refIds = 0;
 panels.push(new heatmap.PanelBuilder()
   .title('Request latency heatmap')
-  .description('Requests per latency bucket per second (deepseek_request_latency_seconds_bucket).')
+  .description('Requests per latency bucket per second (deepseek_request_latency_seconds_bucket): classic buckets only, empty on a Prometheus 2.42 that stores the native histogram of a native=latency zone (keep both with always_scrape_classic_histograms, examples/README.md).')
   .datasource(DS)
   .gridPos({ h: 8, w: 12, x: 0, y: 0 })
   .calculate(false)
@@ -277,18 +297,18 @@ panels.push(new heatmap.PanelBuilder()
   .showValue(common.VisibilityMode.Never)
   .tooltip(new heatmap.HeatmapTooltipBuilder().mode(common.TooltipDisplayMode.Single).yHistogram(true).showColorScale(false))
   .withTarget(q(`sum by (le) (rate(deepseek_request_latency_seconds_bucket{${SEL}}[${RI}]))`, '{{le}}', { format: prometheus.PromQueryFormat.Heatmap })));
-panels.push(ts('Time to first token p50 / p90 / p99', 'Streaming requests: request start to the first SSE event with content, reasoning or tool calls (keep-alives do not count). Dots on p99: exemplars (docs/exemplars.md).', 's',
+panels.push(ts('Time to first token p50 / p90 / p99', 'Streaming requests: request start to the first SSE event with content, reasoning or tool calls (keep-alives do not count). Native histogram where Prometheus stores one, else classic buckets. Dots on p99: exemplars (docs/exemplars.md).', 's',
   quantiles('deepseek_time_to_first_token_seconds', SEL, undefined, { exemplar: true }), { w: 12, fill: 0 }));
 refIds = 0;
 panels.push(ts('Queue wait and first answer token (p90)', 'Queue wait: request start to the first data event (time queued at DeepSeek). First answer token: first non-reasoning content.', 's',
-  [q(`histogram_quantile(0.9, sum by (le) (rate(deepseek_queue_wait_seconds_bucket{${SEL}}[${RI}])))`, 'queue wait p90'),
-    q(`histogram_quantile(0.9, sum by (le) (rate(deepseek_time_to_first_token_seconds_bucket{${SEL}}[${RI}])))`, 'first token p90'),
-    q(`histogram_quantile(0.9, sum by (le) (rate(deepseek_time_to_first_answer_token_seconds_bucket{${SEL}}[${RI}])))`, 'first answer token p90')],
+  [q(hq(0.9, 'deepseek_queue_wait_seconds', SEL), 'queue wait p90'),
+    q(hq(0.9, 'deepseek_time_to_first_token_seconds', SEL), 'first token p90'),
+    q(hq(0.9, 'deepseek_time_to_first_answer_token_seconds', SEL), 'first answer token p90')],
   { w: 12, fill: 0 }));
 panels.push(ts('Time per output token p50 / p90', 'Generation speed of streaming answers (deepseek_time_per_output_token_seconds).', 's',
   quantiles('deepseek_time_per_output_token_seconds', SEL, [0.5, 0.9]), { w: 12, fill: 0 }));
 panels.push(ts('Latency p99 by endpoint', 'Per-endpoint p99 of request duration.', 's',
-  [q(`histogram_quantile(0.99, sum by (endpoint, le) (rate(deepseek_request_latency_seconds_bucket{${SEL}}[${RI}])))`, '{{endpoint}}')],
+  [q(hq(0.99, 'deepseek_request_latency_seconds', SEL, ['endpoint']), '{{endpoint}}')],
   { w: 12, fill: 0 }));
 
 panels.push(row('Tokens and cost'));
@@ -320,8 +340,8 @@ panels.push(st('Balance read ago', 'Time since the last balance reading (deepsee
   q(`time() - max(deepseek_balance_updated_seconds{${SEL_I}})`, 'age'),
   { w: 3, thresholds: thresholds([[null, 'green'], [3600, 'orange'], [21600, 'red']]), noValue: 'never read' }));
 panels.push(ts('Streams that stalled', 'Share of streamed responses whose longest pause between two data events (deepseek_stream_max_gap_seconds) exceeded 10 s and 60 s. DeepSeekStreamStalls fires above 5% over 10 s.', 'percentunit',
-  [q(`1 - sum(rate(deepseek_stream_max_gap_seconds_bucket{${SEL}, le="10.0"}[${RI}]))\n/ sum(rate(deepseek_stream_max_gap_seconds_count{${SEL}}[${RI}]))`, 'paused > 10 s'),
-    q(`1 - sum(rate(deepseek_stream_max_gap_seconds_bucket{${SEL}, le="60.0"}[${RI}]))\n/ sum(rate(deepseek_stream_max_gap_seconds_count{${SEL}}[${RI}]))`, 'paused > 60 s')],
+  [q(above('deepseek_stream_max_gap_seconds', SEL, '10.0'), 'paused > 10 s'),
+    q(above('deepseek_stream_max_gap_seconds', SEL, '60.0'), 'paused > 60 s')],
   { w: 8, max: 1, fill: 0, thresholds: thresholds([[null, 'transparent'], [0.05, 'red']]), thresholdsStyle: common.GraphThresholdsStyleMode.Dashed }));
 panels.push(ts('Longest pause in a stream p50 / p90 / p99', 'deepseek_stream_max_gap_seconds: per stream, the longest pause between two data events (up to the end of a stream cut without [DONE]).', 's',
   quantiles('deepseek_stream_max_gap_seconds', SEL), { w: 8, fill: 0 }));

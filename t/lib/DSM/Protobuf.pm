@@ -127,6 +127,13 @@ sub _histogram {
             push @{ $h{spans} }, [ $off, $len ];
         }
         elsif ($n == 13) { push @{ $h{deltas} }, _packed_or_single($f, 'Histogram') }
+        # float counts: never from the module; Prometheus' /federate sends
+        # native histograms so
+        elsif ($n == 4)  { $h{count_float} = _want($f, 1, 'Histogram') }
+        elsif ($n == 8)  { $h{zero_count_float} = _want($f, 1, 'Histogram') }
+        elsif ($n == 14) {
+            push @{ $h{counts} }, $f->[1] == 1 ? $f->[2] : unpack 'd<*', _want($f, 2, 'Histogram');
+        }
         elsif ($n == 15) { $h{created} = _timestamp(_want($f, 2, 'Histogram')) }
         else { croak "protobuf: Histogram field $n" }
     }
@@ -139,8 +146,11 @@ sub _histogram {
     croak "protobuf: last bucket above sample_count" if $prev > $h{count};
     my $n = 0;
     $n += $_->[1] for @{ $h{spans} };
-    croak "protobuf: $n span buckets, " . scalar(@{ $h{deltas} }) . " deltas"
-        unless $n == @{ $h{deltas} };
+    # integer deltas (the module) or float counts (/federate), never both
+    my @c = @{ $h{counts} || [] };
+    croak "protobuf: deltas and float counts" if @c && @{ $h{deltas} };
+    croak "protobuf: $n span buckets, " . scalar(@c ? @c : @{ $h{deltas} }) . " deltas"
+        unless $n == (@c ? @c : @{ $h{deltas} });
     return \%h;
 }
 
@@ -170,6 +180,18 @@ sub _metric {
         } elsif ($n == 7) {
             croak "protobuf: a $type metric with a histogram" unless $type eq 'histogram';
             $m{histogram} = _histogram(_want($f, 2, 'Metric'));
+        } elsif ($n == 5) {
+            # untyped: never from the module; Prometheus' /federate sends
+            # every float series so
+            croak "protobuf: a $type metric untyped" unless $type eq 'untyped';
+            $m{value} = 0;
+            for my $g (_fields(_want($f, 2, 'Metric'))) {
+                if ($g->[0] == 1) { $m{value} = _want($g, 1, 'value') }
+                else { croak "protobuf: Untyped field $g->[0]" }
+            }
+        } elsif ($n == 6) {
+            # timestamp_ms: never from the module; Prometheus' /federate sets it
+            $m{timestamp_ms} = _want($f, 0, 'Metric');
         } else {
             croak "protobuf: Metric field $n";
         }

@@ -292,7 +292,8 @@ END {
 # The nginx configuration of the live stack tests (DSM::Test placeholders):
 # the mock upstream on /, a dead upstream on /dead/ (502), a 1 s read timeout
 # on /slow/ (504), prices (cost metrics), and a metrics listener with
-# allow/deny, gzip and a scrape log recording what Prometheus negotiated.
+# allow/deny, gzip and a scrape log recording what Prometheus negotiated (and
+# the query string, which tells two Prometheus scraping the same target apart).
 sub live_conf {
     my (%o) = @_;
     my $zone = $o{zone_size} // '10m';
@@ -305,7 +306,7 @@ http {
     deepseek_metrics_price deepseek-flash USD hit=0.006 miss=0.30 output=1.20 offpeak_hit=0.003 offpeak_miss=0.15 offpeak_output=0.60;
     deepseek_metrics_price deepseek-v4-pro USD hit=0.044 miss=1.32 output=3.96 offpeak_hit=0.022 offpeak_miss=0.66 offpeak_output=1.98;
     deepseek_metrics_price deepseek-reasoner CNY hit=0.30 miss=9 output=27 offpeak_hit=0.15 offpeak_miss=4.5 offpeak_output=13.5;
-    log_format scrape '\$http_user_agent|\$http_accept|\$sent_http_content_type|\$sent_http_content_encoding|\$status';
+    log_format scrape '\$http_user_agent|\$http_accept|\$sent_http_content_type|\$sent_http_content_encoding|\$status|\$args';
 $extra
     server {
         listen 127.0.0.1:%%PORT%%;
