@@ -1,10 +1,10 @@
 
 /*
  * The exporter: a content handler that writes Prometheus text 0.0.4,
- * OpenMetrics 1.0.0 or protobuf without taking any lock.  The body is streamed: a few
- * buffers are formatted from the live counters, sent, and reused, and the
- * scrape resumes on the write event when the client reads slowly, so its
- * memory does not grow with the label sets.
+ * OpenMetrics 1.0.0 or protobuf without taking any lock.  The body is
+ * streamed: a few buffers are formatted from the live counters, sent, and
+ * reused, and the scrape resumes on the write event when the client reads
+ * slowly, so its memory does not grow with the label sets.
  */
 
 

@@ -905,7 +905,8 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     }
 
     if (exp[nb]) {
-        p = ngx_http_dsm_pb_bucket(p, cum + v[nb], ngx_http_dsm_pb_inf(), exp[nb]);
+        p = ngx_http_dsm_pb_bucket(p, cum + v[nb], ngx_http_dsm_pb_inf(),
+                                   exp[nb]);
     }
 
     if (l->native[h]) {
