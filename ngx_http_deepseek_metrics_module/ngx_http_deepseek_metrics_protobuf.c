@@ -1519,7 +1519,7 @@ ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen, u_char *value,
 static u_char *
 ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text, size_t len)
 {
-    u_char  *last, *name, *value;
+    u_char  *last, *name, *value, *q;
     size_t   nlen;
 
     last = text + len;
@@ -1539,6 +1539,16 @@ ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text, size_t len)
 
         text += 2;
         value = text;
+
+        /* most values have no escape: their bytes are sent as they are */
+
+        q = memchr(value, '"', last - value);
+
+        if (q && memchr(value, '\\', q - value) == NULL) {
+            p = ngx_http_dsm_pb_pair(p, name, nlen, value, q - value, 0);
+            text = q + 2;
+            continue;
+        }
 
         while (text < last && *text != '"') {
             text += (*text == '\\') ? 2 : 1;
