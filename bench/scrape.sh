@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/scrape.sh - what one scrape costs at 1,000 and 10,000 label sets, per
-# format (text 0.0.4 and OpenMetrics 1.0.0): the median of RUNS scrapes
+# format (text 0.0.4, OpenMetrics 1.0.0 and protobuf, asked for with the Accept
+# of Prometheus 2.42 --enable-feature=native-histograms): the median of RUNS scrapes
 # (curl time_total, no compression), the body bytes, and the worker's memory
 # growth during a scrape.
 #
@@ -105,6 +106,7 @@ fresh_worker() {
 
 TEXT='text/plain;version=0.0.4'
 OM='application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1'
+PB='application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.8,application/openmetrics-text;version=1.0.0;q=0.7,text/plain;version=0.0.4;q=0.6,*/*;q=0.5'
 URL="http://127.0.0.1:$PORT/metrics"
 
 echo "module: $SO"
@@ -126,8 +128,12 @@ for n in 1000 10000; do
   curl -s "http://127.0.0.1:$PORT/fill/v1/chat/completions?k=[$((filled + 1))-$n]" > /dev/null
   filled=$n
 
-  for fmt in text openmetrics; do
-    if [ "$fmt" = text ]; then accept="$TEXT"; else accept="$OM"; fi
+  for fmt in text openmetrics protobuf; do
+    case "$fmt" in
+      text) accept="$TEXT" ;;
+      openmetrics) accept="$OM" ;;
+      *) accept="$PB" ;;
+    esac
 
     pid="$(fresh_worker)"
     before="$(rss_anon "$pid")"

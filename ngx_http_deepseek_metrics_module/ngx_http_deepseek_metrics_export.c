@@ -1,10 +1,10 @@
 
 /*
- * The exporter: a content handler that writes Prometheus text 0.0.4 or
- * OpenMetrics 1.0.0 without taking any lock.  The body is streamed: a few
- * buffers are formatted from the live counters, sent, and reused, and the
- * scrape resumes on the write event when the client reads slowly, so its
- * memory does not grow with the label sets.
+ * The exporter: a content handler that writes Prometheus text 0.0.4,
+ * OpenMetrics 1.0.0 or protobuf without taking any lock.  The body is
+ * streamed: a few buffers are formatted from the live counters, sent, and
+ * reused, and the scrape resumes on the write event when the client reads
+ * slowly, so its memory does not grow with the label sets.
  */
 
 
@@ -63,7 +63,6 @@ typedef struct {
 
 static ngx_int_t ngx_http_dsm_export_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_json_view(ngx_http_request_t *r);
-static ngx_int_t ngx_http_dsm_pb_view(ngx_http_request_t *r);
 static void ngx_http_dsm_scrape_cleanup(void *data);
 static void ngx_http_dsm_scrape_writer(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dsm_scrape_wait(ngx_http_request_t *r);
@@ -403,10 +402,6 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
         return ngx_http_dsm_json_view(r);
     }
 
-    if (view == NGX_HTTP_DSM_VIEW_PROTOBUF) {
-        return ngx_http_dsm_pb_view(r);
-    }
-
     /* the cleanup only marks the scrape: the writer finds it by it */
 
     cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_dsm_scrape_t));
@@ -430,6 +425,13 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
     o->last = &o->out;
     o->om = (view == NGX_HTTP_DSM_VIEW_OPENMETRICS);
     o->priced = (dmcf->prices != NULL);
+
+    if (view == NGX_HTTP_DSM_VIEW_PROTOBUF) {
+        o->pb = ngx_http_dsm_pb_init(r, sc->snaps, sc->nzones);
+        if (o->pb == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
 
     /* a subrequest gets its body whole, in one chain */
     o->max_bufs = (r == r->main) ? NGX_HTTP_DSM_BUFS : 0;
@@ -462,6 +464,14 @@ ngx_http_dsm_export_handler(ngx_http_request_t *r)
                    "charset=utf-8");
         r->headers_out.content_type_len =
                                   sizeof("application/openmetrics-text") - 1;
+
+    } else if (o->pb) {
+        ngx_str_set(&r->headers_out.content_type,
+                    "application/vnd.google.protobuf; "
+                    "proto=io.prometheus.client.MetricFamily; "
+                    "encoding=delimited");
+        r->headers_out.content_type_len =
+                               sizeof("application/vnd.google.protobuf") - 1;
 
     } else {
         ngx_str_set(&r->headers_out.content_type,
@@ -508,85 +518,6 @@ ngx_http_dsm_json_view(ngx_http_request_t *r)
     }
 
     return ngx_http_dsm_json(r, snaps, nzones);
-}
-
-
-/*
- * Protobuf: each MetricFamily is written after its length, measured in a
- * first pass over the same numbers, so it is formatted from a whole copy
- * of the zones, like the JSON view, and sent as one chain.
- */
-
-static ngx_int_t
-ngx_http_dsm_pb_view(ngx_http_request_t *r)
-{
-    ngx_int_t                     rc;
-    ngx_uint_t                    nzones;
-    ngx_http_dsm_out_t            o;
-    ngx_http_dsm_snap_t          *snaps;
-    ngx_http_dsm_main_conf_t     *dmcf;
-    const ngx_http_dsm_family_t  *f;
-
-    snaps = ngx_http_dsm_snapshots(r, &nzones);
-    if (snaps == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    dmcf = ngx_http_get_module_main_conf(r, ngx_http_deepseek_metrics_module);
-
-    ngx_memzero(&o, sizeof(ngx_http_dsm_out_t));
-    o.r = r;
-    o.last = &o.out;
-    o.priced = (dmcf->prices != NULL);
-
-    o.pb = ngx_http_dsm_pb_init(r, snaps, nzones);
-    if (o.pb == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    for (f = ngx_http_dsm_families; f->name.len; f++) {
-        if (ngx_http_dsm_family_shown(&o, f, snaps, nzones)) {
-            ngx_http_dsm_pb_family(&o, &f->name, f->type, f->help,
-                                   ngx_http_dsm_family_kind(f), f->arg,
-                                   snaps, nzones);
-        }
-    }
-
-    if (o.error) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (o.b == NULL) {
-        /* nothing to show: an empty body */
-        if (ngx_http_dsm_reserve(&o, 1) == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    o.size += o.b->last - o.b->pos;
-    o.b->last_buf = (r == r->main) ? 1 : 0;
-    o.b->last_in_chain = 1;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = o.size;
-
-    /* the MIME type alone is what gzip_types and the like match */
-
-    ngx_str_set(&r->headers_out.content_type,
-                "application/vnd.google.protobuf; "
-                "proto=io.prometheus.client.MetricFamily; "
-                "encoding=delimited");
-    r->headers_out.content_type_len =
-                               sizeof("application/vnd.google.protobuf") - 1;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    return ngx_http_output_filter(r, o.out);
 }
 
 
@@ -757,6 +688,7 @@ ngx_http_dsm_scrape_emit(ngx_http_dsm_scrape_t *sc)
     u_char                       *p;
     ngx_uint_t                    nzones;
     ngx_http_dsm_out_t           *o;
+    ngx_http_dsm_snap_t          *snap;
     const ngx_http_dsm_family_t  *f;
 
     o = &sc->out;
@@ -781,7 +713,13 @@ ngx_http_dsm_scrape_emit(ngx_http_dsm_scrape_t *sc)
 
         if (!sc->started) {
             if (ngx_http_dsm_family_shown(o, f, sc->snaps, sc->nzones)) {
-                ngx_http_dsm_family(o, f);
+                if (o->pb) {
+                    ngx_http_dsm_pb_start(o, &f->name, f->type, f->help);
+
+                } else {
+                    ngx_http_dsm_family(o, f);
+                }
+
                 sc->started = 1;
                 sc->zone = 0;
                 o->series = 0;
@@ -796,8 +734,16 @@ ngx_http_dsm_scrape_emit(ngx_http_dsm_scrape_t *sc)
         nzones = (f->when == NGX_HTTP_DSM_FAMILY_ONCE) ? 1 : sc->nzones;
 
         if (sc->zone < nzones) {
-            f->emit(o, (f->when == NGX_HTTP_DSM_FAMILY_ONCE)
-                       ? NULL : &sc->snaps[sc->zone], f);
+            snap = (f->when == NGX_HTTP_DSM_FAMILY_ONCE)
+                   ? NULL : &sc->snaps[sc->zone];
+
+            if (o->pb) {
+                ngx_http_dsm_pb_emit(o, snap, sc->zone,
+                                     ngx_http_dsm_family_kind(f), f->arg);
+
+            } else {
+                f->emit(o, snap, f);
+            }
 
             if (o->full || o->error) {
                 return;
@@ -806,6 +752,12 @@ ngx_http_dsm_scrape_emit(ngx_http_dsm_scrape_t *sc)
             sc->zone++;
             o->series = 0;
             continue;
+        }
+
+        /* protobuf: the family's last batch */
+
+        if (o->pb && !ngx_http_dsm_pb_flush(o)) {
+            return;
         }
 
         sc->family++;

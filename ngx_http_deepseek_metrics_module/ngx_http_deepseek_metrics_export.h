@@ -158,9 +158,11 @@ const ngx_str_t *ngx_http_dsm_hist_name(ngx_uint_t h);
 /* protobuf: delimited io.prometheus.client.MetricFamily */
 void *ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
     ngx_uint_t nzones);
-void ngx_http_dsm_pb_family(ngx_http_dsm_out_t *o, const ngx_str_t *name,
-    char *type, char *help, ngx_uint_t kind, ngx_uint_t arg,
-    ngx_http_dsm_snap_t *snaps, ngx_uint_t nzones);
+void ngx_http_dsm_pb_start(ngx_http_dsm_out_t *o, const ngx_str_t *name,
+    char *type, char *help);
+void ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z, ngx_uint_t kind, ngx_uint_t arg);
+ngx_uint_t ngx_http_dsm_pb_flush(ngx_http_dsm_out_t *o);
 
 /* status: the JSON view and the status page */
 ngx_uint_t ngx_http_dsm_view(ngx_http_request_t *r);

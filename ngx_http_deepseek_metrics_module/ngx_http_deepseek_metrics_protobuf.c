@@ -2,10 +2,16 @@
 /*
  * The protobuf exposition: io.prometheus.client.MetricFamily messages,
  * delimited (each prefixed by its length as a varint), written from the
- * same snapshot as the text formats, family by family.  A small encoder of
- * our own: varints, little-endian doubles and length-delimited fields.
- * Each family is measured first, then written, so no length is ever
- * patched in a buffer that may already be sent.
+ * same live reads as the text formats, family by family.  A small encoder
+ * of our own: varints, little-endian doubles and length-delimited fields.
+ *
+ * A MetricFamily's length comes before it, so the Metrics of a batch of
+ * series are encoded into a bounded scratch first, each series read once;
+ * when the scratch is full or the family ends, the batch is sent as one
+ * whole MetricFamily (name, help, type, its Metrics) and the scratch is
+ * reused.  A large family is so several messages of the same name, which
+ * a reader merges (Prometheus takes each Metric as it comes); the memory
+ * of a scrape does not grow with its label sets.
  *
  * Also the native histograms' observation: exponential buckets of schema
  * 3 (each bucket 2^(1/8) = 1.09 times the previous one: a quantile within
@@ -55,11 +61,16 @@
 
 #define NGX_HTTP_DSM_PB_BUCKET_COUNT  1
 #define NGX_HTTP_DSM_PB_BUCKET_BOUND  2
+#define NGX_HTTP_DSM_PB_BUCKET_EXEMPLAR 3
+
+#define NGX_HTTP_DSM_PB_EX_VALUE      2
+#define NGX_HTTP_DSM_PB_EX_TIMESTAMP  3
 
 #define NGX_HTTP_DSM_PB_SPAN_OFFSET   1
 #define NGX_HTTP_DSM_PB_SPAN_LENGTH   2
 
 #define NGX_HTTP_DSM_PB_TS_SECONDS    1
+#define NGX_HTTP_DSM_PB_TS_NANOS      2
 
 /* the keys of the double fields */
 
@@ -72,6 +83,8 @@
                         NGX_HTTP_DSM_PB_FIXED64)
 #define NGX_HTTP_DSM_PB_BUCKET_BOUND_KEY                                     \
     ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_BUCKET_BOUND, NGX_HTTP_DSM_PB_FIXED64)
+#define NGX_HTTP_DSM_PB_EX_VALUE_KEY                                         \
+    ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_EX_VALUE, NGX_HTTP_DSM_PB_FIXED64)
 
 /* sint32 and sint64 */
 
@@ -93,25 +106,42 @@
 
 #define NGX_HTTP_DSM_NATIVE_GAP       2
 
+/* the scratch of a batch of Metrics, after room for the family's header */
 
-/* the labels of every series, encoded once a scrape */
+#define NGX_HTTP_DSM_PB_SCRATCH       (64 * 1024)
+#define NGX_HTTP_DSM_PB_HEAD          1024
+
+
+/*
+ * The scrape's encoder state: the zone labels, the labels of the series
+ * being encoded, and the scratch: room for a family's header, then the
+ * Metric fields of the batch.
+ */
 
 typedef struct {
-    ngx_str_t                   **labels;        /* [zone][entry] */
     ngx_str_t                    *zone;          /* zone="..": [zone] */
+    ngx_str_t                     labels;        /* the series' pairs */
+    size_t                        labels_size;
+    u_char                       *start;         /* the scratch */
+    u_char                       *metrics;       /* start + HEAD */
+    u_char                       *last;
+    u_char                       *end;
+    u_char                       *msg;           /* being sent, to last */
+    const ngx_str_t              *name;
+    char                         *help;
+    ngx_uint_t                    type;          /* MetricType */
+    ngx_uint_t                    nospace;       /* the series: again */
 } ngx_http_dsm_pb_t;
 
 
-/* a family being measured (write 0) or written */
+/* what the Metrics of a zone's series are encoded with */
 
 typedef struct {
-    ngx_http_dsm_out_t           *o;
     ngx_http_dsm_pb_t            *pb;
-    ngx_uint_t                    write;
     ngx_uint_t                    type;          /* MetricType */
-    size_t                        size;          /* of the metrics */
-    ngx_uint_t                    n;
     uint64_t                      created;       /* the zone's start */
+    ngx_http_dsm_snap_t          *snap;
+    ngx_uint_t                    z;
 } ngx_http_dsm_pb_fam_t;
 
 
@@ -136,6 +166,7 @@ typedef struct {
 } ngx_http_dsm_pb_native_t;
 
 
+static ngx_inline double ngx_http_dsm_pb_inf(void);
 static ngx_inline size_t ngx_http_dsm_pb_varint_len(uint64_t v);
 static ngx_inline u_char *ngx_http_dsm_pb_varint(u_char *p, uint64_t v);
 static ngx_inline u_char *ngx_http_dsm_pb_double(u_char *p, u_char key,
@@ -147,18 +178,26 @@ static u_char *ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen,
     u_char *value, size_t vlen, ngx_uint_t escaped);
 static u_char *ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text,
     size_t len);
-static void ngx_http_dsm_pb_metrics(ngx_http_dsm_pb_fam_t *fm,
-    ngx_uint_t kind, ngx_uint_t arg, ngx_http_dsm_snap_t *snaps,
-    ngx_uint_t nzones);
+static ngx_uint_t ngx_http_dsm_pb_retry(ngx_http_dsm_out_t *o, u_char *mark);
+static ngx_inline u_char *ngx_http_dsm_pb_room(ngx_http_dsm_pb_fam_t *fm,
+    size_t n);
+static ngx_str_t *ngx_http_dsm_pb_labels(ngx_http_dsm_pb_fam_t *fm,
+    ngx_http_dsm_entry_t *e);
+static void ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
+    ngx_uint_t arg);
 static void ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm,
     ngx_str_t *labels, ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra,
     double value);
 static void ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z);
+    ngx_http_dsm_entry_t *e);
 static void ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t h);
-static size_t ngx_http_dsm_pb_bucket_len(uint64_t cum);
-static u_char *ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le);
+    ngx_http_dsm_entry_t *e, ngx_uint_t h);
+static size_t ngx_http_dsm_pb_exemplar_len(ngx_http_dsm_exemplar_t *ex,
+    size_t *tlen);
+static size_t ngx_http_dsm_pb_bucket_len(uint64_t cum,
+    ngx_http_dsm_exemplar_t *ex);
+static u_char *ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le,
+    ngx_http_dsm_exemplar_t *ex);
 static void ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh,
     ngx_atomic_uint_t *w);
 static size_t ngx_http_dsm_pb_native_len(ngx_http_dsm_pb_native_t *nh);
@@ -168,15 +207,14 @@ static size_t ngx_http_dsm_pb_deltas_len(ngx_http_dsm_pb_native_t *nh);
 static u_char *ngx_http_dsm_pb_native_write(u_char *p,
     ngx_http_dsm_pb_native_t *nh);
 static void ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t arg);
-static void ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z);
+    ngx_http_dsm_entry_t *e, ngx_uint_t arg);
+static void ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm);
 static void ngx_http_dsm_pb_reasons(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t missing);
-static void ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t arg);
+    ngx_http_dsm_entry_t *e, ngx_uint_t missing);
+static void ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg);
 static void ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t arg);
+    ngx_uint_t arg);
+
 
 
 /*
@@ -244,200 +282,397 @@ ngx_http_dsm_native_observe(ngx_http_dsm_layout_t *l,
 }
 
 
-/* the labels of every series as encoded LabelPair fields, zone first */
+
+/*
+ * The scrape's encoder: the zones' labels as LabelPair fields, the
+ * series' label buffer (a LabelPair takes at most 8 bytes more than its
+ * text, and text_len fits 16 bits) and the scratch.
+ */
 
 void *
 ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
     ngx_uint_t nzones)
 {
-    u_char               *p;
-    size_t                size;
-    ngx_str_t            *l, *zone;
-    ngx_uint_t            z, i;
-    ngx_http_dsm_pb_t    *pb;
-    ngx_http_dsm_snap_t  *snap;
+    u_char             *p;
+    size_t              zmax;
+    ngx_str_t          *zone;
+    ngx_uint_t          z;
+    ngx_http_dsm_pb_t  *pb;
 
-    pb = ngx_palloc(r->pool, sizeof(ngx_http_dsm_pb_t));
+    pb = ngx_pcalloc(r->pool, sizeof(ngx_http_dsm_pb_t));
     if (pb == NULL) {
         return NULL;
     }
 
-    pb->labels = ngx_palloc(r->pool, (nzones + 1) * sizeof(ngx_str_t *));
     pb->zone = ngx_palloc(r->pool, (nzones + 1) * sizeof(ngx_str_t));
-
-    if (pb->labels == NULL || pb->zone == NULL) {
+    if (pb->zone == NULL) {
         return NULL;
     }
 
+    zmax = 0;
+
     for (z = 0; z < nzones; z++) {
-        snap = &snaps[z];
         zone = &pb->zone[z];
 
-        zone->data = ngx_pnalloc(r->pool, snap->name.len + 16);
+        zone->data = ngx_pnalloc(r->pool, snaps[z].name.len + 16);
         if (zone->data == NULL) {
             return NULL;
         }
 
         p = ngx_http_dsm_pb_pair(zone->data, (u_char *) "zone", 4,
-                                 snap->name.data, snap->name.len, 1);
+                                 snaps[z].name.data, snaps[z].name.len, 1);
         zone->len = p - zone->data;
-
-        /* a LabelPair takes at most 8 bytes more than its text */
-
-        size = 0;
-
-        for (i = 0; i < snap->n; i++) {
-            size += snap->entries[i].s->text_len + zone->len
-                    + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
-        }
-
-        l = ngx_palloc(r->pool, snap->n * sizeof(ngx_str_t));
-        p = ngx_pnalloc(r->pool, size);
-
-        if (l == NULL || p == NULL) {
-            return NULL;
-        }
-
-        pb->labels[z] = l;
-
-        for (i = 0; i < snap->n; i++) {
-            l[i].data = p;
-
-            if (snap->prefix.len) {
-                p = ngx_cpymem(p, zone->data, zone->len);
-            }
-
-            p = ngx_http_dsm_pb_text_pairs(p, snap->entries[i].s->text,
-                                           snap->entries[i].s->text_len);
-            l[i].len = p - l[i].data;
-        }
+        zmax = ngx_max(zmax, zone->len);
     }
+
+    pb->labels_size = zmax + 0xffff + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
+
+    pb->labels.data = ngx_pnalloc(r->pool, pb->labels_size);
+    pb->start = ngx_pnalloc(r->pool, NGX_HTTP_DSM_PB_SCRATCH);
+
+    if (pb->labels.data == NULL || pb->start == NULL) {
+        return NULL;
+    }
+
+    pb->metrics = pb->start + NGX_HTTP_DSM_PB_HEAD;
+    pb->last = pb->metrics;
+    pb->end = pb->start + NGX_HTTP_DSM_PB_SCRATCH;
 
     return pb;
 }
 
 
-void
-ngx_http_dsm_pb_family(ngx_http_dsm_out_t *o, const ngx_str_t *name,
-    char *type, char *help, ngx_uint_t kind, ngx_uint_t arg,
-    ngx_http_dsm_snap_t *snaps, ngx_uint_t nzones)
-{
-    u_char                 *p;
-    size_t                  hlen, len;
-    ngx_http_dsm_pb_fam_t   fm;
+/* a family starts: nothing is sent before its first batch */
 
-    ngx_memzero(&fm, sizeof(ngx_http_dsm_pb_fam_t));
-    fm.o = o;
-    fm.pb = o->pb;
+void
+ngx_http_dsm_pb_start(ngx_http_dsm_out_t *o, const ngx_str_t *name,
+    char *type, char *help)
+{
+    ngx_http_dsm_pb_t  *pb;
+
+    pb = o->pb;
+
+    pb->name = name;
+    pb->help = help;
 
     switch (type[0]) {
 
     case 'c':
-        fm.type = NGX_HTTP_DSM_PB_COUNTER;
+        pb->type = NGX_HTTP_DSM_PB_COUNTER;
         break;
 
     case 'g':
-        fm.type = NGX_HTTP_DSM_PB_GAUGE;
+        pb->type = NGX_HTTP_DSM_PB_GAUGE;
         break;
 
     default:
-        fm.type = NGX_HTTP_DSM_PB_HISTOGRAM;
+        pb->type = NGX_HTTP_DSM_PB_HISTOGRAM;
         break;
     }
 
-    ngx_http_dsm_pb_metrics(&fm, kind, arg, snaps, nzones);
+    /* the header's room: length, name, help, type */
+
+    if (10 + ngx_http_dsm_pb_field_len(name->len)
+        + ngx_http_dsm_pb_field_len(ngx_strlen(help)) + 2
+        > NGX_HTTP_DSM_PB_HEAD)
+    {
+        o->error = 1;
+    }
+}
+
+
+/*
+ * The Metrics of a zone (NULL: a family shown once) into the scratch, from
+ * the cursor o->series; a series that finds no room is encoded again
+ * after the batch is sent, from a new read.  As the text emitters, it
+ * returns with o->full set to be called again.
+ */
+
+void
+ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
+    ngx_uint_t z, ngx_uint_t kind, ngx_uint_t arg)
+{
+    u_char                 *mark;
+    ngx_uint_t              from, n;
+    ngx_http_dsm_pb_t      *pb;
+    ngx_http_dsm_entry_t   *e;
+    ngx_http_dsm_layout_t  *l;
+    ngx_http_dsm_pb_fam_t   fm;
+
+    pb = o->pb;
+
+    /* a batch the client had no room for goes first */
+
+    if (pb->msg && !ngx_http_dsm_pb_flush(o)) {
+        return;
+    }
+
+    fm.pb = pb;
+    fm.type = pb->type;
+    fm.created = snap ? snap->values[NGX_HTTP_DSM_V_START_TIME] : 0;
+    fm.snap = snap;
+    fm.z = z;
+
+    switch (kind) {
+
+    case NGX_HTTP_DSM_KIND_REQUESTS:
+    case NGX_HTTP_DSM_KIND_REASONS:
+        from = 0;
+        n = NGX_HTTP_DSM_NSLOTS;
+        break;
+
+    case NGX_HTTP_DSM_KIND_TOKENS:
+        from = NGX_HTTP_DSM_C_HIT;
+        n = NGX_HTTP_DSM_NCOUNTERS - NGX_HTTP_DSM_C_HIT;
+        break;
+
+    case NGX_HTTP_DSM_KIND_HISTOGRAM:
+        l = snap->layout;
+
+        if (l->nbuckets[arg] == 0) {
+            return;
+        }
+
+        /* one read: the classic buckets, the sum and the native buckets */
+
+        from = l->offset[arg];
+        n = l->native[arg] ? l->native[arg] + NGX_HTTP_DSM_NATIVE_WORDS - from
+                           : l->nbuckets[arg] + 2;
+        break;
+
+    default:
+
+        /* a zone's few Metrics: all in one batch */
+
+        for ( ;; ) {
+            mark = pb->last;
+
+            ngx_http_dsm_pb_few(&fm, kind, arg);
+
+            if (!pb->nospace) {
+                return;
+            }
+
+            if (!ngx_http_dsm_pb_retry(o, mark)) {
+                return;
+            }
+        }
+    }
+
+    while (o->series < snap->n) {
+        e = ngx_http_dsm_entry(o, snap, from, n);
+        mark = pb->last;
+
+        switch (kind) {
+
+        case NGX_HTTP_DSM_KIND_REQUESTS:
+            ngx_http_dsm_pb_requests(&fm, e);
+            break;
+
+        case NGX_HTTP_DSM_KIND_REASONS:
+            ngx_http_dsm_pb_reasons(&fm, e, arg);
+            break;
+
+        case NGX_HTTP_DSM_KIND_TOKENS:
+            ngx_http_dsm_pb_tokens(&fm, e, arg);
+            break;
+
+        default:
+            ngx_http_dsm_pb_histogram(&fm, e, arg);
+            break;
+        }
+
+        if (pb->nospace) {
+            if (!ngx_http_dsm_pb_retry(o, mark)) {
+                return;
+            }
+
+            continue;
+        }
+
+        o->series++;
+    }
+}
+
+
+/*
+ * What did not fit is dropped; the batch before it is sent, or, if
+ * there was none, the scratch grows for a series larger than it.  0: the
+ * client has no room (o->full) or no memory (o->error).
+ */
+
+static ngx_uint_t
+ngx_http_dsm_pb_retry(ngx_http_dsm_out_t *o, u_char *mark)
+{
+    u_char             *p;
+    size_t              size;
+    ngx_http_dsm_pb_t  *pb;
+
+    pb = o->pb;
+    pb->nospace = 0;
+    pb->last = mark;
+
+    if (mark != pb->metrics) {
+        return ngx_http_dsm_pb_flush(o);
+    }
+
+    size = 2 * (pb->end - pb->start);
+
+    p = ngx_pnalloc(o->r->pool, size);
+    if (p == NULL) {
+        o->error = 1;
+        return 0;
+    }
+
+    ngx_pfree(o->r->pool, pb->start);
+
+    pb->start = p;
+    pb->metrics = p + NGX_HTTP_DSM_PB_HEAD;
+    pb->last = pb->metrics;
+    pb->end = p + size;
+
+    return 1;
+}
+
+
+/*
+ * The batch as a whole MetricFamily: its header is written in the room
+ * before the Metrics, then the message is copied into the scrape's
+ * buffers as far as they go.  1: sent (or nothing to send), 0: the rest
+ * waits for the client (o->full) or o->error.
+ */
+
+ngx_uint_t
+ngx_http_dsm_pb_flush(ngx_http_dsm_out_t *o)
+{
+    u_char             *p;
+    size_t              len, n, hlen;
+    ngx_http_dsm_pb_t  *pb;
+
+    pb = o->pb;
 
     /* no metric, no family: client_golang never sends an empty one */
 
-    if (fm.n == 0 || o->error) {
-        return;
+    if (pb->msg == NULL && pb->last == pb->metrics) {
+        return 1;
     }
 
-    hlen = ngx_strlen(help);
-    len = ngx_http_dsm_pb_field_len(name->len)
-          + ngx_http_dsm_pb_field_len(hlen)
-          + 1 + ngx_http_dsm_pb_varint_len(fm.type)
-          + fm.size;
+    if (pb->msg == NULL) {
+        hlen = ngx_strlen(pb->help);
+        len = ngx_http_dsm_pb_field_len(pb->name->len)
+              + ngx_http_dsm_pb_field_len(hlen)
+              + 1 + ngx_http_dsm_pb_varint_len(pb->type)
+              + (pb->last - pb->metrics);
 
-    p = ngx_http_dsm_reserve(o, len - fm.size + 16);
-    if (p == NULL) {
-        return;
+        p = pb->metrics - (ngx_http_dsm_pb_varint_len(len) + len
+                           - (pb->last - pb->metrics));
+        pb->msg = p;
+
+        p = ngx_http_dsm_pb_varint(p, len);
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_NAME,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, pb->name->len);
+        p = ngx_cpymem(p, pb->name->data, pb->name->len);
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_HELP,
+                                   NGX_HTTP_DSM_PB_LEN);
+        p = ngx_http_dsm_pb_varint(p, hlen);
+        p = ngx_cpymem(p, pb->help, hlen);
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_TYPE,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        (void) ngx_http_dsm_pb_varint(p, pb->type);
     }
 
-    p = ngx_http_dsm_pb_varint(p, len);
-    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_NAME,
-                               NGX_HTTP_DSM_PB_LEN);
-    p = ngx_http_dsm_pb_varint(p, name->len);
-    p = ngx_cpymem(p, name->data, name->len);
-    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_HELP,
-                               NGX_HTTP_DSM_PB_LEN);
-    p = ngx_http_dsm_pb_varint(p, hlen);
-    p = ngx_cpymem(p, help, hlen);
-    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_TYPE,
-                               NGX_HTTP_DSM_PB_VARINT);
-    p = ngx_http_dsm_pb_varint(p, fm.type);
-    o->b->last = p;
+    while (pb->msg < pb->last) {
+        p = ngx_http_dsm_reserve(o, 1);
+        if (p == NULL) {
+            return 0;
+        }
 
-    fm.write = 1;
+        n = ngx_min((size_t) (o->b->end - p), (size_t) (pb->last - pb->msg));
 
-    ngx_http_dsm_pb_metrics(&fm, kind, arg, snaps, nzones);
+        o->b->last = ngx_cpymem(p, pb->msg, n);
+        pb->msg += n;
+    }
+
+    pb->msg = NULL;
+    pb->last = pb->metrics;
+
+    return 1;
+}
+
+
+/* n bytes in the scratch, or NULL: the series is encoded again */
+
+static ngx_inline u_char *
+ngx_http_dsm_pb_room(ngx_http_dsm_pb_fam_t *fm, size_t n)
+{
+    ngx_http_dsm_pb_t  *pb;
+
+    pb = fm->pb;
+
+    if ((size_t) (pb->end - pb->last) < n) {
+        pb->nospace = 1;
+        return NULL;
+    }
+
+    return pb->last;
+}
+
+
+/* the series' labels as LabelPair fields, zone first */
+
+static ngx_str_t *
+ngx_http_dsm_pb_labels(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
+{
+    u_char             *p;
+    ngx_http_dsm_pb_t  *pb;
+
+    pb = fm->pb;
+    p = pb->labels.data;
+
+    if (fm->snap->prefix.len) {
+        p = ngx_cpymem(p, pb->zone[fm->z].data, pb->zone[fm->z].len);
+    }
+
+    p = ngx_http_dsm_pb_text_pairs(p, e->s->text, e->s->text_len);
+    pb->labels.len = p - pb->labels.data;
+
+    return &pb->labels;
 }
 
 
 static void
-ngx_http_dsm_pb_metrics(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
-    ngx_uint_t arg, ngx_http_dsm_snap_t *snaps, ngx_uint_t nzones)
+ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
+    ngx_uint_t arg)
 {
-    ngx_uint_t               z;
     ngx_http_dsm_pb_label_t  extra[2];
 
-    if (kind == NGX_HTTP_DSM_KIND_BUILD_INFO) {
+    switch (kind) {
+
+    case NGX_HTTP_DSM_KIND_BUILD_INFO:
         ngx_str_set(&extra[0].name, "version");
         ngx_str_set(&extra[0].value, NGX_HTTP_DSM_VERSION);
         ngx_str_set(&extra[1].name, "nginx_version");
         ngx_str_set(&extra[1].value, NGINX_VERSION);
 
         ngx_http_dsm_pb_sample(fm, NULL, extra, 2, 1);
-        return;
-    }
+        break;
 
-    for (z = 0; z < nzones; z++) {
-        fm->created = snaps[z].values[NGX_HTTP_DSM_V_START_TIME];
+    case NGX_HTTP_DSM_KIND_IN_FLIGHT:
+        ngx_http_dsm_pb_in_flight(fm);
+        break;
 
-        switch (kind) {
+    case NGX_HTTP_DSM_KIND_ZONE:
+        ngx_http_dsm_pb_zone(fm, arg);
+        break;
 
-        case NGX_HTTP_DSM_KIND_REQUESTS:
-            ngx_http_dsm_pb_requests(fm, &snaps[z], z);
-            break;
+    case NGX_HTTP_DSM_KIND_BALANCE:
+        ngx_http_dsm_pb_balance(fm, arg);
+        break;
 
-        case NGX_HTTP_DSM_KIND_HISTOGRAM:
-            ngx_http_dsm_pb_histogram(fm, &snaps[z], z, arg);
-            break;
-
-        case NGX_HTTP_DSM_KIND_TOKENS:
-            ngx_http_dsm_pb_tokens(fm, &snaps[z], z, arg);
-            break;
-
-        case NGX_HTTP_DSM_KIND_IN_FLIGHT:
-            ngx_http_dsm_pb_in_flight(fm, &snaps[z], z);
-            break;
-
-        case NGX_HTTP_DSM_KIND_REASONS:
-            ngx_http_dsm_pb_reasons(fm, &snaps[z], z, arg);
-            break;
-
-        case NGX_HTTP_DSM_KIND_ZONE:
-            ngx_http_dsm_pb_zone(fm, &snaps[z], z, arg);
-            break;
-
-        case NGX_HTTP_DSM_KIND_BALANCE:
-            ngx_http_dsm_pb_balance(fm, &snaps[z], z, arg);
-            break;
-
-        default:
-            /* a family this encoder does not know: the tests catch it */
-            return;
-        }
+    default:
+        /* a family this encoder does not know: the tests catch it */
+        break;
     }
 }
 
@@ -472,13 +707,7 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
 
     len += ngx_http_dsm_pb_field_len(vlen);
 
-    if (!fm->write) {
-        fm->size += ngx_http_dsm_pb_field_len(len);
-        fm->n++;
-        return;
-    }
-
-    p = ngx_http_dsm_reserve(fm->o, len + 16);
+    p = ngx_http_dsm_pb_room(fm, ngx_http_dsm_pb_field_len(len));
     if (p == NULL) {
         return;
     }
@@ -515,46 +744,47 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
         p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
     }
 
-    fm->o->b->last = p;
+    fm->pb->last = p;
 }
 
 
 static void
-ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t z)
+ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
 {
     u_char                   code[3];
     uint64_t                 w;
-    ngx_uint_t               i, j, status;
-    ngx_http_dsm_entry_t    *e;
+    ngx_str_t               *labels;
+    ngx_uint_t               j, status;
     ngx_http_dsm_pb_label_t  extra;
 
     ngx_str_set(&extra.name, "status");
     extra.value.data = code;
     extra.value.len = 3;
 
-    for (i = 0; i < snap->n; i++) {
-        e = &snap->entries[i];
+    labels = NULL;
 
-        for (j = 0; j < e->nslots; j++) {
-            w = e->slots[j];
+    for (j = 0; j < e->nslots; j++) {
+        w = e->slots[j];
 
-            if (w == 0) {
-                break;
-            }
-
-            if (ngx_http_dsm_tag_kind(w) != NGX_HTTP_DSM_SLOT_STATUS) {
-                continue;
-            }
-
-            status = ngx_http_dsm_tag_code(w);
-            code[0] = (u_char) ('0' + status / 100);
-            code[1] = (u_char) ('0' + status / 10 % 10);
-            code[2] = (u_char) ('0' + status % 10);
-
-            ngx_http_dsm_pb_sample(fm, &fm->pb->labels[z][i], &extra, 1,
-                                   (double) ngx_http_dsm_slot_count(w));
+        if (w == 0) {
+            break;
         }
+
+        if (ngx_http_dsm_tag_kind(w) != NGX_HTTP_DSM_SLOT_STATUS) {
+            continue;
+        }
+
+        if (labels == NULL) {
+            labels = ngx_http_dsm_pb_labels(fm, e);
+        }
+
+        status = ngx_http_dsm_tag_code(w);
+        code[0] = (u_char) ('0' + status / 100);
+        code[1] = (u_char) ('0' + status / 10 % 10);
+        code[2] = (u_char) ('0' + status % 10);
+
+        ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+                               (double) ngx_http_dsm_slot_count(w));
     }
 }
 
@@ -562,148 +792,216 @@ ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
 /*
  * One Histogram message with the classic buckets and, if the zone keeps
  * them, the native ones, as client_golang writes them: a scraper takes
- * the native histogram if it wants it, the classic one otherwise.
+ * the native histogram if it wants it, the classic one otherwise.  The
+ * exemplars of the buckets whose count is not 0 (OpenMetrics' rule) are
+ * read once, before the lengths are measured.
  */
 
 static void
-ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
-    ngx_http_dsm_snap_t *snap, ngx_uint_t z, ngx_uint_t h)
+ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
+    ngx_uint_t h)
 {
     u_char                    *p;
     size_t                     len, hlen, tlen;
     uint64_t                   cum, count;
     ngx_str_t                 *labels;
-    ngx_uint_t                 i, b, nb;
+    ngx_uint_t                 b, nb;
     ngx_atomic_uint_t         *v;
-    ngx_http_dsm_entry_t      *e;
     ngx_http_dsm_layout_t     *l;
+    ngx_http_dsm_exemplar_t   *exp[NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_exemplar_t    ex[NGX_HTTP_DSM_MAX_BUCKETS + 1];
     ngx_http_dsm_pb_native_t   nh;
 
-    l = snap->layout;
+    l = fm->snap->layout;
     nb = l->nbuckets[h];
+    v = &e->v[l->offset[h]];
 
-    if (nb == 0) {
+    cum = 0;
+    for (b = 0; b <= nb; b++) {
+        cum += v[b];
+    }
+
+    if (cum == 0) {
         return;
     }
 
+    /*
+     * An observation is counted in the native buckets first and they
+     * are read last: they may hold one the classic ones do not yet.
+     * Their total is the count then, so that Prometheus finds them
+     * adding up to it, and the classic buckets stay below it.
+     */
+
+    count = cum;
+
+    if (l->native[h]) {
+        ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
+        count = ngx_max(nh.total, cum);
+    }
+
+    for (b = 0; b <= nb; b++) {
+        exp[b] = NULL;
+
+        if (l->exemplar_offset && v[b]
+            && ngx_http_dsm_exemplar_read(l, e->s, h, b, &ex[b]) == NGX_OK)
+        {
+            exp[b] = &ex[b];
+        }
+    }
+
+    /* the sizes first: count, sum, buckets, native, created */
+
     tlen = 1 + ngx_http_dsm_pb_varint_len(fm->created);
 
-    for (i = 0; i < snap->n; i++) {
-        e = &snap->entries[i];
-        v = &e->v[l->offset[h]];
+    hlen = 1 + ngx_http_dsm_pb_varint_len(count) + 9
+           + ngx_http_dsm_pb_field_len(tlen);
 
-        cum = 0;
-        for (b = 0; b <= nb; b++) {
-            cum += v[b];
-        }
-
-        if (cum == 0) {
-            continue;
-        }
-
-        /*
-         * An observation is counted in the native buckets first and they
-         * are read last: they may hold one the classic ones do not yet.
-         * Their total is the count then, so that Prometheus finds them
-         * adding up to it, and the classic buckets stay below it.
-         */
-
-        count = cum;
-
-        if (l->native[h]) {
-            ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
-            count = ngx_max(nh.total, cum);
-        }
-
-        /* the sizes first: count, sum, buckets, native, created */
-
-        hlen = 1 + ngx_http_dsm_pb_varint_len(count) + 9
-               + ngx_http_dsm_pb_field_len(tlen);
-
-        cum = 0;
-        for (b = 0; b < nb; b++) {
-            cum += v[b];
-            hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(cum));
-        }
-
-        if (l->native[h]) {
-            hlen += ngx_http_dsm_pb_native_len(&nh);
-        }
-
-        labels = &fm->pb->labels[z][i];
-        len = labels->len + ngx_http_dsm_pb_field_len(hlen);
-
-        if (!fm->write) {
-            fm->size += ngx_http_dsm_pb_field_len(len);
-            fm->n++;
-            continue;
-        }
-
-        p = ngx_http_dsm_reserve(fm->o, len + 16);
-        if (p == NULL) {
-            return;
-        }
-
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_METRIC,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, len);
-        p = ngx_cpymem(p, labels->data, labels->len);
-
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_HIST,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, hlen);
-
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_COUNT,
-                                   NGX_HTTP_DSM_PB_VARINT);
-        p = ngx_http_dsm_pb_varint(p, count);
-        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_H_SUM_KEY,
-                                   (double) v[nb + 1] / 1e6);
-
-        /* no "+Inf" bucket: sample_count is it */
-
-        cum = 0;
-        for (b = 0; b < nb; b++) {
-            cum += v[b];
-            p = ngx_http_dsm_pb_bucket(p, cum,
-                                       (double) l->bounds[h][b] / 1e6);
-        }
-
-        if (l->native[h]) {
-            p = ngx_http_dsm_pb_native_write(p, &nh);
-        }
-
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_CREATED,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, tlen);
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
-                                   NGX_HTTP_DSM_PB_VARINT);
-        p = ngx_http_dsm_pb_varint(p, fm->created);
-
-        fm->o->b->last = p;
+    cum = 0;
+    for (b = 0; b < nb; b++) {
+        cum += v[b];
+        hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(cum,
+                                                                 exp[b]));
     }
+
+    /* "+Inf" is sample_count, but an exemplar needs it as a bucket */
+
+    if (exp[nb]) {
+        hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(
+                                                      cum + v[nb], exp[nb]));
+    }
+
+    if (l->native[h]) {
+        hlen += ngx_http_dsm_pb_native_len(&nh);
+    }
+
+    labels = ngx_http_dsm_pb_labels(fm, e);
+    len = labels->len + ngx_http_dsm_pb_field_len(hlen);
+
+    p = ngx_http_dsm_pb_room(fm, ngx_http_dsm_pb_field_len(len));
+    if (p == NULL) {
+        return;
+    }
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_FAMILY_METRIC,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, len);
+    p = ngx_cpymem(p, labels->data, labels->len);
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_HIST,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, hlen);
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_COUNT,
+                               NGX_HTTP_DSM_PB_VARINT);
+    p = ngx_http_dsm_pb_varint(p, count);
+    p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_H_SUM_KEY,
+                               (double) v[nb + 1] / 1e6);
+
+    cum = 0;
+    for (b = 0; b < nb; b++) {
+        cum += v[b];
+        p = ngx_http_dsm_pb_bucket(p, cum, (double) l->bounds[h][b] / 1e6,
+                                   exp[b]);
+    }
+
+    if (exp[nb]) {
+        p = ngx_http_dsm_pb_bucket(p, cum + v[nb], ngx_http_dsm_pb_inf(),
+                                   exp[nb]);
+    }
+
+    if (l->native[h]) {
+        p = ngx_http_dsm_pb_native_write(p, &nh);
+    }
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_CREATED,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, tlen);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
+                               NGX_HTTP_DSM_PB_VARINT);
+    p = ngx_http_dsm_pb_varint(p, fm->created);
+
+    fm->pb->last = p;
+}
+
+
+/*
+ * An Exemplar: trace_id, the value in seconds, the timestamp (a
+ * google.protobuf.Timestamp of the stored milliseconds); *tlen is the
+ * timestamp's length.
+ */
+
+static size_t
+ngx_http_dsm_pb_exemplar_len(ngx_http_dsm_exemplar_t *ex, size_t *tlen)
+{
+    uint64_t  nanos;
+
+    nanos = ex->time % 1000 * 1000000;
+
+    *tlen = 1 + ngx_http_dsm_pb_varint_len(ex->time / 1000)
+            + (nanos ? 1 + ngx_http_dsm_pb_varint_len(nanos) : 0);
+
+    return ngx_http_dsm_pb_pair_len(sizeof("trace_id") - 1, ex->len) + 9
+           + ngx_http_dsm_pb_field_len(*tlen);
 }
 
 
 /* a classic bucket: the Bucket message's length, then the field */
 
 static size_t
-ngx_http_dsm_pb_bucket_len(uint64_t cum)
+ngx_http_dsm_pb_bucket_len(uint64_t cum, ngx_http_dsm_exemplar_t *ex)
 {
-    return 1 + ngx_http_dsm_pb_varint_len(cum) + 9;
+    size_t  tlen;
+
+    return 1 + ngx_http_dsm_pb_varint_len(cum) + 9
+           + (ex ? ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_exemplar_len(ex,
+                                                                    &tlen))
+                 : 0);
 }
 
 
 static u_char *
-ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le)
+ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le,
+    ngx_http_dsm_exemplar_t *ex)
 {
+    size_t    tlen;
+    uint64_t  nanos;
+
     *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_BUCKET, NGX_HTTP_DSM_PB_LEN);
-    p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_bucket_len(cum));
+    p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_bucket_len(cum, ex));
     *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_BUCKET_COUNT,
                                NGX_HTTP_DSM_PB_VARINT);
     p = ngx_http_dsm_pb_varint(p, cum);
+    p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_BUCKET_BOUND_KEY, le);
 
-    return ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_BUCKET_BOUND_KEY, le);
+    if (ex == NULL) {
+        return p;
+    }
+
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_BUCKET_EXEMPLAR,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, ngx_http_dsm_pb_exemplar_len(ex, &tlen));
+    p = ngx_http_dsm_pb_pair(p, (u_char *) "trace_id",
+                             sizeof("trace_id") - 1, ex->id, ex->len, 0);
+    p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_EX_VALUE_KEY,
+                               (double) ex->value / 1e6);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_EX_TIMESTAMP,
+                               NGX_HTTP_DSM_PB_LEN);
+    p = ngx_http_dsm_pb_varint(p, tlen);
+    *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
+                               NGX_HTTP_DSM_PB_VARINT);
+    p = ngx_http_dsm_pb_varint(p, ex->time / 1000);
+
+    nanos = ex->time % 1000 * 1000000;
+
+    if (nanos) {
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_NANOS,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, nanos);
+    }
+
+    return p;
 }
+
 
 
 /*
@@ -851,14 +1149,13 @@ ngx_http_dsm_pb_native_write(u_char *p, ngx_http_dsm_pb_native_t *nh)
 /* the same series and skips as ngx_http_dsm_tokens() */
 
 static void
-ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t z, ngx_uint_t arg)
+ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
+    ngx_uint_t arg)
 {
     u_char                   cur[4 * NGX_HTTP_DSM_MAX_VALUE];
     ngx_str_t               *labels;
-    ngx_uint_t               i, t;
+    ngx_uint_t               t;
     ngx_atomic_uint_t       *v;
-    ngx_http_dsm_entry_t    *e;
     ngx_http_dsm_pb_label_t  extra;
 
     static ngx_str_t  types[] = {
@@ -867,78 +1164,77 @@ ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
         ngx_string("output")
     };
 
-    for (i = 0; i < snap->n; i++) {
-        e = &snap->entries[i];
-        v = e->v;
-        labels = &fm->pb->labels[z][i];
+    v = e->v;
 
-        if (arg == NGX_HTTP_DSM_TOKENS_KEEPALIVE) {
-            if (v[NGX_HTTP_DSM_C_KEEPALIVE] == 0) {
-                continue;
-            }
-
-        } else if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
-                   + v[NGX_HTTP_DSM_C_OUTPUT] == 0)
-        {
-            continue;
+    if (arg == NGX_HTTP_DSM_TOKENS_KEEPALIVE) {
+        if (v[NGX_HTTP_DSM_C_KEEPALIVE] == 0) {
+            return;
         }
 
-        switch (arg) {
+    } else if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
+               + v[NGX_HTTP_DSM_C_OUTPUT] == 0)
+    {
+        return;
+    }
 
-        case NGX_HTTP_DSM_TOKENS_BY_TYPE:
-            ngx_str_set(&extra.name, "type");
+    labels = ngx_http_dsm_pb_labels(fm, e);
 
-            for (t = 0; t < 3; t++) {
-                extra.value = types[t];
-                ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
-                                       (double) v[NGX_HTTP_DSM_C_HIT + t]);
-            }
+    switch (arg) {
 
-            break;
+    case NGX_HTTP_DSM_TOKENS_BY_TYPE:
+        ngx_str_set(&extra.name, "type");
 
-        case NGX_HTTP_DSM_TOKENS_REASONING:
-            ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
-                                   (double) v[NGX_HTTP_DSM_C_REASONING]);
-            break;
-
-        case NGX_HTTP_DSM_TOKENS_KEEPALIVE:
-            ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
-                                   (double) v[NGX_HTTP_DSM_C_KEEPALIVE]);
-            break;
-
-        default:
-            if (e->s->currency_len == 0
-                || e->s->currency_len > sizeof(cur))
-            {
-                break;
-            }
-
-            /* 1e-12 units: the double nearest the text's decimal */
-
-            ngx_str_set(&extra.name, "currency");
-            extra.value.data = cur;
-            extra.value.len = ngx_http_dsm_pb_unescape(cur, e->s->currency,
-                                                      e->s->currency_len);
-
+        for (t = 0; t < 3; t++) {
+            extra.value = types[t];
             ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
-                                   (double) v[NGX_HTTP_DSM_C_COST] / 1e12);
+                                   (double) v[NGX_HTTP_DSM_C_HIT + t]);
+        }
+
+        break;
+
+    case NGX_HTTP_DSM_TOKENS_REASONING:
+        ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+                               (double) v[NGX_HTTP_DSM_C_REASONING]);
+        break;
+
+    case NGX_HTTP_DSM_TOKENS_KEEPALIVE:
+        ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+                               (double) v[NGX_HTTP_DSM_C_KEEPALIVE]);
+        break;
+
+    default:
+        if (e->s->currency_len == 0
+            || e->s->currency_len > sizeof(cur))
+        {
             break;
         }
+
+        /* 1e-12 units: the double nearest the text's decimal */
+
+        ngx_str_set(&extra.name, "currency");
+        extra.value.data = cur;
+        extra.value.len = ngx_http_dsm_pb_unescape(cur, e->s->currency,
+                                                  e->s->currency_len);
+
+        ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+                               (double) v[NGX_HTTP_DSM_C_COST] / 1e12);
+        break;
     }
 }
 
 
 static void
-ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t z)
+ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm)
 {
     u_char                    name[4 * NGX_HTTP_DSM_MAX_VALUE];
     ngx_str_t                *prefix;
     ngx_uint_t                j;
     ngx_http_dsm_endpoint_t  *ep;
+    ngx_http_dsm_snap_t      *snap;
     ngx_http_dsm_pb_label_t   extra;
 
-    prefix = snap->prefix.len ? &fm->pb->zone[z] : NULL;
+    snap = fm->snap;
+    prefix = snap->prefix.len ? &fm->pb->zone[fm->z] : NULL;
     ngx_str_set(&extra.name, "endpoint");
 
     for (j = 0; j <= NGX_HTTP_DSM_MAX_ENDPOINTS; j++) {
@@ -967,43 +1263,47 @@ ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
 
 
 static void
-ngx_http_dsm_pb_reasons(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t z, ngx_uint_t missing)
+ngx_http_dsm_pb_reasons(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
+    ngx_uint_t missing)
 {
     uint64_t                 n[NGX_HTTP_DSM_NREASONS];
-    ngx_uint_t               i, r, nr;
+    ngx_str_t               *labels;
+    ngx_uint_t               r, nr;
     ngx_http_dsm_pb_label_t  extra;
+
+    if (!ngx_http_dsm_entry_reasons(e, missing, n)) {
+        return;
+    }
 
     nr = missing ? NGX_HTTP_DSM_NMISSING : NGX_HTTP_DSM_NREASONS;
     ngx_str_set(&extra.name, "reason");
 
-    for (i = 0; i < snap->n; i++) {
-        if (!ngx_http_dsm_entry_reasons(&snap->entries[i], missing, n)) {
+    labels = ngx_http_dsm_pb_labels(fm, e);
+
+    for (r = 0; r < nr; r++) {
+        if (n[r] == 0) {
             continue;
         }
 
-        for (r = 0; r < nr; r++) {
-            if (n[r] == 0) {
-                continue;
-            }
+        extra.value = *ngx_http_dsm_reason_name(missing, r);
 
-            extra.value = *ngx_http_dsm_reason_name(missing, r);
-
-            ngx_http_dsm_pb_sample(fm, &fm->pb->labels[z][i], &extra, 1,
-                                   (double) n[r]);
-        }
+        ngx_http_dsm_pb_sample(fm, labels, &extra, 1, (double) n[r]);
     }
 }
 
 
 static void
-ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t z, ngx_uint_t arg)
+ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
 {
-    ngx_http_dsm_pb_label_t  extra;
+    ngx_str_t                *zone;
+    ngx_http_dsm_snap_t      *snap;
+    ngx_http_dsm_pb_label_t   extra;
+
+    snap = fm->snap;
+    zone = &fm->pb->zone[fm->z];
 
     if (arg != NGX_HTTP_DSM_V_SERIES) {
-        ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
                                (double) snap->values[arg]);
         return;
     }
@@ -1011,39 +1311,40 @@ ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
     ngx_str_set(&extra.name, "state");
 
     ngx_str_set(&extra.value, "used");
-    ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], &extra, 1,
+    ngx_http_dsm_pb_sample(fm, zone, &extra, 1,
                            (double) snap->values[NGX_HTTP_DSM_V_SERIES]);
 
     ngx_str_set(&extra.value, "capacity");
-    ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], &extra, 1,
+    ngx_http_dsm_pb_sample(fm, zone, &extra, 1,
                            (double) snap->values[NGX_HTTP_DSM_V_CAPACITY]);
 }
 
 
 static void
-ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
-    ngx_uint_t z, ngx_uint_t arg)
+ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
 {
     u_char                      code[8];
+    ngx_str_t                  *zone;
     ngx_uint_t                  i, t;
     ngx_http_dsm_balance_sh_t  *bs;
     ngx_http_dsm_pb_label_t     extra[2];
 
-    bs = &snap->balance;
+    bs = &fm->snap->balance;
+    zone = &fm->pb->zone[fm->z];
 
     if (bs->last == 0) {
         return;
     }
 
     if (arg == NGX_HTTP_DSM_BAL_AVAILABLE) {
-        ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
                                bs->available ? 1 : 0);
         return;
     }
 
     if (arg == NGX_HTTP_DSM_BAL_UPDATED) {
         /* milliseconds: the double nearest the text's decimal */
-        ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
                                (double) bs->updated / 1e3);
         return;
     }
@@ -1065,7 +1366,7 @@ ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
             extra[1].value.data = (u_char *) ngx_http_dsm_balance_types[t];
             extra[1].value.len = ngx_strlen(ngx_http_dsm_balance_types[t]);
 
-            ngx_http_dsm_pb_sample(fm, &fm->pb->zone[z], extra, 2,
+            ngx_http_dsm_pb_sample(fm, zone, extra, 2,
                                    (double) (int64_t) bs->slots[i].amount[t]
                                    / 1e6);
         }
@@ -1074,6 +1375,19 @@ ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_snap_t *snap,
 
 
 /* the encoder */
+
+static ngx_inline double
+ngx_http_dsm_pb_inf(void)
+{
+    double    d;
+    uint64_t  u;
+
+    u = 0x7ff0000000000000ULL;
+    ngx_memcpy(&d, &u, sizeof(double));
+
+    return d;
+}
+
 
 static ngx_inline size_t
 ngx_http_dsm_pb_varint_len(uint64_t v)
@@ -1205,7 +1519,7 @@ ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen, u_char *value,
 static u_char *
 ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text, size_t len)
 {
-    u_char  *last, *name, *value;
+    u_char  *last, *name, *value, *q;
     size_t   nlen;
 
     last = text + len;
@@ -1225,6 +1539,16 @@ ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text, size_t len)
 
         text += 2;
         value = text;
+
+        /* most values have no escape: their bytes are sent as they are */
+
+        q = memchr(value, '"', last - value);
+
+        if (q && memchr(value, '\\', q - value) == NULL) {
+            p = ngx_http_dsm_pb_pair(p, name, nlen, value, q - value, 0);
+            text = q + 2;
+            continue;
+        }
 
         while (text < last && *text != '"') {
             text += (*text == '\\') ? 2 : 1;

@@ -15,6 +15,8 @@ DSM::Protobuf - strict decoder of delimited io.prometheus.client.MetricFamily me
     #       deltas => [...] } } ] }
     my @s = DSM::Protobuf->samples(@fams);    # as text samples: { name, labels, value }
     my %b = DSM::Protobuf->native_buckets($h); # bucket index => count
+    my @m = DSM::Protobuf->merge(@fams);       # split families made one (parts => N)
+    # a bucket with an exemplar: [le, cum, { labels, value, timestamp }]
 
 Field numbers from prometheus/client_model's metrics.proto. Rejected: truncated
 varints or fields, a wrong wire type for a known field, unknown fields, a family
@@ -88,6 +90,29 @@ sub _timestamp {
     return $s + $ns / 1e9;
 }
 
+# Exemplar: { labels => {..}, value, timestamp } (timestamp in seconds)
+sub _exemplar {
+    my ($buf) = @_;
+    my %e = (labels => {}, value => 0);
+    for my $f (_fields($buf)) {
+        if ($f->[0] == 1) {
+            my ($name, $value) = ('', '');
+            for my $g (_fields(_want($f, 2, 'Exemplar'))) {
+                if    ($g->[0] == 1) { $name = _want($g, 2, 'LabelPair') }
+                elsif ($g->[0] == 2) { $value = _want($g, 2, 'LabelPair') }
+                else { croak "protobuf: LabelPair field $g->[0]" }
+            }
+            croak "protobuf: exemplar label $name twice" if exists $e{labels}{$name};
+            $e{labels}{$name} = $value;
+        }
+        elsif ($f->[0] == 2) { $e{value} = _want($f, 1, 'Exemplar') }
+        elsif ($f->[0] == 3) { $e{timestamp} = _timestamp(_want($f, 2, 'Exemplar')) }
+        else { croak "protobuf: Exemplar field $f->[0]" }
+    }
+    croak "protobuf: exemplar without labels" unless %{ $e{labels} };
+    return \%e;
+}
+
 sub _packed_or_single {
     my ($f, $msg) = @_;
     return (_zigzag($f->[2])) if $f->[1] == 0;
@@ -105,14 +130,15 @@ sub _histogram {
         if    ($n == 1)  { $h{count} = _want($f, 0, 'Histogram') }
         elsif ($n == 2)  { $h{sum} = _want($f, 1, 'Histogram') }
         elsif ($n == 3)  {
-            my ($cum, $le) = (0, undef);
+            my ($cum, $le, $ex) = (0, undef, undef);
             for my $g (_fields(_want($f, 2, 'Histogram'))) {
                 if    ($g->[0] == 1) { $cum = _want($g, 0, 'Bucket') }
                 elsif ($g->[0] == 2) { $le = _want($g, 1, 'Bucket') }
+                elsif ($g->[0] == 3) { $ex = _exemplar(_want($g, 2, 'Bucket')) }
                 else { croak "protobuf: Bucket field $g->[0]" }
             }
             croak "protobuf: Bucket without upper_bound" unless defined $le;
-            push @{ $h{buckets} }, [ $le, $cum ];
+            push @{ $h{buckets} }, [ $le, $cum, defined $ex ? ($ex) : () ];
         }
         elsif ($n == 5)  { $h{schema} = _zigzag(_want($f, 0, 'Histogram')) }
         elsif ($n == 6)  { $h{zero_threshold} = _want($f, 1, 'Histogram') }
@@ -236,7 +262,10 @@ sub samples {
                 push @s, { name => $f->{name}, labels => { %{ $m->{labels} } }, value => $m->{value} };
                 next;
             }
-            for my $b (@{ $h->{buckets} }, [ 9**9**9, $h->{count} ]) {
+            # an explicit "+Inf" bucket (it carries an exemplar) stands for itself
+            my @b = @{ $h->{buckets} };
+            push @b, [ 9**9**9, $h->{count} ] unless @b && $b[-1][0] == 9**9**9;
+            for my $b (@b) {
                 push @s, { name => "$f->{name}_bucket", labels => { %{ $m->{labels} }, le => $b->[0] },
                            value => $b->[1] };
             }
@@ -245,6 +274,26 @@ sub samples {
         }
     }
     return @s;
+}
+
+# a family split into several MetricFamily messages made one again, in
+# the order of first appearance; the parts must agree on help and type
+sub merge {
+    my ($class, @fams) = @_;
+    my (%by, @out);
+    for my $f (@fams) {
+        if (my $m = $by{ $f->{name} }) {
+            croak "protobuf: parts of $f->{name} disagree on help or type"
+                unless $m->{help} eq $f->{help} && $m->{type} eq $f->{type};
+            push @{ $m->{metrics} }, @{ $f->{metrics} };
+            $m->{parts}++;
+            next;
+        }
+        my %copy = (%$f, metrics => [ @{ $f->{metrics} } ], parts => 1);
+        $by{ $f->{name} } = \%copy;
+        push @out, \%copy;
+    }
+    return @out;
 }
 
 # native bucket index => count (absolute), from spans and deltas
