@@ -9,8 +9,8 @@
 #
 # Variables: MUTANT_DIR (scratch copy, default build/mutants; reused across
 # runs so the nginx-dev tree builds incrementally), MUTANT_TIMEOUT (seconds
-# per mutant's test run, default 300), DSM_NGINX (default /usr/sbin/nginx),
-# CC (passed to scripts/build.sh).
+# per mutant's test run, default 300; the baseline gets that per test file),
+# DSM_NGINX (default /usr/sbin/nginx), CC (passed to scripts/build.sh).
 #
 # Mutant file format (see docs/testing.md): blocks of
 #     === id: short-kebab-name
@@ -220,11 +220,12 @@ sub build {
     return $rc == 0 && -f $SO;
 }
 
+# $limit: seconds for the whole prove run (a mutant's few tests: $TIMEOUT)
 sub run_tests {
-    my ($log, $kind, @tests) = @_;
+    my ($log, $kind, $limit, @tests) = @_;
     my $asan = ($kind // 'dynamic') eq 'asan';
     my $rc = run_logged($log,
-        "timeout -k 10 $TIMEOUT prove -I t/lib -j1 " . join(' ', map { quote($_) } @tests),
+        "timeout -k 10 $limit prove -I t/lib -j1 " . join(' ', map { quote($_) } @tests),
         env => { DSM_NGINX => $asan ? $ASAN : $NGINX, DSM_MODULE => $asan ? '' : $SO,
                  DSM_TEST_TIMEOUT => $TIMEOUT });
     return $rc;
@@ -269,7 +270,9 @@ for my $kind (qw(dynamic asan)) {
     my $t0 = time;
     print "mutants: $kind baseline build + " . scalar(@all) . " test file(s) ...\n";
     build($blog, $kind) or die "mutants: the unmutated module does not build, see $blog\n";
-    my $brc = run_tests($blog, $kind, @all);
+    # every test file of every mutant, one after another: each gets the
+    # time a mutant's run gets, not all of them together
+    my $brc = run_tests($blog, $kind, $TIMEOUT * @all, @all);
     if ($brc != 0) {
         system('tail', '-n', '40', $blog);
         die "mutants: ABORT: the unmutated $kind build fails its tests (exit $brc), so"
@@ -299,7 +302,7 @@ for my $m (@mutants) {
         $result = 'BROKEN-BUILD';
         $why = "does not compile, see $log";
     } else {
-        my $rc = run_tests($log, $m->{build}, @{ $m->{tests} });
+        my $rc = run_tests($log, $m->{build}, $TIMEOUT, @{ $m->{tests} });
         if ($rc == 124 || $rc == 137) { $result = 'KILLED'; $why = 'timeout' }
         elsif ($rc != 0)              { $result = 'KILLED' }
         else                          { $result = 'SURVIVED' }
