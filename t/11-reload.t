@@ -270,8 +270,17 @@ is($m3->value('deepseek_metrics_zone_start_time_seconds', { zone => 'deepseek' }
     is($after->value('deepseek_time_to_first_token_seconds_count', { zone => 'deepseek' }), 1, 'its TTFT observed');
     is($after->value('deepseek_time_to_first_token_seconds_bucket', { zone => 'deepseek', le => '2.5' }), 0,
        'TTFT above 2.5 s (the keep-alive time)');
+    # an exiting worker drops out of the listing (its cmdline empties) before
+    # the master reaps it, and an ASan worker takes a while there: wait for
+    # both the listing and the pids themselves
     my $gone = 0;
-    for (1 .. 100) { my @a = $t->all_worker_pids; if (@a == 2) { $gone = 1; last } sleep 0.05 }
+    my %left = map { $_ => 1 } @old;
+    for (1 .. 200) {
+        delete @left{ grep { !kill(0, $_) } keys %left };
+        my @a = $t->all_worker_pids;
+        if (@a == 2 && !%left) { $gone = 1; last }
+        sleep 0.05;
+    }
     ok($gone, 'the old worker exited');
     ok(!kill(0, $_), "old worker $_ gone") for @old;
 }
