@@ -834,6 +834,11 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
 
     count = cum;
 
+    /* gcc -O2 cannot tell that only a native histogram writes it */
+    nh.zero = 0;
+    nh.nspans = 0;
+    nh.ndeltas = 0;
+
     if (l->native[h]) {
         ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
         count = ngx_max(nh.total, cum);
