@@ -20,7 +20,9 @@ static SSE file), h2load and curl on CPU 1.
 Environment: NGINX, SO, ROUNDS (8), DURATION (6 s), CONNS (32), N (1000),
 CPU_WRK (0: with the nginx under test),
 QUICK=1 (2 rounds x 3 s), ONLY=tput,cg,scrape,zone,parser (comma list),
-KEEP=1 (keep the scratch dir), RESULTS (output file).
+KEEP=1 (keep the scratch dir), RESULTS (output file), LINES=1 (keep the
+.so's debug info, for callgrind_annotate --auto=yes on the kept files; gcc
+builds only).
 """
 
 import datetime
@@ -797,7 +799,8 @@ def main():
     # DWARF 5 form (clang's); the symbol table is enough for callgrind
     SO = os.path.join(WORK, "ngx_http_deepseek_metrics_module.so")
     shutil.copy(SO_SRC, SO)
-    run(["objcopy", "--strip-debug", SO])
+    if os.environ.get("LINES") != "1":
+        run(["objcopy", "--strip-debug", SO])
     for tool in ("wrk", "h2load", "valgrind", "callgrind_annotate",
                  "taskset", "curl", "ss"):
         if not shutil.which(tool):
