@@ -366,6 +366,7 @@ typedef struct {
     ngx_http_dsm_price_t        **model_prices;  /* by model index, or NULL */
     ngx_http_dsm_schedule_t       schedule;
     ngx_int_t                     state_index;   /* the request state slot */
+    ngx_str_t                     unknown;       /* model "unknown" */
     uint32_t                      other_hash;    /* model "other" */
     uint32_t                      unknown_hash;  /* model "unknown" */
     uint32_t                      overflow_hash; /* endpoint "__overflow__" */
@@ -421,8 +422,11 @@ typedef struct {
 
 /* a response being read, or an endpoint the zone's table could not hold */
 
-typedef struct {
+typedef struct ngx_http_dsm_ctx_s  ngx_http_dsm_ctx_t;
+
+struct ngx_http_dsm_ctx_s {
     ngx_http_dsm_loc_conf_t      *dlcf;
+    ngx_http_dsm_ctx_t           *next;          /* a worker's spare list */
     ngx_str_t                     endpoint;      /* with ext only */
     uint32_t                      endpoint_hash;
 
@@ -441,9 +445,10 @@ typedef struct {
     unsigned                      compressed:1;
     unsigned                      last_buf:1;
     unsigned                      full:1;        /* has the stream state */
+    unsigned                      released:1;    /* a spare again */
 
     ngx_http_dsm_parse_t          parse;
-} ngx_http_dsm_ctx_t;
+};
 
 
 /* a request resolved for counting, on the stack */
@@ -694,13 +699,13 @@ ngx_int_t ngx_http_dsm_log_handler(ngx_http_request_t *r);
 void ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf);
 void ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     ngx_http_variable_value_t *st);
-ngx_int_t ngx_http_dsm_resolve(ngx_http_request_t *r,
-    ngx_http_dsm_req_t *q);
 void ngx_http_dsm_resolve_endpoint(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q);
 ngx_http_dsm_ctx_t *ngx_http_dsm_ctx(ngx_http_request_t *r,
     ngx_uint_t stream);
-void ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+void ngx_http_dsm_ctx_release(ngx_http_dsm_ctx_t *ctx);
+extern ngx_http_dsm_parse_t  ngx_http_dsm_noparse;
+void ngx_http_dsm_model_read(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf);
 ngx_int_t ngx_http_dsm_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_dsm_add_variables(ngx_conf_t *cf);
@@ -750,6 +755,70 @@ u_char *ngx_http_dsm_exemplar_om(u_char *p, ngx_http_dsm_layout_t *l,
 
 /* export */
 char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+
+/* everything the request state says, with no allocation */
+
+static ngx_inline ngx_int_t
+ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
+{
+    ngx_http_variable_value_t  *st;
+
+    st = ngx_http_dsm_state(r);
+
+    if (!st->valid) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_dsm_st_has_ctx(st)) {
+        q->ctx = (ngx_http_dsm_ctx_t *) st->data;
+        q->dlcf = q->ctx->dlcf;
+        q->parse = q->ctx->parsing ? &q->ctx->parse : &ngx_http_dsm_noparse;
+
+        /* the results are read: an event kept from a cut buffer first */
+        ngx_http_dsm_parse_end(q->parse);
+
+    } else {
+        q->ctx = NULL;
+        q->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
+        q->parse = &ngx_http_dsm_noparse;
+    }
+
+    q->zone = q->dlcf->zone;
+    q->kind = ngx_http_dsm_st_kind(st);
+    q->endpoint_index = ngx_http_dsm_st_endpoint(st);
+    q->price = NULL;
+    q->endpoint.len = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The model label: "unknown" unless the response or, with
+ * deepseek_metrics_request_body, the request names one; most counted
+ * requests (no body read) pay no call for it.
+ */
+
+static ngx_inline void
+ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+    ngx_http_dsm_main_conf_t *dmcf)
+{
+    q->model = dmcf->unknown;
+    q->model_hash = dmcf->unknown_hash;
+    q->model_index = dmcf->models->nelts + 1;
+
+    if (q->parse->model_set
+        || (q->dlcf->request_body && r->request_body
+            && r->request_body->bufs))
+    {
+        ngx_http_dsm_model_read(r, q, dmcf);
+    }
+
+    if (dmcf->model_prices) {
+        q->price = dmcf->model_prices[q->model_index];
+    }
+}
 
 
 #endif /* _NGX_HTTP_DEEPSEEK_METRICS_H_INCLUDED_ */

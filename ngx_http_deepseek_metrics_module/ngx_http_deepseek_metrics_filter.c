@@ -229,6 +229,12 @@ ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
             ctx->stream = 0;
         }
 
+        /* the timings are of streams only */
+
+        if (!ctx->stream) {
+            continue;
+        }
+
         if ((p->first_data && !ctx->first_data)
             || (p->first_token && !ctx->first_token)
             || (p->first_answer && !ctx->first_answer))
@@ -251,7 +257,7 @@ ngx_http_dsm_body_read(ngx_http_dsm_ctx_t *ctx, ngx_chain_t *in)
 
         /* the longest pause between two data events, for stalls */
 
-        if (p->events != events && ctx->stream) {
+        if (p->events != events) {
             tp = ngx_timeofday();
             now = (ngx_msec_t) tp->sec * 1000 + tp->msec;
 

@@ -88,7 +88,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
     }
 
     if (ngx_http_dsm_st_counted(st)) {
-        return NGX_OK;
+        goto release;
     }
 
     ngx_http_dsm_st_set_counted(st);
@@ -205,6 +205,12 @@ done:
         ngx_http_dsm_st_set_in_flight(st, 0);
         (void) ngx_atomic_fetch_add(&zone->slot->in_flight[q.endpoint_index],
                                     -1);
+    }
+
+release:
+
+    if (ngx_http_dsm_st_has_ctx(st)) {
+        ngx_http_dsm_ctx_release((ngx_http_dsm_ctx_t *) st->data);
     }
 
     return NGX_OK;

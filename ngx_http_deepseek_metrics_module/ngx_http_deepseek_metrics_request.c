@@ -11,26 +11,26 @@
 
 static ngx_uint_t ngx_http_dsm_classify(ngx_str_t *uri);
 static size_t ngx_http_dsm_unescape(u_char *dst, u_char *src, size_t len);
-static void ngx_http_dsm_ctx_release(void *data);
-static ngx_uint_t ngx_http_dsm_model_find(ngx_http_dsm_main_conf_t *dmcf,
-    u_char *name, size_t len);
+static ngx_inline ngx_uint_t ngx_http_dsm_same(u_char *a, u_char *b,
+    size_t len);
+static void ngx_http_dsm_model_scan(ngx_http_request_t *r,
+    ngx_http_dsm_req_t *q, ngx_http_dsm_main_conf_t *dmcf);
+static ngx_inline ngx_uint_t ngx_http_dsm_model_find(
+    ngx_http_dsm_main_conf_t *dmcf, u_char *name, size_t len);
 
 
-static ngx_http_dsm_parse_t  ngx_http_dsm_noparse;
+/* what a request whose body is not read reads as: nothing seen */
+
+ngx_http_dsm_parse_t  ngx_http_dsm_noparse;
 
 
 /* a worker's spare contexts: [0] JSON-sized, [1] with the stream state */
 
 #define NGX_HTTP_DSM_SPARE_MAX  64
 
-typedef struct ngx_http_dsm_spare_s  ngx_http_dsm_spare_t;
-
-struct ngx_http_dsm_spare_s {
-    ngx_http_dsm_spare_t         *next;
-};
-
-static ngx_http_dsm_spare_t  *ngx_http_dsm_spare[2];
-static ngx_uint_t             ngx_http_dsm_nspare[2];
+static ngx_http_dsm_ctx_t  *ngx_http_dsm_spare[2];
+static ngx_uint_t           ngx_http_dsm_nspare[2];
+static ngx_http_dsm_ctx_t  *ngx_http_dsm_doomed;
 
 static ngx_str_t  ngx_http_dsm_other = ngx_string("other");
 static ngx_str_t  ngx_http_dsm_unknown = ngx_string("unknown");
@@ -48,6 +48,7 @@ ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf)
 {
     dmcf->other_hash = ngx_murmur_hash2(ngx_http_dsm_other.data,
                                         ngx_http_dsm_other.len);
+    dmcf->unknown = ngx_http_dsm_unknown;
     dmcf->unknown_hash = ngx_murmur_hash2(ngx_http_dsm_unknown.data,
                                           ngx_http_dsm_unknown.len);
     dmcf->overflow_hash = ngx_murmur_hash2(ngx_http_dsm_overflow_ep.data,
@@ -61,17 +62,17 @@ ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf)
  * A proxied request has all but about 130 bytes of its 4 KB pool blocks in
  * use: a context from the pool would cost a pool block or a large
  * allocation, and a malloc() and free(), per response read.  So a worker
- * keeps the contexts of finished requests for the next ones (a pool
- * cleanup gives them back), up to NGX_HTTP_DSM_SPARE_MAX of each size.
+ * keeps the contexts of finished requests for the next ones, up to
+ * NGX_HTTP_DSM_SPARE_MAX of each size.  The log handler gives a context
+ * back (ngx_http_dsm_ctx_release()); it runs once for every main request,
+ * a pool cleanup would cost as much again.
  */
 
 ngx_http_dsm_ctx_t *
 ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_uint_t stream)
 {
     size_t                      size;
-    ngx_pool_cleanup_t         *cln;
     ngx_http_dsm_ctx_t         *ctx;
-    ngx_http_dsm_spare_t       *sp;
     ngx_http_variable_value_t  *st;
 
     st = ngx_http_dsm_state(r);
@@ -86,17 +87,11 @@ ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_uint_t stream)
 
     stream = stream ? 1 : 0;
 
-    cln = ngx_pool_cleanup_add(r->main->pool, 0);
-    if (cln == NULL) {
-        return NULL;
-    }
+    ctx = ngx_http_dsm_spare[stream];
 
-    sp = ngx_http_dsm_spare[stream];
-
-    if (sp) {
-        ngx_http_dsm_spare[stream] = sp->next;
+    if (ctx) {
+        ngx_http_dsm_spare[stream] = ctx->next;
         ngx_http_dsm_nspare[stream]--;
-        ctx = (ngx_http_dsm_ctx_t *) sp;
 
     } else {
         size = stream ? sizeof(ngx_http_dsm_ctx_t)
@@ -115,33 +110,42 @@ ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_uint_t stream)
     ctx->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
     ctx->full = stream;
 
-    cln->handler = ngx_http_dsm_ctx_release;
-    cln->data = ctx;
-
     ngx_http_dsm_st_set_ctx(st, ctx);
 
     return ctx;
 }
 
 
-static void
-ngx_http_dsm_ctx_release(void *data)
+/*
+ * Called last in the request's log handler.  Log handlers after ours may
+ * still read the context through the $deepseek_* variables, so it stays
+ * as it is until another request takes it, after this log phase; one past
+ * the limit is freed only when the next one is given back.
+ */
+
+void
+ngx_http_dsm_ctx_release(ngx_http_dsm_ctx_t *ctx)
 {
-    ngx_http_dsm_ctx_t *ctx = data;
+    ngx_uint_t  full;
 
-    ngx_uint_t             full;
-    ngx_http_dsm_spare_t  *sp;
-
-    full = ctx->full;
-
-    if (ngx_http_dsm_nspare[full] == NGX_HTTP_DSM_SPARE_MAX) {
-        ngx_free(ctx);
+    if (ctx->released) {
         return;
     }
 
-    sp = (ngx_http_dsm_spare_t *) ctx;
-    sp->next = ngx_http_dsm_spare[full];
-    ngx_http_dsm_spare[full] = sp;
+    ctx->released = 1;
+    full = ctx->full;
+
+    if (ngx_http_dsm_nspare[full] == NGX_HTTP_DSM_SPARE_MAX) {
+        if (ngx_http_dsm_doomed) {
+            ngx_free(ngx_http_dsm_doomed);
+        }
+
+        ngx_http_dsm_doomed = ctx;
+        return;
+    }
+
+    ctx->next = ngx_http_dsm_spare[full];
+    ngx_http_dsm_spare[full] = ctx;
     ngx_http_dsm_nspare[full]++;
 }
 
@@ -202,43 +206,6 @@ ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
     }
 
     ngx_http_dsm_st_set(st, index, kind);
-}
-
-
-/* everything the state says, with no allocation */
-
-ngx_int_t
-ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
-{
-    ngx_http_variable_value_t  *st;
-
-    st = ngx_http_dsm_state(r);
-
-    if (!st->valid) {
-        return NGX_DECLINED;
-    }
-
-    if (ngx_http_dsm_st_has_ctx(st)) {
-        q->ctx = (ngx_http_dsm_ctx_t *) st->data;
-        q->dlcf = q->ctx->dlcf;
-        q->parse = q->ctx->parsing ? &q->ctx->parse : &ngx_http_dsm_noparse;
-
-        /* the results are read: an event kept from a cut buffer first */
-        ngx_http_dsm_parse_end(q->parse);
-
-    } else {
-        q->ctx = NULL;
-        q->dlcf = (ngx_http_dsm_loc_conf_t *) st->data;
-        q->parse = &ngx_http_dsm_noparse;
-    }
-
-    q->zone = q->dlcf->zone;
-    q->kind = ngx_http_dsm_st_kind(st);
-    q->endpoint_index = ngx_http_dsm_st_endpoint(st);
-    q->price = NULL;
-    q->endpoint.len = 0;
-
-    return NGX_OK;
 }
 
 
@@ -370,10 +337,38 @@ ngx_http_dsm_classify(ngx_str_t *uri)
     return NGX_HTTP_DSM_EP_OTHER;
 }
 
-/* the model label: from the response, else the request body; allowlisted */
+/*
+ * The model label from the response, else the request body, allowlisted;
+ * q has "unknown" already (ngx_http_dsm_model()).  The usual case, an
+ * allowlisted name read from the response, takes no stack frame.
+ */
 
 void
-ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+ngx_http_dsm_model_read(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
+    ngx_http_dsm_main_conf_t *dmcf)
+{
+    ngx_uint_t  i;
+
+    if (q->parse->model_set && q->parse->model_len && dmcf->models_plain) {
+        i = ngx_http_dsm_model_find(dmcf, q->parse->model,
+                                    q->parse->model_len);
+
+        if (i < dmcf->models->nelts) {
+            q->model_index = i;
+            q->model = ((ngx_str_t *) dmcf->models->elts)[i];
+            q->model_hash = dmcf->model_hashes[i];
+            return;
+        }
+    }
+
+    ngx_http_dsm_model_scan(r, q, dmcf);
+}
+
+
+/* the other cases: the request body, escapes, a name not allowlisted */
+
+static void
+ngx_http_dsm_model_scan(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     ngx_http_dsm_main_conf_t *dmcf)
 {
     u_char                *model, buf[64];
@@ -416,10 +411,6 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
         }
     }
 
-    q->model = ngx_http_dsm_unknown;
-    q->model_hash = dmcf->unknown_hash;
-    q->model_index = dmcf->models->nelts + 1;
-
     /*
      * The raw JSON bytes first: when no allowlisted name has a backslash,
      * a raw match is the decoded value, and an escape is looked for only
@@ -455,26 +446,62 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
             q->model_hash = dmcf->other_hash;
         }
     }
+}
 
-    if (dmcf->model_prices) {
-        q->price = dmcf->model_prices[q->model_index];
+
+/* len equal bytes, len > 0: 8 at a time, the last 8 overlapping */
+
+static ngx_inline ngx_uint_t
+ngx_http_dsm_same(u_char *a, u_char *b, size_t len)
+{
+    size_t    k;
+    uint64_t  x, y;
+
+    if (len < 8) {
+        return ngx_memcmp(a, b, len) == 0;
     }
+
+    for (k = 0; k + 8 < len; k += 8) {
+        ngx_memcpy(&x, a + k, 8);
+        ngx_memcpy(&y, b + k, 8);
+
+        if (x != y) {
+            return 0;
+        }
+    }
+
+    ngx_memcpy(&x, a + len - 8, 8);
+    ngx_memcpy(&y, b + len - 8, 8);
+
+    return x == y;
 }
 
 
 /* the allowlist index of a model name, or the number of names */
 
-static ngx_uint_t
+static ngx_inline ngx_uint_t
 ngx_http_dsm_model_find(ngx_http_dsm_main_conf_t *dmcf, u_char *name,
     size_t len)
 {
     ngx_str_t   *m;
-    ngx_uint_t   i;
+    ngx_uint_t   i, n;
+
+    static ngx_uint_t  last;
 
     m = dmcf->models->elts;
+    n = dmcf->models->nelts;
 
-    for (i = 0; i < dmcf->models->nelts; i++) {
-        if (m[i].len == len && ngx_http_dsm_eq(name, (char *) m[i].data, len)) {
+    /* a worker's traffic is mostly one model: the last one found first */
+
+    if (last < n && m[last].len == len
+        && ngx_http_dsm_same(name, m[last].data, len))
+    {
+        return last;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (m[i].len == len && ngx_http_dsm_same(name, m[i].data, len)) {
+            last = i;
             break;
         }
     }
