@@ -21,8 +21,8 @@ Environment: NGINX, SO, ROUNDS (8), DURATION (6 s), CONNS (32), N (1000),
 CPU_WRK (0: with the nginx under test),
 QUICK=1 (2 rounds x 3 s), ONLY=tput,cg,scrape,zone,parser (comma list),
 KEEP=1 (keep the scratch dir), RESULTS (output file), LINES=1 (keep the
-.so's debug info, for callgrind_annotate --auto=yes on the kept files; gcc
-builds only).
+.so's debug info and dump per-instruction counts, for callgrind_annotate
+--auto=yes or an objdump of the kept files; gcc builds only).
 """
 
 import datetime
@@ -364,7 +364,9 @@ def cg_run(name, conf_dir, ports, steps):
     """nginx under callgrind; steps: list of (uris, n) sent in order."""
     out = os.path.join(WORK, "cg.%s.out" % name)
     p = start(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-               "--dump-instr=no", "--compress-strings=no"]
+               "--dump-instr=" + ("yes" if os.environ.get("LINES") == "1"
+                                  else "no"),
+               "--compress-strings=no"]
               + nginx_argv(conf_dir), "cg-" + name, CPU_FRONT, ports,
               timeout=120)
     t = [time.time()]
