@@ -135,6 +135,9 @@ C<path> (/chat/completions), plus any http() option.
 
 C<< $t->http_raw($bytes, port => P, timeout => T) >> - write raw bytes, return everything read.
 
+C<< $t->pipelined($status, @paths) >> - GET every path, pipelined 500 to a keep-alive connection
+(the last one closes it), on port PORT; returns how many responses had that status.
+
 C<< $t->scrape(accept => 'openmetrics'|'text'|'none'|<header>, path => '/metrics',
 port => METRICS_PORT) >> - GET the metrics (Prometheus's exact Accept header for
 'openmetrics'), die unless 200, parse strictly by its Content-Type: a L<DSM::Metrics> object,
@@ -741,6 +744,23 @@ sub http_raw {
     }
     close $s;
     return $out;
+}
+
+# GETs pipelined on keep-alive connections, 500 a connection; the number of
+# responses with the given status
+sub pipelined {
+    my ($self, $status, @paths) = @_;
+    my $ok = 0;
+    while (my @batch = splice @paths, 0, 500) {
+        my $req = '';
+        for my $k (0 .. $#batch) {
+            $req .= "GET $batch[$k] HTTP/1.1\r\nHost: x\r\n"
+                . ($k == $#batch ? "Connection: close\r\n" : '') . "\r\n";
+        }
+        my $raw = $self->http_raw($req, timeout => 30);
+        $ok += () = $raw =~ m{^HTTP/1\.1 $status }mg;
+    }
+    return $ok;
 }
 
 sub http {
