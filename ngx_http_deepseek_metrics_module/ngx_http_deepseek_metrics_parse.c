@@ -210,6 +210,8 @@ static ngx_http_dsm_inline u_char *ngx_http_dsm_text(u_char *s, u_char *last,
     ngx_uint_t *nonempty);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_integer(u_char *s,
     u_char *last, uint64_t *v);
+static u_char *ngx_http_dsm_integer_end(u_char *s, u_char *last,
+    uint64_t *v);
 static void ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p,
     ngx_http_dsm_fast_t *f);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
@@ -229,7 +231,8 @@ static void ngx_http_dsm_enum(ngx_http_dsm_parse_t *p);
 static void ngx_http_dsm_bad_usage(ngx_http_dsm_parse_t *p);
 static void ngx_http_dsm_token(ngx_http_dsm_parse_t *p,
     ngx_uint_t answer);
-static void ngx_http_dsm_commit(ngx_http_dsm_parse_t *p);
+static void ngx_http_dsm_commit(ngx_http_dsm_parse_t *p, ngx_uint_t m,
+    uint64_t *u);
 static uint64_t ngx_http_dsm_add(uint64_t a, uint64_t b);
 
 
@@ -1365,7 +1368,7 @@ ngx_http_dsm_close(ngx_http_dsm_parse_t *p, u_char ch)
     }
 
     if (p->ck == k_usage || p->ck == k_a_usage) {
-        ngx_http_dsm_commit(p);
+        ngx_http_dsm_commit(p, p->umask, p->u);
     }
 
     d = --p->depth;
@@ -1986,50 +1989,78 @@ ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
 /*
  * An integer the general path reads as valid usage: no sign, fraction,
  * exponent or leading zero, and at most 15 digits, so below 2^53.
+ * Usage numbers are mostly 1 to 4 digits: with the 16 bytes the longest
+ * one and the byte after it take at hand, those are read straight, with
+ * neither a loop nor a bound test.
  */
 
 static ngx_http_dsm_inline u_char *
 ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
 {
     u_char      *d;
-    uint64_t     n, w, t;
-    ngx_uint_t   k;
+    uint64_t     n;
+    ngx_uint_t   c;
 
-#if (defined __GNUC__ || defined __clang__)
+    if (last - s < 16) {
+        return ngx_http_dsm_integer_end(s, last, v);
+    }
 
-    if (last - s >= 8) {
+    n = (u_char) (s[0] - '0');
 
-        /* 8 bytes at once; a borrow only follows the first non-digit */
+    if (n > 9 || (n == 0 && (u_char) (s[1] - '0') <= 9)) {
+        return NULL;
+    }
 
-        ngx_memcpy(&w, s, 8);
-        t = w - 0x3030303030303030ULL;
-        w = (t | (t + 0x7676767676767676ULL)) & 0x8080808080808080ULL;
+    d = s + 1;
 
-        if (w & 0x80) {
-            return NULL;
+    do {
+        if ((c = (u_char) (*d - '0')) > 9) {
+            break;
         }
 
-        if (w) {
-            /* 1 to 7 digits, the usual case: no loop, no second check */
+        n = n * 10 + c;
+        d++;
 
-            k = (ngx_uint_t) __builtin_ctzll(w) >> 3;
+        if ((c = (u_char) (*d - '0')) > 9) {
+            break;
+        }
 
-            if (*s == '0' && k > 1) {
+        n = n * 10 + c;
+        d++;
+
+        if ((c = (u_char) (*d - '0')) > 9) {
+            break;
+        }
+
+        n = n * 10 + c;
+        d++;
+
+        /* 5 digits or more */
+
+        while ((c = (u_char) (*d - '0')) <= 9) {
+            if (d - s == 15) {
                 return NULL;
             }
 
-            /* the k digits, most significant first, after zeros */
-
-            t = (t << (8 * (8 - k))) & 0x0f0f0f0f0f0f0f0fULL;
-            t = (t * 2561) >> 8;
-            t = ((t & 0x00ff00ff00ff00ffULL) * 6553601) >> 16;
-            *v = ((t & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
-
-            return s + k;
+            n = n * 10 + c;
+            d++;
         }
-    }
 
-#endif
+    } while (0);
+
+    *v = n;
+
+    return d;
+}
+
+
+/* an integer as above that may end the buffer, byte by byte */
+
+static u_char *
+ngx_http_dsm_integer_end(u_char *s, u_char *last, uint64_t *v)
+{
+    u_char    *d;
+    uint64_t   n;
 
     d = s;
     n = 0;
@@ -2053,7 +2084,8 @@ ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
 static void
 ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
 {
-    size_t  n;
+    u_char  *d;
+    size_t   n;
 
     if (f->model && !p->model_set) {
         n = sizeof(p->model) - 1 - p->model_len;
@@ -2062,7 +2094,19 @@ ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
             n = f->model_len;
         }
 
-        ngx_memcpy(p->model + p->model_len, f->model, n);
+        d = p->model + p->model_len;
+
+        if (n - 8 <= 8) {
+
+            /* 8 to 16 bytes, as most model names: two overlapping words */
+
+            ngx_memcpy(d, f->model, 8);
+            ngx_memcpy(d + n - 8, f->model + n - 8, 8);
+
+        } else {
+            ngx_memcpy(d, f->model, n);
+        }
+
         p->model_len += n;
         p->model_set = 1;
     }
@@ -2078,9 +2122,7 @@ ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
     }
 
     if (f->usage) {
-        p->umask = f->umask;
-        ngx_memcpy(p->u, f->u, sizeof(p->u));
-        ngx_http_dsm_commit(p);
+        ngx_http_dsm_commit(p, f->umask, f->u);
     }
 }
 
@@ -2603,19 +2645,17 @@ ngx_http_dsm_token(ngx_http_dsm_parse_t *p, ngx_uint_t answer)
 }
 
 
+/* the usage object just read: m tells which of u it had */
+
 static void
-ngx_http_dsm_commit(ngx_http_dsm_parse_t *p)
+ngx_http_dsm_commit(ngx_http_dsm_parse_t *p, ngx_uint_t m, uint64_t *u)
 {
-    uint64_t    *u, prompt, completion, total, hit, miss, reasoning;
-    ngx_uint_t   m;
+    uint64_t  prompt, completion, total, hit, miss, reasoning;
 
     if (p->usage_invalid) {
         p->usage_seen++;
         return;
     }
-
-    m = p->umask;
-    u = p->u;
 
 #define dsm_u(f)  ((m & ((ngx_uint_t) 1 << (f))) ? u[f] : 0)
 #define dsm_has(f)  (m & ((ngx_uint_t) 1 << (f)))
