@@ -210,12 +210,16 @@ static ngx_http_dsm_inline u_char *ngx_http_dsm_text(u_char *s, u_char *last,
     ngx_uint_t *nonempty);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_integer(u_char *s,
     u_char *last, uint64_t *v);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_integer16(u_char *s,
+    uint64_t *v);
 static u_char *ngx_http_dsm_integer_end(u_char *s, u_char *last,
     uint64_t *v);
 static void ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p,
     ngx_http_dsm_fast_t *f);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
     u_char *last, const char *lit, size_t n);
+static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_next(u_char **s,
+    const char *lit, size_t n);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_quote(u_char *s,
     u_char *last);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_digits(u_char *s,
@@ -1580,15 +1584,22 @@ ngx_http_dsm_head(u_char *s, u_char *last, const char *object, size_t n,
 {
     u_char  *m;
 
-#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+#define dsm_room(lit)  ((size_t) (last - s) >= sizeof(lit) - 1)
+#define dsm_next(lit)  ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
-    if (!dsm_match("{\"id\":\"")
+    /* the room for a run of literals is checked once, after each value */
+
+    if (!dsm_room("{\"id\":\"")
+        || !dsm_next("{\"id\":\"")
         || (s = ngx_http_dsm_quote(s, last)) == NULL
-        || !dsm_match("\",\"object\":\"")
-        || !ngx_http_dsm_match(&s, last, object, n)
-        || !dsm_match("\",\"created\":")
+        || (size_t) (last - s)
+           < sizeof("\",\"object\":\"\",\"created\":") - 1 + n
+        || !dsm_next("\",\"object\":\"")
+        || !ngx_http_dsm_next(&s, object, n)
+        || !dsm_next("\",\"created\":")
         || (s = ngx_http_dsm_digits(s, last)) == NULL
-        || !dsm_match(",\"model\":\""))
+        || !dsm_room(",\"model\":\"")
+        || !dsm_next(",\"model\":\""))
     {
         return NULL;
     }
@@ -1596,22 +1607,26 @@ ngx_http_dsm_head(u_char *s, u_char *last, const char *object, size_t n,
     m = s;
     s = ngx_http_dsm_quote(s, last);
 
-    if (s == NULL || !dsm_match("\",")) {
+    if (s == NULL
+        || !dsm_room("\",\"system_fingerprint\":\"")
+        || !dsm_next("\","))
+    {
         return NULL;
     }
 
     f->model = m;
     f->model_len = s - 2 - m;
 
-    if (dsm_match("\"system_fingerprint\":\"")) {
+    if (dsm_next("\"system_fingerprint\":\"")) {
         s = ngx_http_dsm_quote(s, last);
 
-        if (s == NULL || !dsm_match("\",")) {
+        if (s == NULL || !dsm_room("\",") || !dsm_next("\",")) {
             return NULL;
         }
     }
 
-#undef dsm_match
+#undef dsm_room
+#undef dsm_next
 
     return s;
 }
@@ -1670,13 +1685,17 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
     ngx_http_dsm_fast_t   f;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+#define dsm_room(lit)   ((size_t) (last - s) >= sizeof(lit) - 1)
+#define dsm_next(lit)   ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
     s = ngx_http_dsm_head(pos, last, "chat.completion",
                           sizeof("chat.completion") - 1, &f);
 
     if (s == NULL
-        || !dsm_match("\"choices\":[{\"index\":0,\"message\":"
-                      "{\"role\":\"assistant\",\"content\":"))
+        || !dsm_room("\"choices\":[{\"index\":0,\"message\":"
+                     "{\"role\":\"assistant\",\"content\":")
+        || !dsm_next("\"choices\":[{\"index\":0,\"message\":"
+                     "{\"role\":\"assistant\",\"content\":"))
     {
         return NULL;
     }
@@ -1685,19 +1704,18 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
 
     s = ngx_http_dsm_text(s, last, &answer);
 
-    if (s == NULL) {
+    if (s == NULL || !dsm_room(",\"reasoning_content\":")) {
         return NULL;
     }
 
-    if (dsm_match(",\"reasoning_content\":")) {
+    if (dsm_next(",\"reasoning_content\":")) {
         s = ngx_http_dsm_text(s, last, &reasoning);
 
-        if (s == NULL) {
+        if (s == NULL || !dsm_match("}")) {
             return NULL;
         }
-    }
 
-    if (!dsm_match("}")) {
+    } else if (!dsm_next("}")) {
         return NULL;
     }
 
@@ -1707,19 +1725,22 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
         return NULL;
     }
 
-    if (dsm_match(",\"system_fingerprint\":\"")) {
+    if (dsm_room(",\"system_fingerprint\":\"")
+        && dsm_next(",\"system_fingerprint\":\""))
+    {
         s = ngx_http_dsm_quote(s, last);
 
-        if (s == NULL || !dsm_match("\"")) {
+        if (s == NULL || !dsm_room("\"}") || !dsm_next("\"}")) {
             return NULL;
         }
-    }
 
-    if (!dsm_match("}")) {
+    } else if (!dsm_match("}")) {
         return NULL;
     }
 
 #undef dsm_match
+#undef dsm_room
+#undef dsm_next
 
     /* all of it is there: what the general path would do */
 
@@ -1751,24 +1772,32 @@ ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
     u_char  *w;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+#define dsm_room(lit)   ((size_t) (last - s) >= sizeof(lit) - 1)
+#define dsm_next(lit)   ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
-    (void) dsm_match(",\"logprobs\":null");
+    /* the longest way to the finish reason's end, its shorter ones too */
 
-    if (!dsm_match(",\"finish_reason\":")) {
+    if (!dsm_room(",\"logprobs\":null,\"finish_reason\":\"stop\"")) {
+        return NULL;
+    }
+
+    (void) dsm_next(",\"logprobs\":null");
+
+    if (!dsm_next(",\"finish_reason\":")) {
         return NULL;
     }
 
     f->finish = NULL;
     f->finish_stop = 0;
 
-    if (!dsm_match("null")) {
-        if (!dsm_match("\"")) {
+    if (!dsm_next("null")) {
+        if (!dsm_next("\"")) {
             return NULL;
         }
 
         w = s;
 
-        if (dsm_match("stop\"")) {
+        if (dsm_next("stop\"")) {
             f->finish = w;
             f->finish_len = 4;
             f->finish_stop = 1;
@@ -1792,17 +1821,19 @@ ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
         }
     }
 
-    if (!dsm_match("}],\"usage\":")) {
+    if (!dsm_room("}],\"usage\":null") || !dsm_next("}],\"usage\":")) {
         return NULL;
     }
 
     f->usage = 0;
 
-    if (dsm_match("null")) {
+    if (dsm_next("null")) {
         return s;
     }
 
 #undef dsm_match
+#undef dsm_room
+#undef dsm_next
 
     s = ngx_http_dsm_usage(s, last, f);
 
@@ -1857,14 +1888,16 @@ ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
 
-    if (!dsm_match("{")) {
+    /* '{' and a byte: a usage that ends the buffer is no whole event */
+
+    if (last - s < 2 || *s++ != '{') {
         return NULL;
     }
 
     f->umask = 0;
 
-    if (dsm_match("}")) {
-        return s;
+    if (*s == '}') {
+        return s + 1;
     }
 
     t = ngx_http_dsm_usage_ordered(s, last, f);
@@ -1931,28 +1964,36 @@ ngx_http_dsm_usage_ordered(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 {
     uint64_t  *u;
 
-#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
-#define dsm_int(slot)   ((s = ngx_http_dsm_integer(s, last, &u[slot])) != NULL)
+#define dsm_room(lit)  ((size_t) (last - s) >= sizeof(lit) - 1)
+
+    /*
+     * An integer and the literal after it: one room check covers both,
+     * 15 digits and the byte after them at most, then the literal.
+     */
+
+#define dsm_int(slot, lit)                                                   \
+    ((size_t) (last - s) >= 16 + sizeof(lit) - 1                            \
+     && (s = ngx_http_dsm_integer16(s, &u[slot])) != NULL                    \
+     && ngx_http_dsm_next(&s, lit, sizeof(lit) - 1))
 
     u = f->u;
 
-    if (!dsm_match("\"prompt_tokens\":") || !dsm_int(u_prompt)
-        || !dsm_match(",\"completion_tokens\":") || !dsm_int(u_completion)
-        || !dsm_match(",\"total_tokens\":") || !dsm_int(u_total)
-        || !dsm_match(",\"prompt_tokens_details\":{\"cached_tokens\":")
-        || !dsm_int(u_cached)
-        || !dsm_match("},\"completion_tokens_details\":"
-                      "{\"reasoning_tokens\":")
-        || !dsm_int(u_reasoning)
-        || !dsm_match("},\"prompt_cache_hit_tokens\":") || !dsm_int(u_hit)
-        || !dsm_match(",\"prompt_cache_miss_tokens\":") || !dsm_int(u_miss)
-        || !dsm_match("}"))
+    if (!dsm_room("\"prompt_tokens\":")
+        || !ngx_http_dsm_next(&s, "\"prompt_tokens\":", 16)
+        || !dsm_int(u_prompt, ",\"completion_tokens\":")
+        || !dsm_int(u_completion, ",\"total_tokens\":")
+        || !dsm_int(u_total, ",\"prompt_tokens_details\":{\"cached_tokens\":")
+        || !dsm_int(u_cached, "},\"completion_tokens_details\":"
+                              "{\"reasoning_tokens\":")
+        || !dsm_int(u_reasoning, "},\"prompt_cache_hit_tokens\":")
+        || !dsm_int(u_hit, ",\"prompt_cache_miss_tokens\":")
+        || !dsm_int(u_miss, "}"))
     {
         return NULL;
     }
 
 #undef dsm_int
-#undef dsm_match
+#undef dsm_room
 
     f->umask = (1 << u_prompt) | (1 << u_completion) | (1 << u_total)
                | (1 << u_cached) | (1 << u_reasoning) | (1 << u_hit)
@@ -1997,13 +2038,22 @@ ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
 static ngx_http_dsm_inline u_char *
 ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
 {
-    u_char      *d;
-    uint64_t     n;
-    ngx_uint_t   c;
-
     if (last - s < 16) {
         return ngx_http_dsm_integer_end(s, last, v);
     }
+
+    return ngx_http_dsm_integer16(s, v);
+}
+
+
+/* as above, with 16 bytes from s in the buffer */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_integer16(u_char *s, uint64_t *v)
+{
+    u_char      *d;
+    uint64_t     n;
+    ngx_uint_t   c;
 
     n = (u_char) (s[0] - '0');
 
@@ -2210,6 +2260,21 @@ static ngx_http_dsm_inline ngx_uint_t
 ngx_http_dsm_match(u_char **s, u_char *last, const char *lit, size_t n)
 {
     if ((size_t) (last - *s) < n || !ngx_http_dsm_eq(*s, lit, n)) {
+        return 0;
+    }
+
+    *s += n;
+
+    return 1;
+}
+
+
+/* as above, the caller having checked that the n bytes are there */
+
+static ngx_http_dsm_inline ngx_uint_t
+ngx_http_dsm_next(u_char **s, const char *lit, size_t n)
+{
+    if (!ngx_http_dsm_eq(*s, lit, n)) {
         return 0;
     }
 
