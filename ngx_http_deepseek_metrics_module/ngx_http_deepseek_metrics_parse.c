@@ -15,6 +15,11 @@
 #include <ngx_core.h>
 #include "ngx_http_deepseek_metrics_parse.h"
 
+#if (defined __SSE2__ && (defined __GNUC__ || defined __clang__))
+#include <emmintrin.h>
+#define NGX_HTTP_DSM_SSE2  1
+#endif
+
 
 /* SSE framing states */
 enum {
@@ -221,6 +226,8 @@ static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_next(u_char **s,
     const char *lit, size_t n);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_quote(u_char *s,
+    u_char *last);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_quote_scan(u_char *s,
     u_char *last);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_digits(u_char *s,
     u_char *last);
@@ -2015,7 +2022,7 @@ ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
     }
 
     t = ++s;
-    s = ngx_http_dsm_quote(s, last);
+    s = ngx_http_dsm_quote_scan(s, last);
 
     if (s == NULL) {
         return NULL;
@@ -2286,11 +2293,52 @@ ngx_http_dsm_next(u_char **s, const char *lit, size_t n)
 
 /*
  * The closing quote of a string from s (the byte before s is its opening
- * quote), or NULL if it is not in [s, last).
+ * quote), or NULL if it is not in [s, last).  Ids, model names and
+ * stream text pieces are short: a string that ends unescaped within 32
+ * bytes is found with two 16-byte compares instead of a memchr() call
+ * (the second one ends the buffer if less than 32 bytes are left).
  */
 
 static ngx_http_dsm_inline u_char *
 ngx_http_dsm_quote(u_char *s, u_char *last)
+{
+#if (NGX_HTTP_DSM_SSE2)
+    u_char   *q, *t;
+    __m128i   quote;
+    int       m;
+
+    if (last - s >= 16) {
+        quote = _mm_set1_epi8('"');
+        t = s;
+
+        m = _mm_movemask_epi8(_mm_cmpeq_epi8(
+                _mm_loadu_si128((__m128i *) t), quote));
+
+        if (m == 0) {
+            t = (last - s >= 32) ? s + 16 : last - 16;
+
+            m = _mm_movemask_epi8(_mm_cmpeq_epi8(
+                    _mm_loadu_si128((__m128i *) t), quote));
+        }
+
+        if (m) {
+            q = t + __builtin_ctz(m);
+
+            if (q[-1] != '\\') {
+                return q;
+            }
+        }
+    }
+#endif
+
+    return ngx_http_dsm_quote_scan(s, last);
+}
+
+
+/* as above, for text of any length */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_quote_scan(u_char *s, u_char *last)
 {
     u_char  *q, *b;
 
@@ -2327,6 +2375,23 @@ ngx_http_dsm_digits(u_char *s, u_char *last)
     while (last - s >= 8) {
         ngx_memcpy(&v, s, 8);
 
+#if (defined __GNUC__ || defined __clang__)
+
+        /*
+         * the high bit of each byte that is no digit, and of bytes after
+         * it: a borrow or carry only follows the first non-digit
+         */
+
+        v -= 0x3030303030303030ULL;
+        v = (v | (v + 0x7676767676767676ULL)) & 0x8080808080808080ULL;
+
+        if (v) {
+            s += __builtin_ctzll(v) >> 3;
+            return (s == d) ? NULL : s;
+        }
+
+#else
+
         /* all 8 bytes are '0'..'9' */
 
         if (((v & 0xf0f0f0f0f0f0f0f0ULL)
@@ -2335,6 +2400,8 @@ ngx_http_dsm_digits(u_char *s, u_char *last)
         {
             break;
         }
+
+#endif
 
         s += 8;
     }
