@@ -205,8 +205,8 @@ static u_char *ngx_http_dsm_chunk_head(u_char *pos, u_char *last,
     ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last);
-static u_char *ngx_http_dsm_choice_end(u_char *s, u_char *last,
-    ngx_http_dsm_fast_t *f);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_choice_end(u_char *s,
+    u_char *last, ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_usage_ordered(u_char *s, u_char *last,
     ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_usage(u_char *s, u_char *last,
@@ -219,8 +219,8 @@ static ngx_http_dsm_inline u_char *ngx_http_dsm_integer16(u_char *s,
     uint64_t *v);
 static u_char *ngx_http_dsm_integer_end(u_char *s, u_char *last,
     uint64_t *v);
-static void ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p,
-    ngx_http_dsm_fast_t *f);
+static ngx_http_dsm_inline void ngx_http_dsm_fast_apply(
+    ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
     u_char *last, const char *lit, size_t n);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_next(u_char **s,
@@ -240,8 +240,8 @@ static void ngx_http_dsm_append(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static void ngx_http_dsm_enum(ngx_http_dsm_parse_t *p);
 static void ngx_http_dsm_bad_usage(ngx_http_dsm_parse_t *p);
-static void ngx_http_dsm_token(ngx_http_dsm_parse_t *p,
-    ngx_uint_t answer);
+static ngx_http_dsm_inline void ngx_http_dsm_token(
+    ngx_http_dsm_parse_t *p, ngx_uint_t answer);
 static void ngx_http_dsm_commit(ngx_http_dsm_parse_t *p, ngx_uint_t m,
     uint64_t *u);
 static uint64_t ngx_http_dsm_add(uint64_t a, uint64_t b);
@@ -1773,7 +1773,7 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
  * "finish_reason":null or "WORD"}],"usage":null or {USAGE}
  */
 
-static u_char *
+static ngx_http_dsm_inline u_char *
 ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 {
     u_char  *w;
@@ -2138,7 +2138,7 @@ ngx_http_dsm_integer_end(u_char *s, u_char *last, uint64_t *v)
 
 /* sets the model, finish reason and usage a fast path read */
 
-static void
+static ngx_http_dsm_inline void
 ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
 {
     u_char  *d;
@@ -2765,7 +2765,7 @@ ngx_http_dsm_enum(ngx_http_dsm_parse_t *p)
 }
 
 
-static void
+static ngx_http_dsm_inline void
 ngx_http_dsm_token(ngx_http_dsm_parse_t *p, ngx_uint_t answer)
 {
     p->first_token = 1;
