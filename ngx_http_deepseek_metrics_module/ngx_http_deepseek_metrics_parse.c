@@ -1591,7 +1591,7 @@ ngx_http_dsm_head(u_char *s, u_char *last, const char *object, size_t n,
 {
     u_char  *m;
 
-#define dsm_room(lit)  ((size_t) (last - s) >= sizeof(lit) - 1)
+#define dsm_room(lit)  (s + sizeof(lit) - 1 <= last)
 #define dsm_next(lit)  ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
     /* the room for a run of literals is checked once, after each value */
@@ -1692,7 +1692,7 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
     ngx_http_dsm_fast_t   f;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
-#define dsm_room(lit)   ((size_t) (last - s) >= sizeof(lit) - 1)
+#define dsm_room(lit)   (s + sizeof(lit) - 1 <= last)
 #define dsm_next(lit)   ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
     s = ngx_http_dsm_head(pos, last, "chat.completion",
@@ -1779,7 +1779,7 @@ ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
     u_char  *w;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
-#define dsm_room(lit)   ((size_t) (last - s) >= sizeof(lit) - 1)
+#define dsm_room(lit)   (s + sizeof(lit) - 1 <= last)
 #define dsm_next(lit)   ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
     /* the longest way to the finish reason's end, its shorter ones too */
@@ -1971,7 +1971,7 @@ ngx_http_dsm_usage_ordered(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 {
     uint64_t  *u;
 
-#define dsm_room(lit)  ((size_t) (last - s) >= sizeof(lit) - 1)
+#define dsm_room(lit)  (s + sizeof(lit) - 1 <= last)
 
     /*
      * An integer and the literal after it: one room check covers both,
@@ -1979,7 +1979,7 @@ ngx_http_dsm_usage_ordered(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
      */
 
 #define dsm_int(slot, lit)                                                   \
-    ((size_t) (last - s) >= 16 + sizeof(lit) - 1                            \
+    (s + 16 + sizeof(lit) - 1 <= last                                        \
      && (s = ngx_http_dsm_integer16(s, &u[slot])) != NULL                    \
      && ngx_http_dsm_next(&s, lit, sizeof(lit) - 1))
 
@@ -2062,30 +2062,37 @@ ngx_http_dsm_integer16(u_char *s, uint64_t *v)
     uint64_t     n;
     ngx_uint_t   c;
 
-    n = (u_char) (s[0] - '0');
+    /* a byte below '0' wraps around: one test for both bounds */
 
-    if (n > 9 || (n == 0 && (u_char) (s[1] - '0') <= 9)) {
+    n = s[0] - (uint64_t) '0';
+
+    if (n > 9) {
         return NULL;
     }
 
     d = s + 1;
 
     do {
-        if ((c = (u_char) (*d - '0')) > 9) {
+        if ((c = *d - (ngx_uint_t) '0') > 9) {
+            break;
+        }
+
+        if (n == 0) {
+            /* a leading zero */
+            return NULL;
+        }
+
+        n = n * 10 + c;
+        d++;
+
+        if ((c = *d - (ngx_uint_t) '0') > 9) {
             break;
         }
 
         n = n * 10 + c;
         d++;
 
-        if ((c = (u_char) (*d - '0')) > 9) {
-            break;
-        }
-
-        n = n * 10 + c;
-        d++;
-
-        if ((c = (u_char) (*d - '0')) > 9) {
+        if ((c = *d - (ngx_uint_t) '0') > 9) {
             break;
         }
 
@@ -2094,7 +2101,7 @@ ngx_http_dsm_integer16(u_char *s, uint64_t *v)
 
         /* 5 digits or more */
 
-        while ((c = (u_char) (*d - '0')) <= 9) {
+        while ((c = *d - (ngx_uint_t) '0') <= 9) {
             if (d - s == 15) {
                 return NULL;
             }
