@@ -1581,8 +1581,10 @@ ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
 /*
  * The head both fast paths share, from the opening brace:
  * {"id":"...","object":"OBJECT","created":DIGITS,"model":"...",
- * ["system_fingerprint":"...",] with OBJECT its n bytes; returns the
- * position after it (at "choices"), or NULL.  The model goes to f.
+ * ["system_fingerprint":"...",] with OBJECT the n bytes from the quote
+ * after the id to the colon before the digits, compared at once;
+ * returns the position after it (at "choices"), or NULL.  The model
+ * goes to f.
  */
 
 static ngx_http_dsm_inline u_char *
@@ -1599,11 +1601,8 @@ ngx_http_dsm_head(u_char *s, u_char *last, const char *object, size_t n,
     if (!dsm_room("{\"id\":\"")
         || !dsm_next("{\"id\":\"")
         || (s = ngx_http_dsm_quote(s, last)) == NULL
-        || (size_t) (last - s)
-           < sizeof("\",\"object\":\"\",\"created\":") - 1 + n
-        || !dsm_next("\",\"object\":\"")
+        || s + n > last
         || !ngx_http_dsm_next(&s, object, n)
-        || !dsm_next("\",\"created\":")
         || (s = ngx_http_dsm_digits(s, last)) == NULL
         || !dsm_room(",\"model\":\"")
         || !dsm_next(",\"model\":\""))
@@ -1657,8 +1656,11 @@ ngx_http_dsm_chunk_head(u_char *pos, u_char *last, ngx_http_dsm_fast_t *f)
         return NULL;
     }
 
-    s = ngx_http_dsm_head(s, last, "chat.completion.chunk",
-                          sizeof("chat.completion.chunk") - 1, f);
+#define dsm_object  "\",\"object\":\"chat.completion.chunk\",\"created\":"
+
+    s = ngx_http_dsm_head(s, last, dsm_object, sizeof(dsm_object) - 1, f);
+
+#undef dsm_object
 
     if (s == NULL || !dsm_match("\"choices\":[{\"index\":0,\"delta\":{")) {
         return NULL;
@@ -1695,8 +1697,11 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
 #define dsm_room(lit)   (s + sizeof(lit) - 1 <= last)
 #define dsm_next(lit)   ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
-    s = ngx_http_dsm_head(pos, last, "chat.completion",
-                          sizeof("chat.completion") - 1, &f);
+#define dsm_object  "\",\"object\":\"chat.completion\",\"created\":"
+
+    s = ngx_http_dsm_head(pos, last, dsm_object, sizeof(dsm_object) - 1, &f);
+
+#undef dsm_object
 
     if (s == NULL
         || !dsm_room("\"choices\":[{\"index\":0,\"message\":"
@@ -1897,7 +1902,7 @@ ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 
     /* '{' and a byte: a usage that ends the buffer is no whole event */
 
-    if (last - s < 2 || *s++ != '{') {
+    if (s + 2 > last || *s++ != '{') {
         return NULL;
     }
 
@@ -2045,7 +2050,7 @@ ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
 static ngx_http_dsm_inline u_char *
 ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
 {
-    if (last - s < 16) {
+    if (s + 16 > last) {
         return ngx_http_dsm_integer_end(s, last, v);
     }
 
@@ -2070,47 +2075,41 @@ ngx_http_dsm_integer16(u_char *s, uint64_t *v)
         return NULL;
     }
 
-    d = s + 1;
+    if ((c = s[1] - (ngx_uint_t) '0') > 9) {
+        *v = n;
+        return s + 1;
+    }
 
-    do {
-        if ((c = *d - (ngx_uint_t) '0') > 9) {
-            break;
-        }
+    if (n == 0) {
+        /* a leading zero */
+        return NULL;
+    }
 
-        if (n == 0) {
-            /* a leading zero */
+    n = n * 10 + c;
+
+    if ((c = s[2] - (ngx_uint_t) '0') > 9) {
+        *v = n;
+        return s + 2;
+    }
+
+    n = n * 10 + c;
+
+    if ((c = s[3] - (ngx_uint_t) '0') > 9) {
+        *v = n;
+        return s + 3;
+    }
+
+    n = n * 10 + c;
+
+    /* 5 digits or more */
+
+    for (d = s + 4; (c = *d - (ngx_uint_t) '0') <= 9; d++) {
+        if (d - s == 15) {
             return NULL;
         }
 
         n = n * 10 + c;
-        d++;
-
-        if ((c = *d - (ngx_uint_t) '0') > 9) {
-            break;
-        }
-
-        n = n * 10 + c;
-        d++;
-
-        if ((c = *d - (ngx_uint_t) '0') > 9) {
-            break;
-        }
-
-        n = n * 10 + c;
-        d++;
-
-        /* 5 digits or more */
-
-        while ((c = *d - (ngx_uint_t) '0') <= 9) {
-            if (d - s == 15) {
-                return NULL;
-            }
-
-            n = n * 10 + c;
-            d++;
-        }
-
-    } while (0);
+    }
 
     *v = n;
 
@@ -2273,7 +2272,7 @@ ngx_http_dsm_parse_end(ngx_http_dsm_parse_t *p)
 static ngx_http_dsm_inline ngx_uint_t
 ngx_http_dsm_match(u_char **s, u_char *last, const char *lit, size_t n)
 {
-    if ((size_t) (last - *s) < n || !ngx_http_dsm_eq(*s, lit, n)) {
+    if (*s + n > last || !ngx_http_dsm_eq(*s, lit, n)) {
         return 0;
     }
 
@@ -2283,11 +2282,47 @@ ngx_http_dsm_match(u_char **s, u_char *last, const char *lit, size_t n)
 }
 
 
-/* as above, the caller having checked that the n bytes are there */
+/*
+ * As above, the caller having checked that the n bytes are there.  A
+ * literal of 24 to 64 bytes is compared 16 bytes at a time, the results
+ * gathered and tested once.
+ */
 
 static ngx_http_dsm_inline ngx_uint_t
 ngx_http_dsm_next(u_char **s, const char *lit, size_t n)
 {
+#if (NGX_HTTP_DSM_SSE2)
+    __m128i  x;
+
+#define dsm_eq16(i)                                                          \
+    _mm_cmpeq_epi8(_mm_loadu_si128((__m128i *) (*s + (i))),                  \
+                   _mm_loadu_si128((__m128i *) (lit + (i))))
+
+    if (n >= 24 && n <= 64) {
+        x = dsm_eq16(0);
+
+        if (n > 32) {
+            x = _mm_and_si128(x, dsm_eq16(16));
+        }
+
+        if (n > 48) {
+            x = _mm_and_si128(x, dsm_eq16(32));
+        }
+
+        x = _mm_and_si128(x, dsm_eq16(n - 16));
+
+        if (_mm_movemask_epi8(x) != 0xffff) {
+            return 0;
+        }
+
+        *s += n;
+
+        return 1;
+    }
+
+#undef dsm_eq16
+#endif
+
     if (!ngx_http_dsm_eq(*s, lit, n)) {
         return 0;
     }
@@ -2314,7 +2349,7 @@ ngx_http_dsm_quote(u_char *s, u_char *last)
     __m128i   quote;
     int       m;
 
-    if (last - s >= 16) {
+    if (s + 16 <= last) {
         quote = _mm_set1_epi8('"');
         t = s;
 
@@ -2322,7 +2357,7 @@ ngx_http_dsm_quote(u_char *s, u_char *last)
                 _mm_loadu_si128((__m128i *) t), quote));
 
         if (m == 0) {
-            t = (last - s >= 32) ? s + 16 : last - 16;
+            t = (s + 32 <= last) ? s + 16 : last - 16;
 
             m = _mm_movemask_epi8(_mm_cmpeq_epi8(
                     _mm_loadu_si128((__m128i *) t), quote));
@@ -2379,7 +2414,7 @@ ngx_http_dsm_digits(u_char *s, u_char *last)
 
     d = s;
 
-    while (last - s >= 8) {
+    while (s + 8 <= last) {
         ngx_memcpy(&v, s, 8);
 
 #if (defined __GNUC__ || defined __clang__)
