@@ -251,9 +251,9 @@ void
 ngx_http_dsm_parse_init(ngx_http_dsm_parse_t *p,
     ngx_uint_t mode)
 {
-    /* the memo is valid up to memo_len only */
+    /* u, kind, kbuf, model and the memo are valid up to what is set */
 
-    ngx_memzero(p, offsetof(ngx_http_dsm_parse_t, memo));
+    ngx_memzero(p, offsetof(ngx_http_dsm_parse_t, u));
 
     p->mode = mode;
     p->state = sw_line;
