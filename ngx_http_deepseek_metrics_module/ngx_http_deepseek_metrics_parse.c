@@ -15,6 +15,11 @@
 #include <ngx_core.h>
 #include "ngx_http_deepseek_metrics_parse.h"
 
+#if (defined __SSE2__ && (defined __GNUC__ || defined __clang__))
+#include <emmintrin.h>
+#define NGX_HTTP_DSM_SSE2  1
+#endif
+
 
 /* SSE framing states */
 enum {
@@ -200,8 +205,8 @@ static u_char *ngx_http_dsm_chunk_head(u_char *pos, u_char *last,
     ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos,
     u_char *last);
-static u_char *ngx_http_dsm_choice_end(u_char *s, u_char *last,
-    ngx_http_dsm_fast_t *f);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_choice_end(u_char *s,
+    u_char *last, ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_usage_ordered(u_char *s, u_char *last,
     ngx_http_dsm_fast_t *f);
 static u_char *ngx_http_dsm_usage(u_char *s, u_char *last,
@@ -210,11 +215,19 @@ static ngx_http_dsm_inline u_char *ngx_http_dsm_text(u_char *s, u_char *last,
     ngx_uint_t *nonempty);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_integer(u_char *s,
     u_char *last, uint64_t *v);
-static void ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p,
-    ngx_http_dsm_fast_t *f);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_integer16(u_char *s,
+    uint64_t *v);
+static u_char *ngx_http_dsm_integer_end(u_char *s, u_char *last,
+    uint64_t *v);
+static ngx_http_dsm_inline void ngx_http_dsm_fast_apply(
+    ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f);
 static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_match(u_char **s,
     u_char *last, const char *lit, size_t n);
+static ngx_http_dsm_inline ngx_uint_t ngx_http_dsm_next(u_char **s,
+    const char *lit, size_t n);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_quote(u_char *s,
+    u_char *last);
+static ngx_http_dsm_inline u_char *ngx_http_dsm_quote_scan(u_char *s,
     u_char *last);
 static ngx_http_dsm_inline u_char *ngx_http_dsm_digits(u_char *s,
     u_char *last);
@@ -227,9 +240,10 @@ static void ngx_http_dsm_append(ngx_http_dsm_parse_t *p,
     u_char *pos, u_char *last);
 static void ngx_http_dsm_enum(ngx_http_dsm_parse_t *p);
 static void ngx_http_dsm_bad_usage(ngx_http_dsm_parse_t *p);
-static void ngx_http_dsm_token(ngx_http_dsm_parse_t *p,
-    ngx_uint_t answer);
-static void ngx_http_dsm_commit(ngx_http_dsm_parse_t *p);
+static ngx_http_dsm_inline void ngx_http_dsm_token(
+    ngx_http_dsm_parse_t *p, ngx_uint_t answer);
+static void ngx_http_dsm_commit(ngx_http_dsm_parse_t *p, ngx_uint_t m,
+    uint64_t *u);
 static uint64_t ngx_http_dsm_add(uint64_t a, uint64_t b);
 
 
@@ -237,9 +251,9 @@ void
 ngx_http_dsm_parse_init(ngx_http_dsm_parse_t *p,
     ngx_uint_t mode)
 {
-    /* the memo is valid up to memo_len only */
+    /* u, kind, kbuf, model and the memo are valid up to what is set */
 
-    ngx_memzero(p, offsetof(ngx_http_dsm_parse_t, memo));
+    ngx_memzero(p, offsetof(ngx_http_dsm_parse_t, u));
 
     p->mode = mode;
     p->state = sw_line;
@@ -1365,7 +1379,7 @@ ngx_http_dsm_close(ngx_http_dsm_parse_t *p, u_char ch)
     }
 
     if (p->ck == k_usage || p->ck == k_a_usage) {
-        ngx_http_dsm_commit(p);
+        ngx_http_dsm_commit(p, p->umask, p->u);
     }
 
     d = --p->depth;
@@ -1567,8 +1581,10 @@ ngx_http_dsm_sse_chunk(ngx_http_dsm_parse_t *p, u_char *pos,
 /*
  * The head both fast paths share, from the opening brace:
  * {"id":"...","object":"OBJECT","created":DIGITS,"model":"...",
- * ["system_fingerprint":"...",] with OBJECT its n bytes; returns the
- * position after it (at "choices"), or NULL.  The model goes to f.
+ * ["system_fingerprint":"...",] with OBJECT the n bytes from the quote
+ * after the id to the colon before the digits, compared at once;
+ * returns the position after it (at "choices"), or NULL.  The model
+ * goes to f.
  */
 
 static ngx_http_dsm_inline u_char *
@@ -1577,15 +1593,19 @@ ngx_http_dsm_head(u_char *s, u_char *last, const char *object, size_t n,
 {
     u_char  *m;
 
-#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+#define dsm_room(lit)  (s + sizeof(lit) - 1 <= last)
+#define dsm_next(lit)  ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
-    if (!dsm_match("{\"id\":\"")
+    /* the room for a run of literals is checked once, after each value */
+
+    if (!dsm_room("{\"id\":\"")
+        || !dsm_next("{\"id\":\"")
         || (s = ngx_http_dsm_quote(s, last)) == NULL
-        || !dsm_match("\",\"object\":\"")
-        || !ngx_http_dsm_match(&s, last, object, n)
-        || !dsm_match("\",\"created\":")
+        || s + n > last
+        || !ngx_http_dsm_next(&s, object, n)
         || (s = ngx_http_dsm_digits(s, last)) == NULL
-        || !dsm_match(",\"model\":\""))
+        || !dsm_room(",\"model\":\"")
+        || !dsm_next(",\"model\":\""))
     {
         return NULL;
     }
@@ -1593,22 +1613,26 @@ ngx_http_dsm_head(u_char *s, u_char *last, const char *object, size_t n,
     m = s;
     s = ngx_http_dsm_quote(s, last);
 
-    if (s == NULL || !dsm_match("\",")) {
+    if (s == NULL
+        || !dsm_room("\",\"system_fingerprint\":\"")
+        || !dsm_next("\","))
+    {
         return NULL;
     }
 
     f->model = m;
     f->model_len = s - 2 - m;
 
-    if (dsm_match("\"system_fingerprint\":\"")) {
+    if (dsm_next("\"system_fingerprint\":\"")) {
         s = ngx_http_dsm_quote(s, last);
 
-        if (s == NULL || !dsm_match("\",")) {
+        if (s == NULL || !dsm_room("\",") || !dsm_next("\",")) {
             return NULL;
         }
     }
 
-#undef dsm_match
+#undef dsm_room
+#undef dsm_next
 
     return s;
 }
@@ -1632,8 +1656,11 @@ ngx_http_dsm_chunk_head(u_char *pos, u_char *last, ngx_http_dsm_fast_t *f)
         return NULL;
     }
 
-    s = ngx_http_dsm_head(s, last, "chat.completion.chunk",
-                          sizeof("chat.completion.chunk") - 1, f);
+#define dsm_object  "\",\"object\":\"chat.completion.chunk\",\"created\":"
+
+    s = ngx_http_dsm_head(s, last, dsm_object, sizeof(dsm_object) - 1, f);
+
+#undef dsm_object
 
     if (s == NULL || !dsm_match("\"choices\":[{\"index\":0,\"delta\":{")) {
         return NULL;
@@ -1667,13 +1694,20 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
     ngx_http_dsm_fast_t   f;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+#define dsm_room(lit)   (s + sizeof(lit) - 1 <= last)
+#define dsm_next(lit)   ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
-    s = ngx_http_dsm_head(pos, last, "chat.completion",
-                          sizeof("chat.completion") - 1, &f);
+#define dsm_object  "\",\"object\":\"chat.completion\",\"created\":"
+
+    s = ngx_http_dsm_head(pos, last, dsm_object, sizeof(dsm_object) - 1, &f);
+
+#undef dsm_object
 
     if (s == NULL
-        || !dsm_match("\"choices\":[{\"index\":0,\"message\":"
-                      "{\"role\":\"assistant\",\"content\":"))
+        || !dsm_room("\"choices\":[{\"index\":0,\"message\":"
+                     "{\"role\":\"assistant\",\"content\":")
+        || !dsm_next("\"choices\":[{\"index\":0,\"message\":"
+                     "{\"role\":\"assistant\",\"content\":"))
     {
         return NULL;
     }
@@ -1682,19 +1716,18 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
 
     s = ngx_http_dsm_text(s, last, &answer);
 
-    if (s == NULL) {
+    if (s == NULL || !dsm_room(",\"reasoning_content\":")) {
         return NULL;
     }
 
-    if (dsm_match(",\"reasoning_content\":")) {
+    if (dsm_next(",\"reasoning_content\":")) {
         s = ngx_http_dsm_text(s, last, &reasoning);
 
-        if (s == NULL) {
+        if (s == NULL || !dsm_match("}")) {
             return NULL;
         }
-    }
 
-    if (!dsm_match("}")) {
+    } else if (!dsm_next("}")) {
         return NULL;
     }
 
@@ -1704,19 +1737,22 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
         return NULL;
     }
 
-    if (dsm_match(",\"system_fingerprint\":\"")) {
+    if (dsm_room(",\"system_fingerprint\":\"")
+        && dsm_next(",\"system_fingerprint\":\""))
+    {
         s = ngx_http_dsm_quote(s, last);
 
-        if (s == NULL || !dsm_match("\"")) {
+        if (s == NULL || !dsm_room("\"}") || !dsm_next("\"}")) {
             return NULL;
         }
-    }
 
-    if (!dsm_match("}")) {
+    } else if (!dsm_match("}")) {
         return NULL;
     }
 
 #undef dsm_match
+#undef dsm_room
+#undef dsm_next
 
     /* all of it is there: what the general path would do */
 
@@ -1742,30 +1778,38 @@ ngx_http_dsm_json_doc(ngx_http_dsm_parse_t *p, u_char *pos, u_char *last)
  * "finish_reason":null or "WORD"}],"usage":null or {USAGE}
  */
 
-static u_char *
+static ngx_http_dsm_inline u_char *
 ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 {
     u_char  *w;
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
+#define dsm_room(lit)   (s + sizeof(lit) - 1 <= last)
+#define dsm_next(lit)   ngx_http_dsm_next(&s, lit, sizeof(lit) - 1)
 
-    (void) dsm_match(",\"logprobs\":null");
+    /* the longest way to the finish reason's end, its shorter ones too */
 
-    if (!dsm_match(",\"finish_reason\":")) {
+    if (!dsm_room(",\"logprobs\":null,\"finish_reason\":\"stop\"")) {
+        return NULL;
+    }
+
+    (void) dsm_next(",\"logprobs\":null");
+
+    if (!dsm_next(",\"finish_reason\":")) {
         return NULL;
     }
 
     f->finish = NULL;
     f->finish_stop = 0;
 
-    if (!dsm_match("null")) {
-        if (!dsm_match("\"")) {
+    if (!dsm_next("null")) {
+        if (!dsm_next("\"")) {
             return NULL;
         }
 
         w = s;
 
-        if (dsm_match("stop\"")) {
+        if (dsm_next("stop\"")) {
             f->finish = w;
             f->finish_len = 4;
             f->finish_stop = 1;
@@ -1789,17 +1833,19 @@ ngx_http_dsm_choice_end(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
         }
     }
 
-    if (!dsm_match("}],\"usage\":")) {
+    if (!dsm_room("}],\"usage\":null") || !dsm_next("}],\"usage\":")) {
         return NULL;
     }
 
     f->usage = 0;
 
-    if (dsm_match("null")) {
+    if (dsm_next("null")) {
         return s;
     }
 
 #undef dsm_match
+#undef dsm_room
+#undef dsm_next
 
     s = ngx_http_dsm_usage(s, last, f);
 
@@ -1854,14 +1900,16 @@ ngx_http_dsm_usage(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 
 #define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
 
-    if (!dsm_match("{")) {
+    /* '{' and a byte: a usage that ends the buffer is no whole event */
+
+    if (s + 2 > last || *s++ != '{') {
         return NULL;
     }
 
     f->umask = 0;
 
-    if (dsm_match("}")) {
-        return s;
+    if (*s == '}') {
+        return s + 1;
     }
 
     t = ngx_http_dsm_usage_ordered(s, last, f);
@@ -1928,28 +1976,36 @@ ngx_http_dsm_usage_ordered(u_char *s, u_char *last, ngx_http_dsm_fast_t *f)
 {
     uint64_t  *u;
 
-#define dsm_match(lit)  ngx_http_dsm_match(&s, last, lit, sizeof(lit) - 1)
-#define dsm_int(slot)   ((s = ngx_http_dsm_integer(s, last, &u[slot])) != NULL)
+#define dsm_room(lit)  (s + sizeof(lit) - 1 <= last)
+
+    /*
+     * An integer and the literal after it: one room check covers both,
+     * 15 digits and the byte after them at most, then the literal.
+     */
+
+#define dsm_int(slot, lit)                                                   \
+    (s + 16 + sizeof(lit) - 1 <= last                                        \
+     && (s = ngx_http_dsm_integer16(s, &u[slot])) != NULL                    \
+     && ngx_http_dsm_next(&s, lit, sizeof(lit) - 1))
 
     u = f->u;
 
-    if (!dsm_match("\"prompt_tokens\":") || !dsm_int(u_prompt)
-        || !dsm_match(",\"completion_tokens\":") || !dsm_int(u_completion)
-        || !dsm_match(",\"total_tokens\":") || !dsm_int(u_total)
-        || !dsm_match(",\"prompt_tokens_details\":{\"cached_tokens\":")
-        || !dsm_int(u_cached)
-        || !dsm_match("},\"completion_tokens_details\":"
-                      "{\"reasoning_tokens\":")
-        || !dsm_int(u_reasoning)
-        || !dsm_match("},\"prompt_cache_hit_tokens\":") || !dsm_int(u_hit)
-        || !dsm_match(",\"prompt_cache_miss_tokens\":") || !dsm_int(u_miss)
-        || !dsm_match("}"))
+    if (!dsm_room("\"prompt_tokens\":")
+        || !ngx_http_dsm_next(&s, "\"prompt_tokens\":", 16)
+        || !dsm_int(u_prompt, ",\"completion_tokens\":")
+        || !dsm_int(u_completion, ",\"total_tokens\":")
+        || !dsm_int(u_total, ",\"prompt_tokens_details\":{\"cached_tokens\":")
+        || !dsm_int(u_cached, "},\"completion_tokens_details\":"
+                              "{\"reasoning_tokens\":")
+        || !dsm_int(u_reasoning, "},\"prompt_cache_hit_tokens\":")
+        || !dsm_int(u_hit, ",\"prompt_cache_miss_tokens\":")
+        || !dsm_int(u_miss, "}"))
     {
         return NULL;
     }
 
 #undef dsm_int
-#undef dsm_match
+#undef dsm_room
 
     f->umask = (1 << u_prompt) | (1 << u_completion) | (1 << u_total)
                | (1 << u_cached) | (1 << u_reasoning) | (1 << u_hit)
@@ -1971,7 +2027,7 @@ ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
     }
 
     t = ++s;
-    s = ngx_http_dsm_quote(s, last);
+    s = ngx_http_dsm_quote_scan(s, last);
 
     if (s == NULL) {
         return NULL;
@@ -1986,50 +2042,88 @@ ngx_http_dsm_text(u_char *s, u_char *last, ngx_uint_t *nonempty)
 /*
  * An integer the general path reads as valid usage: no sign, fraction,
  * exponent or leading zero, and at most 15 digits, so below 2^53.
+ * Usage numbers are mostly 1 to 4 digits: with the 16 bytes the longest
+ * one and the byte after it take at hand, those are read straight, with
+ * neither a loop nor a bound test.
  */
 
 static ngx_http_dsm_inline u_char *
 ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
 {
+    if (s + 16 > last) {
+        return ngx_http_dsm_integer_end(s, last, v);
+    }
+
+    return ngx_http_dsm_integer16(s, v);
+}
+
+
+/* as above, with 16 bytes from s in the buffer */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_integer16(u_char *s, uint64_t *v)
+{
     u_char      *d;
-    uint64_t     n, w, t;
-    ngx_uint_t   k;
+    uint64_t     n;
+    ngx_uint_t   c;
 
-#if (defined __GNUC__ || defined __clang__)
+    /* a byte below '0' wraps around: one test for both bounds */
 
-    if (last - s >= 8) {
+    n = s[0] - (uint64_t) '0';
 
-        /* 8 bytes at once; a borrow only follows the first non-digit */
+    if (n > 9) {
+        return NULL;
+    }
 
-        ngx_memcpy(&w, s, 8);
-        t = w - 0x3030303030303030ULL;
-        w = (t | (t + 0x7676767676767676ULL)) & 0x8080808080808080ULL;
+    if ((c = s[1] - (ngx_uint_t) '0') > 9) {
+        *v = n;
+        return s + 1;
+    }
 
-        if (w & 0x80) {
+    if (n == 0) {
+        /* a leading zero */
+        return NULL;
+    }
+
+    n = n * 10 + c;
+
+    if ((c = s[2] - (ngx_uint_t) '0') > 9) {
+        *v = n;
+        return s + 2;
+    }
+
+    n = n * 10 + c;
+
+    if ((c = s[3] - (ngx_uint_t) '0') > 9) {
+        *v = n;
+        return s + 3;
+    }
+
+    n = n * 10 + c;
+
+    /* 5 digits or more */
+
+    for (d = s + 4; (c = *d - (ngx_uint_t) '0') <= 9; d++) {
+        if (d - s == 15) {
             return NULL;
         }
 
-        if (w) {
-            /* 1 to 7 digits, the usual case: no loop, no second check */
-
-            k = (ngx_uint_t) __builtin_ctzll(w) >> 3;
-
-            if (*s == '0' && k > 1) {
-                return NULL;
-            }
-
-            /* the k digits, most significant first, after zeros */
-
-            t = (t << (8 * (8 - k))) & 0x0f0f0f0f0f0f0f0fULL;
-            t = (t * 2561) >> 8;
-            t = ((t & 0x00ff00ff00ff00ffULL) * 6553601) >> 16;
-            *v = ((t & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
-
-            return s + k;
-        }
+        n = n * 10 + c;
     }
 
-#endif
+    *v = n;
+
+    return d;
+}
+
+
+/* an integer as above that may end the buffer, byte by byte */
+
+static u_char *
+ngx_http_dsm_integer_end(u_char *s, u_char *last, uint64_t *v)
+{
+    u_char    *d;
+    uint64_t   n;
 
     d = s;
     n = 0;
@@ -2050,10 +2144,11 @@ ngx_http_dsm_integer(u_char *s, u_char *last, uint64_t *v)
 
 /* sets the model, finish reason and usage a fast path read */
 
-static void
+static ngx_http_dsm_inline void
 ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
 {
-    size_t  n;
+    u_char  *d;
+    size_t   n;
 
     if (f->model && !p->model_set) {
         n = sizeof(p->model) - 1 - p->model_len;
@@ -2062,7 +2157,19 @@ ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
             n = f->model_len;
         }
 
-        ngx_memcpy(p->model + p->model_len, f->model, n);
+        d = p->model + p->model_len;
+
+        if (n - 8 <= 8) {
+
+            /* 8 to 16 bytes, as most model names: two overlapping words */
+
+            ngx_memcpy(d, f->model, 8);
+            ngx_memcpy(d + n - 8, f->model + n - 8, 8);
+
+        } else {
+            ngx_memcpy(d, f->model, n);
+        }
+
         p->model_len += n;
         p->model_set = 1;
     }
@@ -2078,9 +2185,7 @@ ngx_http_dsm_fast_apply(ngx_http_dsm_parse_t *p, ngx_http_dsm_fast_t *f)
     }
 
     if (f->usage) {
-        p->umask = f->umask;
-        ngx_memcpy(p->u, f->u, sizeof(p->u));
-        ngx_http_dsm_commit(p);
+        ngx_http_dsm_commit(p, f->umask, f->u);
     }
 }
 
@@ -2167,7 +2272,58 @@ ngx_http_dsm_parse_end(ngx_http_dsm_parse_t *p)
 static ngx_http_dsm_inline ngx_uint_t
 ngx_http_dsm_match(u_char **s, u_char *last, const char *lit, size_t n)
 {
-    if ((size_t) (last - *s) < n || !ngx_http_dsm_eq(*s, lit, n)) {
+    if (*s + n > last || !ngx_http_dsm_eq(*s, lit, n)) {
+        return 0;
+    }
+
+    *s += n;
+
+    return 1;
+}
+
+
+/*
+ * As above, the caller having checked that the n bytes are there.  A
+ * literal of 24 to 64 bytes is compared 16 bytes at a time, the results
+ * gathered and tested once.
+ */
+
+static ngx_http_dsm_inline ngx_uint_t
+ngx_http_dsm_next(u_char **s, const char *lit, size_t n)
+{
+#if (NGX_HTTP_DSM_SSE2)
+    __m128i  x;
+
+#define dsm_eq16(i)                                                          \
+    _mm_cmpeq_epi8(_mm_loadu_si128((__m128i *) (*s + (i))),                  \
+                   _mm_loadu_si128((__m128i *) (lit + (i))))
+
+    if (n >= 24 && n <= 64) {
+        x = dsm_eq16(0);
+
+        if (n > 32) {
+            x = _mm_and_si128(x, dsm_eq16(16));
+        }
+
+        if (n > 48) {
+            x = _mm_and_si128(x, dsm_eq16(32));
+        }
+
+        x = _mm_and_si128(x, dsm_eq16(n - 16));
+
+        if (_mm_movemask_epi8(x) != 0xffff) {
+            return 0;
+        }
+
+        *s += n;
+
+        return 1;
+    }
+
+#undef dsm_eq16
+#endif
+
+    if (!ngx_http_dsm_eq(*s, lit, n)) {
         return 0;
     }
 
@@ -2179,11 +2335,52 @@ ngx_http_dsm_match(u_char **s, u_char *last, const char *lit, size_t n)
 
 /*
  * The closing quote of a string from s (the byte before s is its opening
- * quote), or NULL if it is not in [s, last).
+ * quote), or NULL if it is not in [s, last).  Ids, model names and
+ * stream text pieces are short: a string that ends unescaped within 32
+ * bytes is found with two 16-byte compares instead of a memchr() call
+ * (the second one ends the buffer if less than 32 bytes are left).
  */
 
 static ngx_http_dsm_inline u_char *
 ngx_http_dsm_quote(u_char *s, u_char *last)
+{
+#if (NGX_HTTP_DSM_SSE2)
+    u_char   *q, *t;
+    __m128i   quote;
+    int       m;
+
+    if (s + 16 <= last) {
+        quote = _mm_set1_epi8('"');
+        t = s;
+
+        m = _mm_movemask_epi8(_mm_cmpeq_epi8(
+                _mm_loadu_si128((__m128i *) t), quote));
+
+        if (m == 0) {
+            t = (s + 32 <= last) ? s + 16 : last - 16;
+
+            m = _mm_movemask_epi8(_mm_cmpeq_epi8(
+                    _mm_loadu_si128((__m128i *) t), quote));
+        }
+
+        if (m) {
+            q = t + __builtin_ctz(m);
+
+            if (q[-1] != '\\') {
+                return q;
+            }
+        }
+    }
+#endif
+
+    return ngx_http_dsm_quote_scan(s, last);
+}
+
+
+/* as above, for text of any length */
+
+static ngx_http_dsm_inline u_char *
+ngx_http_dsm_quote_scan(u_char *s, u_char *last)
 {
     u_char  *q, *b;
 
@@ -2217,8 +2414,25 @@ ngx_http_dsm_digits(u_char *s, u_char *last)
 
     d = s;
 
-    while (last - s >= 8) {
+    while (s + 8 <= last) {
         ngx_memcpy(&v, s, 8);
+
+#if (defined __GNUC__ || defined __clang__)
+
+        /*
+         * the high bit of each byte that is no digit, and of bytes after
+         * it: a borrow or carry only follows the first non-digit
+         */
+
+        v -= 0x3030303030303030ULL;
+        v = (v | (v + 0x7676767676767676ULL)) & 0x8080808080808080ULL;
+
+        if (v) {
+            s += __builtin_ctzll(v) >> 3;
+            return (s == d) ? NULL : s;
+        }
+
+#else
 
         /* all 8 bytes are '0'..'9' */
 
@@ -2228,6 +2442,8 @@ ngx_http_dsm_digits(u_char *s, u_char *last)
         {
             break;
         }
+
+#endif
 
         s += 8;
     }
@@ -2591,7 +2807,7 @@ ngx_http_dsm_enum(ngx_http_dsm_parse_t *p)
 }
 
 
-static void
+static ngx_http_dsm_inline void
 ngx_http_dsm_token(ngx_http_dsm_parse_t *p, ngx_uint_t answer)
 {
     p->first_token = 1;
@@ -2603,19 +2819,17 @@ ngx_http_dsm_token(ngx_http_dsm_parse_t *p, ngx_uint_t answer)
 }
 
 
+/* the usage object just read: m tells which of u it had */
+
 static void
-ngx_http_dsm_commit(ngx_http_dsm_parse_t *p)
+ngx_http_dsm_commit(ngx_http_dsm_parse_t *p, ngx_uint_t m, uint64_t *u)
 {
-    uint64_t    *u, prompt, completion, total, hit, miss, reasoning;
-    ngx_uint_t   m;
+    uint64_t  prompt, completion, total, hit, miss, reasoning;
 
     if (p->usage_invalid) {
         p->usage_seen++;
         return;
     }
-
-    m = p->umask;
-    u = p->u;
 
 #define dsm_u(f)  ((m & ((ngx_uint_t) 1 << (f))) ? u[f] : 0)
 #define dsm_has(f)  (m & ((ngx_uint_t) 1 << (f)))

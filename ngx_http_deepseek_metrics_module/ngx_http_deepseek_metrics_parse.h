@@ -167,9 +167,6 @@ typedef struct {
     uint64_t     num;
     ngx_uint_t   num_bad;
     ngx_uint_t   umask;        /* usage fields of the usage being read */
-    uint64_t     u[NGX_HTTP_DSM_USAGE_NFIELDS];
-    u_char       kind[NGX_HTTP_DSM_PARSE_KINDS];
-    u_char       kbuf[NGX_HTTP_DSM_PARSE_KEYBUF + 1];  /* a split key */
     unsigned     in_doc:1;     /* SSE: a JSON doc of this event is open */
     unsigned     doc_done:1;   /* SSE: this event's JSON doc is complete */
     unsigned     ping:1;       /* Anthropic SSE: "event: ping" event */
@@ -178,8 +175,6 @@ typedef struct {
     ngx_uint_t   mode;         /* NGX_HTTP_DSM_PARSE_JSON, _SSE, ... */
 
     /* results, valid at any time */
-    u_char       model[64];    /* first "model" value, raw JSON string
-                                  bytes (escapes not decoded), at most 63 */
     size_t       model_len;
     uint64_t     prompt_tokens, completion_tokens, total_tokens;
     uint64_t     cache_hit_tokens, cache_miss_tokens, reasoning_tokens;
@@ -214,6 +209,15 @@ typedef struct {
     /* private: an event cut by a buffer's end, kept to read it whole */
     size_t       stash_len;
     ngx_uint_t   no_stash;
+
+    /* not zeroed by init(): each is read only where it was written */
+    uint64_t     u[NGX_HTTP_DSM_USAGE_NFIELDS];  /* under umask */
+    u_char       kind[NGX_HTTP_DSM_PARSE_KINDS]; /* pushed levels */
+    u_char       kbuf[NGX_HTTP_DSM_PARSE_KEYBUF + 1];  /* a split key,
+                                  klen bytes */
+    u_char       model[64];    /* first "model" value, raw JSON string
+                                  bytes (escapes not decoded), at most 63,
+                                  model_len bytes */
 
     u_char       memo[NGX_HTTP_DSM_PARSE_MEMO];
     u_char       tail[NGX_HTTP_DSM_PARSE_TAIL];
