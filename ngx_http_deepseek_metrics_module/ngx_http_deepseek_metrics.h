@@ -702,7 +702,7 @@ void ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
 void ngx_http_dsm_resolve_endpoint(ngx_http_request_t *r,
     ngx_http_dsm_req_t *q);
 ngx_http_dsm_ctx_t *ngx_http_dsm_ctx(ngx_http_request_t *r,
-    ngx_uint_t stream);
+    ngx_http_variable_value_t *st, ngx_uint_t stream);
 void ngx_http_dsm_ctx_release(ngx_http_dsm_ctx_t *ctx);
 extern ngx_http_dsm_parse_t  ngx_http_dsm_noparse;
 void ngx_http_dsm_model_read(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
@@ -759,17 +759,9 @@ char *ngx_http_dsm_export(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* everything the request state says, with no allocation */
 
-static ngx_inline ngx_int_t
-ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
+static ngx_inline void
+ngx_http_dsm_resolve_st(ngx_http_variable_value_t *st, ngx_http_dsm_req_t *q)
 {
-    ngx_http_variable_value_t  *st;
-
-    st = ngx_http_dsm_state(r);
-
-    if (!st->valid) {
-        return NGX_DECLINED;
-    }
-
     if (ngx_http_dsm_st_has_ctx(st)) {
         q->ctx = (ngx_http_dsm_ctx_t *) st->data;
         q->dlcf = q->ctx->dlcf;
@@ -789,6 +781,21 @@ ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
     q->endpoint_index = ngx_http_dsm_st_endpoint(st);
     q->price = NULL;
     q->endpoint.len = 0;
+}
+
+
+static ngx_inline ngx_int_t
+ngx_http_dsm_resolve(ngx_http_request_t *r, ngx_http_dsm_req_t *q)
+{
+    ngx_http_variable_value_t  *st;
+
+    st = ngx_http_dsm_state(r);
+
+    if (!st->valid) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_dsm_resolve_st(st, q);
 
     return NGX_OK;
 }

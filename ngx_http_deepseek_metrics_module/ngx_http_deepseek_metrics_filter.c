@@ -86,7 +86,7 @@ ngx_http_dsm_header_filter(ngx_http_request_t *r)
                                   (u_char *) "text/event-stream", 17 - 1)
                  != NULL);
 
-    ctx = ngx_http_dsm_ctx(r, stream);
+    ctx = ngx_http_dsm_ctx(r, st, stream);
 
     if (ctx == NULL || ctx->parsing || ctx->balance || ctx->compressed) {
         return ngx_http_next_header_filter(r);

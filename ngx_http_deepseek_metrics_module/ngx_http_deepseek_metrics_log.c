@@ -93,7 +93,7 @@ ngx_http_dsm_log_handler(ngx_http_request_t *r)
 
     ngx_http_dsm_st_set_counted(st);
 
-    (void) ngx_http_dsm_resolve(r, &q);
+    ngx_http_dsm_resolve_st(st, &q);
 
     zone = q.zone;
 

@@ -56,7 +56,7 @@ ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf)
 }
 
 /*
- * The request's context, allocated on first need and found from anywhere;
+ * The request's context (st: its state), allocated on first need;
  * a JSON body needs only the first part of the scanner state.
  *
  * A proxied request has all but about 130 bytes of its 4 KB pool blocks in
@@ -69,13 +69,11 @@ ngx_http_dsm_request_init(ngx_http_dsm_main_conf_t *dmcf)
  */
 
 ngx_http_dsm_ctx_t *
-ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_uint_t stream)
+ngx_http_dsm_ctx(ngx_http_request_t *r, ngx_http_variable_value_t *st,
+    ngx_uint_t stream)
 {
-    size_t                      size;
-    ngx_http_dsm_ctx_t         *ctx;
-    ngx_http_variable_value_t  *st;
-
-    st = ngx_http_dsm_state(r);
+    size_t               size;
+    ngx_http_dsm_ctx_t  *ctx;
 
     if (!st->valid) {
         return NULL;
@@ -194,7 +192,7 @@ ngx_http_dsm_start(ngx_http_request_t *r, ngx_http_dsm_loc_conf_t *dlcf,
 
             ngx_http_dsm_st_set(st, index, kind);
 
-            ctx = ngx_http_dsm_ctx(r, 1);
+            ctx = ngx_http_dsm_ctx(r, st, 1);
             if (ctx) {
                 ctx->ext = 1;
                 ctx->endpoint = value;
