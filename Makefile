@@ -3,6 +3,7 @@
 #   make deps        install apt + npm dependencies (scripts/deps.sh; idempotent)
 #   make build       dynamic module for Debian's nginx -> build/modules/ngx_http_deepseek_metrics_module.so
 #   make build-clang the same with clang (-Werror under both compilers)
+#                    -> build/modules/nginx-dev-clang/ (the gcc .so stays)
 #   make asan        clang ASan+UBSan nginx 1.22.1 with the module static -> build/asan/sbin/nginx
 #   make test        deps + build + asan, then the whole suite twice: Debian nginx + .so,
 #                    and the ASan nginx (static). Fails if either run fails.

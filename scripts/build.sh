@@ -71,8 +71,13 @@ if [ -z "$SO_NAME" ]; then
   exit 1
 fi
 mkdir -p "$BUILD/modules"
-if [ "$MODULE_DIR" = "$REPO" ]; then
+if [ "$MODULE_DIR" = "$REPO" ] && [ "$TREE" = "$BUILD/nginx-dev" ]; then
   OUT="$BUILD/modules/ngx_http_deepseek_metrics_module.so"
+elif [ "$MODULE_DIR" = "$REPO" ]; then
+  # another compiler's build does not replace the gcc one the tests and
+  # benchmarks load
+  mkdir -p "$BUILD/modules/$(basename "$TREE")"
+  OUT="$BUILD/modules/$(basename "$TREE")/ngx_http_deepseek_metrics_module.so"
 else
   OUT="$BUILD/modules/$(basename "$SO_NAME")"
 fi
