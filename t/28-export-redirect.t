@@ -32,6 +32,19 @@ http {
         location = /metrics { deepseek_metrics_export; }
         location @metrics { deepseek_metrics_export; }
 
+        # the zone's endpoint table filled by these (counted at the log phase)
+        location /fill/ {
+            deepseek_metrics_endpoint fill$arg_e;
+            return 204;
+        }
+
+        # then a request here keeps its endpoint in a context of its own
+        location /full/ {
+            deepseek_metrics_endpoint full$arg_e;
+            proxy_pass http://127.0.0.1:1;
+            error_page 502 = /metrics;
+        }
+
         # nginx-made 502, status kept
         location /kept/ {
             proxy_pass http://127.0.0.1:1;
@@ -118,6 +131,25 @@ is($r->{status}, 200, 'a chat completion after the redirects');
 $m = $t->scrape_settled(accept => 'text');
 is_deeply(counts($m), { 'chat_completions|deepseek-flash|200' => 2 }, 'counted: 2 in all');
 is($m->value('deepseek_requests_in_flight'), 0, 'in-flight 0 at the end');
+
+# With the zone's endpoint table full, a request keeps its endpoint in a
+# context from the preaccess phase on; sent to the export location, it is not
+# counted, and its context is still given back (in the ASan build, a context
+# kept for ever is a LeakSanitizer report at the workers' exit).
+my $filled = 0;
+for my $e (1 .. 40) {
+    $filled++ if $t->http(GET => "/fill/?e=$e")->{status} == 204;
+}
+is($filled, 40, 'endpoint table filled: 40 endpoint values');
+$m = $t->scrape_settled(accept => 'text');
+my $before = $m->value('deepseek_requests_total');
+for my $i (1 .. 3) {
+    my $x = $t->http(GET => "/full/?e=$i");
+    is($x->{status}, 200, "endpoint table full, error_page 502 = /metrics #$i: the metrics");
+}
+$m = $t->scrape_settled(accept => 'text');
+is($m->value('deepseek_requests_total'), $before, 'endpoint table full: nothing more counted');
+is($m->value('deepseek_requests_in_flight'), 0, 'endpoint table full: in-flight 0');
 
 $t->stop;
 done_testing;
