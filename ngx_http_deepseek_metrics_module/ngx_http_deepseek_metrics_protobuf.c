@@ -111,6 +111,15 @@
 #define NGX_HTTP_DSM_PB_SCRATCH       (64 * 1024)
 #define NGX_HTTP_DSM_PB_HEAD          1024
 
+/*
+ * The label cache of a scrape: the label pairs of the first series of the
+ * largest zone, encoded once and used by each family; what does not fit
+ * is encoded once per family, as before.
+ */
+
+#define NGX_HTTP_DSM_PB_CACHE         (512 * 1024)
+#define NGX_HTTP_DSM_PB_CACHE_N       16384
+
 
 /*
  * The scrape's encoder state: the zone labels, the labels of the series
@@ -121,7 +130,14 @@
 typedef struct {
     ngx_str_t                    *zone;          /* zone="..": [zone] */
     ngx_str_t                     labels;        /* the series' pairs */
-    size_t                        labels_size;
+    u_char                       *buf;           /* labels, not cached */
+    u_char                       *cache;         /* label pairs, zone */
+    u_char                       *cache_last;    /* included, of the */
+    u_char                       *cache_end;     /* series [0, cache_n) */
+    uint32_t                     *cache_off;     /* [i]: i's end */
+    ngx_uint_t                    cache_n;
+    ngx_uint_t                    cache_max;
+    ngx_uint_t                    cache_zone;
     u_char                       *start;         /* the scratch */
     u_char                       *metrics;       /* start + HEAD */
     u_char                       *last;
@@ -142,6 +158,12 @@ typedef struct {
     uint64_t                      created;       /* the zone's start */
     ngx_http_dsm_snap_t          *snap;
     ngx_uint_t                    z;
+    ngx_uint_t                    series;        /* the cursor */
+    size_t                        vlen;          /* Counter or Gauge */
+    size_t                        tlen;          /* created_timestamp */
+    size_t                        tail_len;
+    u_char                        tail[16];      /* after the value */
+    double                        le[NGX_HTTP_DSM_MAX_BUCKETS];
 } ngx_http_dsm_pb_fam_t;
 
 
@@ -286,7 +308,8 @@ ngx_http_dsm_native_observe(ngx_http_dsm_layout_t *l,
 /*
  * The scrape's encoder: the zones' labels as LabelPair fields, the
  * series' label buffer (a LabelPair takes at most 8 bytes more than its
- * text, and text_len fits 16 bits) and the scratch.
+ * text, and text_len fits 16 bits), the label cache of the largest zone
+ * and the scratch.
  */
 
 void *
@@ -294,7 +317,7 @@ ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
     ngx_uint_t nzones)
 {
     u_char             *p;
-    size_t              zmax;
+    size_t              zmax, size;
     ngx_str_t          *zone;
     ngx_uint_t          z;
     ngx_http_dsm_pb_t  *pb;
@@ -323,15 +346,40 @@ ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
                                  snaps[z].name.data, snaps[z].name.len, 1);
         zone->len = p - zone->data;
         zmax = ngx_max(zmax, zone->len);
+
+        if (snaps[z].n > snaps[pb->cache_zone].n) {
+            pb->cache_zone = z;
+        }
     }
 
-    pb->labels_size = zmax + 0xffff + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
+    size = zmax + 0xffff + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
 
-    pb->labels.data = ngx_pnalloc(r->pool, pb->labels_size);
+    pb->buf = ngx_pnalloc(r->pool, size);
     pb->start = ngx_pnalloc(r->pool, NGX_HTTP_DSM_PB_SCRATCH);
 
-    if (pb->labels.data == NULL || pb->start == NULL) {
+    if (pb->buf == NULL || pb->start == NULL) {
         return NULL;
+    }
+
+    /* the pages of the cache are only touched as it fills */
+
+    pb->cache_max = nzones ? ngx_min(snaps[pb->cache_zone].n,
+                                     NGX_HTTP_DSM_PB_CACHE_N)
+                           : 0;
+
+    if (pb->cache_max) {
+        size = ngx_min(NGX_HTTP_DSM_PB_CACHE, pb->cache_max * 128);
+
+        pb->cache = ngx_pnalloc(r->pool, size);
+        pb->cache_off = ngx_palloc(r->pool,
+                                   pb->cache_max * sizeof(uint32_t));
+
+        if (pb->cache == NULL || pb->cache_off == NULL) {
+            return NULL;
+        }
+
+        pb->cache_last = pb->cache;
+        pb->cache_end = pb->cache + size;
     }
 
     pb->metrics = pb->start + NGX_HTTP_DSM_PB_HEAD;
@@ -392,8 +440,8 @@ void
 ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     ngx_uint_t z, ngx_uint_t kind, ngx_uint_t arg)
 {
-    u_char                 *mark;
-    ngx_uint_t              from, n;
+    u_char                 *p, *mark;
+    ngx_uint_t              from, n, b;
     ngx_http_dsm_pb_t      *pb;
     ngx_http_dsm_entry_t   *e;
     ngx_http_dsm_layout_t  *l;
@@ -412,6 +460,26 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     fm.created = snap ? snap->values[NGX_HTTP_DSM_V_START_TIME] : 0;
     fm.snap = snap;
     fm.z = z;
+    fm.series = 0;
+
+    /* what follows each counter's value: created_timestamp, the same */
+
+    fm.tlen = 1 + ngx_http_dsm_pb_varint_len(fm.created);
+    fm.vlen = 9;
+    fm.tail_len = 0;
+
+    if (fm.type == NGX_HTTP_DSM_PB_COUNTER) {
+        fm.vlen += ngx_http_dsm_pb_field_len(fm.tlen);
+
+        p = fm.tail;
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_COUNTER_CREATED,
+                                   NGX_HTTP_DSM_PB_LEN);
+        *p++ = (u_char) fm.tlen;
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, fm.created);
+        fm.tail_len = p - fm.tail;
+    }
 
     switch (kind) {
 
@@ -431,6 +499,10 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
         if (l->nbuckets[arg] == 0) {
             return;
+        }
+
+        for (b = 0; b < l->nbuckets[arg]; b++) {
+            fm.le[b] = (double) l->bounds[arg][b] / 1e6;
         }
 
         /* one read: the classic buckets, the sum and the native buckets */
@@ -462,6 +534,7 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     while (o->series < snap->n) {
         e = ngx_http_dsm_entry(o, snap, from, n);
         mark = pb->last;
+        fm.series = o->series;
 
         switch (kind) {
 
@@ -619,23 +692,69 @@ ngx_http_dsm_pb_room(ngx_http_dsm_pb_fam_t *fm, size_t n)
 }
 
 
-/* the series' labels as LabelPair fields, zone first */
+/*
+ * The series' labels as LabelPair fields, zone first.  Those of the
+ * cache's zone are encoded once a scrape: the cache is filled in series
+ * order up to the series asked for (a series a family skips is encoded
+ * all the same), until it is full; a series never changes its labels
+ * (series never move or go away).
+ */
 
 static ngx_str_t *
 ngx_http_dsm_pb_labels(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
 {
-    u_char             *p;
-    ngx_http_dsm_pb_t  *pb;
+    u_char                 *p;
+    ngx_uint_t              i, j;
+    ngx_http_dsm_pb_t      *pb;
+    ngx_http_dsm_series_t  *s;
 
     pb = fm->pb;
-    p = pb->labels.data;
+    i = fm->series;
+
+    if (fm->z == pb->cache_zone) {
+
+        while (pb->cache_n <= i && pb->cache_n < pb->cache_max) {
+            j = pb->cache_n;
+            s = (j == i) ? e->s : ngx_http_dsm_series(fm->snap->zone->sh, j);
+
+            if ((size_t) (pb->cache_end - pb->cache_last)
+                < pb->zone[fm->z].len + s->text_len
+                  + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2))
+            {
+                pb->cache_max = j;
+                break;
+            }
+
+            p = pb->cache_last;
+
+            if (fm->snap->prefix.len) {
+                p = ngx_cpymem(p, pb->zone[fm->z].data, pb->zone[fm->z].len);
+            }
+
+            pb->cache_last = ngx_http_dsm_pb_text_pairs(p, s->text,
+                                                        s->text_len);
+            pb->cache_off[j] = pb->cache_last - pb->cache;
+            pb->cache_n++;
+        }
+
+        if (i < pb->cache_n) {
+            pb->labels.data = pb->cache + (i ? pb->cache_off[i - 1] : 0);
+            pb->labels.len = pb->cache + pb->cache_off[i] - pb->labels.data;
+
+            return &pb->labels;
+        }
+    }
+
+    p = pb->buf;
 
     if (fm->snap->prefix.len) {
         p = ngx_cpymem(p, pb->zone[fm->z].data, pb->zone[fm->z].len);
     }
 
     p = ngx_http_dsm_pb_text_pairs(p, e->s->text, e->s->text_len);
-    pb->labels.len = p - pb->labels.data;
+
+    pb->labels.data = pb->buf;
+    pb->labels.len = p - pb->buf;
 
     return &pb->labels;
 }
@@ -687,7 +806,7 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
     ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra, double value)
 {
     u_char      *p;
-    size_t       len, vlen, tlen;
+    size_t       len;
     ngx_uint_t   i;
 
     len = labels ? labels->len : 0;
@@ -697,15 +816,9 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
                                         extra[i].value.len);
     }
 
-    vlen = 9;
-    tlen = 0;
+    /* the value's message is shorter than 128 bytes: one length byte */
 
-    if (fm->type == NGX_HTTP_DSM_PB_COUNTER) {
-        tlen = 1 + ngx_http_dsm_pb_varint_len(fm->created);
-        vlen += ngx_http_dsm_pb_field_len(tlen);
-    }
-
-    len += ngx_http_dsm_pb_field_len(vlen);
+    len += 2 + fm->vlen;
 
     p = ngx_http_dsm_pb_room(fm, ngx_http_dsm_pb_field_len(len));
     if (p == NULL) {
@@ -725,26 +838,15 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
                                  extra[i].value.data, extra[i].value.len, 0);
     }
 
-    if (fm->type == NGX_HTTP_DSM_PB_COUNTER) {
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_COUNTER,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, vlen);
-        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_COUNTER_CREATED,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, tlen);
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
-                                   NGX_HTTP_DSM_PB_VARINT);
-        p = ngx_http_dsm_pb_varint(p, fm->created);
+    *p++ = (fm->type == NGX_HTTP_DSM_PB_COUNTER)
+           ? ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_COUNTER,
+                                 NGX_HTTP_DSM_PB_LEN)
+           : ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_GAUGE,
+                                 NGX_HTTP_DSM_PB_LEN);
+    *p++ = (u_char) fm->vlen;
+    p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
 
-    } else {
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_GAUGE,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, vlen);
-        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
-    }
-
-    fm->pb->last = p;
+    fm->pb->last = ngx_cpymem(p, fm->tail, fm->tail_len);
 }
 
 
@@ -801,13 +903,14 @@ static void
 ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     ngx_uint_t h)
 {
-    u_char                    *p;
-    size_t                     len, hlen, tlen;
+    u_char                    *p, *q;
+    size_t                     len, hlen;
     uint64_t                   cum, count;
     ngx_str_t                 *labels;
-    ngx_uint_t                 b, nb;
+    ngx_uint_t                 b, nb, nex;
     ngx_atomic_uint_t         *v;
     ngx_http_dsm_layout_t     *l;
+    uint64_t                   c[NGX_HTTP_DSM_MAX_BUCKETS + 1];
     ngx_http_dsm_exemplar_t   *exp[NGX_HTTP_DSM_MAX_BUCKETS + 1];
     ngx_http_dsm_exemplar_t    ex[NGX_HTTP_DSM_MAX_BUCKETS + 1];
     ngx_http_dsm_pb_native_t   nh;
@@ -816,9 +919,12 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     nb = l->nbuckets[h];
     v = &e->v[l->offset[h]];
 
+    /* the cumulative counts, c[nb] the classic count */
+
     cum = 0;
     for (b = 0; b <= nb; b++) {
         cum += v[b];
+        c[b] = cum;
     }
 
     if (cum == 0) {
@@ -844,35 +950,47 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
         count = ngx_max(nh.total, cum);
     }
 
-    for (b = 0; b <= nb; b++) {
-        exp[b] = NULL;
+    nex = 0;
 
-        if (l->exemplar_offset && v[b]
-            && ngx_http_dsm_exemplar_read(l, e->s, h, b, &ex[b]) == NGX_OK)
-        {
-            exp[b] = &ex[b];
+    if (l->exemplar_offset) {
+        for (b = 0; b <= nb; b++) {
+            exp[b] = NULL;
+
+            if (v[b]
+                && ngx_http_dsm_exemplar_read(l, e->s, h, b, &ex[b]) == NGX_OK)
+            {
+                exp[b] = &ex[b];
+                nex++;
+            }
         }
     }
 
-    /* the sizes first: count, sum, buckets, native, created */
-
-    tlen = 1 + ngx_http_dsm_pb_varint_len(fm->created);
+    /*
+     * The sizes first: count, sum, buckets, native, created.  A Bucket
+     * is shorter than 128 bytes (an exemplar's id is at most 36): its
+     * length is one byte.
+     */
 
     hlen = 1 + ngx_http_dsm_pb_varint_len(count) + 9
-           + ngx_http_dsm_pb_field_len(tlen);
+           + ngx_http_dsm_pb_field_len(fm->tlen);
 
-    cum = 0;
     for (b = 0; b < nb; b++) {
-        cum += v[b];
-        hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(cum,
-                                                                 exp[b]));
+        hlen += 2 + 1 + ngx_http_dsm_pb_varint_len(c[b]) + 9;
     }
 
-    /* "+Inf" is sample_count, but an exemplar needs it as a bucket */
+    if (nex) {
+        for (b = 0; b < nb; b++) {
+            if (exp[b]) {
+                hlen += ngx_http_dsm_pb_bucket_len(c[b], exp[b])
+                        - (1 + ngx_http_dsm_pb_varint_len(c[b]) + 9);
+            }
+        }
 
-    if (exp[nb]) {
-        hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(
-                                                      cum + v[nb], exp[nb]));
+        /* "+Inf" is sample_count, but an exemplar needs it as a bucket */
+
+        if (exp[nb]) {
+            hlen += 2 + ngx_http_dsm_pb_bucket_len(c[nb], exp[nb]);
+        }
     }
 
     if (l->native[h]) {
@@ -902,16 +1020,29 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_H_SUM_KEY,
                                (double) v[nb + 1] / 1e6);
 
-    cum = 0;
     for (b = 0; b < nb; b++) {
-        cum += v[b];
-        p = ngx_http_dsm_pb_bucket(p, cum, (double) l->bounds[h][b] / 1e6,
-                                   exp[b]);
+        if (nex && exp[b]) {
+            p = ngx_http_dsm_pb_bucket(p, c[b], fm->le[b], exp[b]);
+            continue;
+        }
+
+        /* the Bucket's length once its count is written */
+
+        q = p;
+        p += 2;
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_BUCKET_COUNT,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, c[b]);
+        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_BUCKET_BOUND_KEY,
+                                   fm->le[b]);
+
+        q[0] = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_BUCKET,
+                                   NGX_HTTP_DSM_PB_LEN);
+        q[1] = (u_char) (p - q - 2);
     }
 
-    if (exp[nb]) {
-        p = ngx_http_dsm_pb_bucket(p, cum + v[nb], ngx_http_dsm_pb_inf(),
-                                   exp[nb]);
+    if (nex && exp[nb]) {
+        p = ngx_http_dsm_pb_bucket(p, c[nb], ngx_http_dsm_pb_inf(), exp[nb]);
     }
 
     if (l->native[h]) {
@@ -920,7 +1051,7 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
 
     *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_CREATED,
                                NGX_HTTP_DSM_PB_LEN);
-    p = ngx_http_dsm_pb_varint(p, tlen);
+    *p++ = (u_char) fm->tlen;
     *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
                                NGX_HTTP_DSM_PB_VARINT);
     p = ngx_http_dsm_pb_varint(p, fm->created);
@@ -1426,18 +1557,32 @@ ngx_http_dsm_pb_varint(u_char *p, uint64_t v)
 static ngx_inline u_char *
 ngx_http_dsm_pb_double(u_char *p, u_char key, double d)
 {
+#if !(NGX_HAVE_LITTLE_ENDIAN)
     uint64_t    u;
     ngx_uint_t  i;
-
-    ngx_memcpy(&u, &d, sizeof(uint64_t));
+#endif
 
     *p++ = key;
+
+#if (NGX_HAVE_LITTLE_ENDIAN)
+
+    /* the double's bits as they are in memory: one store */
+
+    ngx_memcpy(p, &d, sizeof(double));
+
+    return p + sizeof(double);
+
+#else
+
+    ngx_memcpy(&u, &d, sizeof(uint64_t));
 
     for (i = 0; i < 8; i++) {
         *p++ = (u_char) (u >> (8 * i));
     }
 
     return p;
+
+#endif
 }
 
 
