@@ -138,6 +138,8 @@ typedef struct {
     ngx_uint_t                    cache_n;
     ngx_uint_t                    cache_max;
     ngx_uint_t                    cache_zone;
+    ngx_str_t                     types[3];      /* type="..." pairs */
+    u_char                        types_buf[3][32];
     u_char                       *start;         /* the scratch */
     u_char                       *metrics;       /* start + HEAD */
     u_char                       *last;
@@ -208,8 +210,8 @@ static ngx_str_t *ngx_http_dsm_pb_labels(ngx_http_dsm_pb_fam_t *fm,
 static void ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
     ngx_uint_t arg);
 static void ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm,
-    ngx_str_t *labels, ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra,
-    double value);
+    ngx_str_t *labels, ngx_str_t *pairs, ngx_http_dsm_pb_label_t *extra,
+    ngx_uint_t nextra, double value);
 static void ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm,
     ngx_http_dsm_entry_t *e);
 static void ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
@@ -221,7 +223,7 @@ static size_t ngx_http_dsm_pb_bucket_len(uint64_t cum,
 static u_char *ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le,
     ngx_http_dsm_exemplar_t *ex);
 static void ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh,
-    ngx_atomic_uint_t *w);
+    volatile ngx_atomic_uint_t *w);
 static size_t ngx_http_dsm_pb_native_len(ngx_http_dsm_pb_native_t *nh);
 static size_t ngx_http_dsm_pb_span_len(ngx_http_dsm_pb_native_t *nh,
     ngx_uint_t i);
@@ -505,11 +507,14 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             fm.le[b] = (double) l->bounds[arg][b] / 1e6;
         }
 
-        /* one read: the classic buckets, the sum and the native buckets */
+        /*
+         * ngx_http_dsm_pb_histogram() reads the classic buckets, the sum
+         * and the native buckets once itself: most histograms of most
+         * series are empty, and are so found in one pass over them
+         */
 
         from = l->offset[arg];
-        n = l->native[arg] ? l->native[arg] + NGX_HTTP_DSM_NATIVE_WORDS - from
-                           : l->nbuckets[arg] + 2;
+        n = 0;
         break;
 
     default:
@@ -774,7 +779,7 @@ ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
         ngx_str_set(&extra[1].name, "nginx_version");
         ngx_str_set(&extra[1].value, NGINX_VERSION);
 
-        ngx_http_dsm_pb_sample(fm, NULL, extra, 2, 1);
+        ngx_http_dsm_pb_sample(fm, NULL, NULL, extra, 2, 1);
         break;
 
     case NGX_HTTP_DSM_KIND_IN_FLIGHT:
@@ -797,19 +802,20 @@ ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
 
 
 /*
- * One Metric with a counter or gauge value: the encoded labels (may be
- * NULL), then the extra ones.
+ * One Metric with a counter or gauge value: the encoded labels and
+ * pairs (either may be NULL), then the extra ones.
  */
 
 static void
 ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
-    ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra, double value)
+    ngx_str_t *pairs, ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra,
+    double value)
 {
     u_char      *p;
     size_t       len;
     ngx_uint_t   i;
 
-    len = labels ? labels->len : 0;
+    len = (labels ? labels->len : 0) + (pairs ? pairs->len : 0);
 
     for (i = 0; i < nextra; i++) {
         len += ngx_http_dsm_pb_pair_len(extra[i].name.len,
@@ -833,6 +839,10 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
         p = ngx_cpymem(p, labels->data, labels->len);
     }
 
+    if (pairs) {
+        p = ngx_cpymem(p, pairs->data, pairs->len);
+    }
+
     for (i = 0; i < nextra; i++) {
         p = ngx_http_dsm_pb_pair(p, extra[i].name.data, extra[i].name.len,
                                  extra[i].value.data, extra[i].value.len, 0);
@@ -853,17 +863,13 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
 static void
 ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
 {
-    u_char                   code[3];
-    uint64_t                 w;
-    ngx_str_t               *labels;
-    ngx_uint_t               j, status;
-    ngx_http_dsm_pb_label_t  extra;
-
-    ngx_str_set(&extra.name, "status");
-    extra.value.data = code;
-    extra.value.len = 3;
+    u_char      *code, buf[16];
+    uint64_t     w;
+    ngx_str_t   *labels, pair;
+    ngx_uint_t   j, status;
 
     labels = NULL;
+    code = NULL;
 
     for (j = 0; j < e->nslots; j++) {
         w = e->slots[j];
@@ -876,8 +882,16 @@ ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
             continue;
         }
 
+        /* the status pair is encoded once, its code set for each slot */
+
         if (labels == NULL) {
             labels = ngx_http_dsm_pb_labels(fm, e);
+
+            pair.data = buf;
+            pair.len = ngx_http_dsm_pb_pair(buf, (u_char *) "status", 6,
+                                            (u_char *) "000", 3, 0)
+                       - buf;
+            code = buf + pair.len - 3;
         }
 
         status = ngx_http_dsm_tag_code(w);
@@ -885,7 +899,7 @@ ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
         code[1] = (u_char) ('0' + status / 10 % 10);
         code[2] = (u_char) ('0' + status % 10);
 
-        ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+        ngx_http_dsm_pb_sample(fm, labels, &pair, NULL, 0,
                                (double) ngx_http_dsm_slot_count(w));
     }
 }
@@ -903,26 +917,28 @@ static void
 ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     ngx_uint_t h)
 {
-    u_char                    *p, *q;
-    size_t                     len, hlen;
-    uint64_t                   cum, count;
-    ngx_str_t                 *labels;
-    ngx_uint_t                 b, nb, nex;
-    ngx_atomic_uint_t         *v;
-    ngx_http_dsm_layout_t     *l;
-    uint64_t                   c[NGX_HTTP_DSM_MAX_BUCKETS + 1];
-    ngx_http_dsm_exemplar_t   *exp[NGX_HTTP_DSM_MAX_BUCKETS + 1];
-    ngx_http_dsm_exemplar_t    ex[NGX_HTTP_DSM_MAX_BUCKETS + 1];
-    ngx_http_dsm_pb_native_t   nh;
+    u_char                       *p, *q;
+    size_t                        len, hlen;
+    uint64_t                      cum, count;
+    ngx_str_t                    *labels;
+    ngx_uint_t                    b, nb, nex;
+    ngx_http_dsm_layout_t        *l;
+    volatile ngx_atomic_uint_t   *sv;
+    uint64_t                      v[NGX_HTTP_DSM_MAX_BUCKETS + 2];
+    uint64_t                      c[NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_exemplar_t      *exp[NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_exemplar_t       ex[NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_pb_native_t      nh;
 
     l = fm->snap->layout;
     nb = l->nbuckets[h];
-    v = &e->v[l->offset[h]];
+    sv = &e->s->v[l->offset[h]];
 
-    /* the cumulative counts, c[nb] the classic count */
+    /* one read of the buckets: c[] cumulative, c[nb] the classic count */
 
     cum = 0;
     for (b = 0; b <= nb; b++) {
+        v[b] = sv[b];
         cum += v[b];
         c[b] = cum;
     }
@@ -930,6 +946,8 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     if (cum == 0) {
         return;
     }
+
+    v[nb + 1] = sv[nb + 1];
 
     /*
      * An observation is counted in the native buckets first and they
@@ -946,7 +964,7 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     nh.ndeltas = 0;
 
     if (l->native[h]) {
-        ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
+        ngx_http_dsm_pb_native(&nh, &e->s->v[l->native[h]]);
         count = ngx_max(nh.total, cum);
     }
 
@@ -1147,13 +1165,14 @@ ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le,
  */
 
 static void
-ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh, ngx_atomic_uint_t *w)
+ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh,
+    volatile ngx_atomic_uint_t *w)
 {
     uint64_t    c, prev;
     ngx_int_t   k, last;
 
     nh->zero = w[0];
-    nh->total = w[0];
+    nh->total = nh->zero;
     nh->nspans = 0;
     nh->ndeltas = 0;
 
@@ -1292,6 +1311,7 @@ ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     ngx_str_t               *labels;
     ngx_uint_t               t;
     ngx_atomic_uint_t       *v;
+    ngx_http_dsm_pb_t       *pb;
     ngx_http_dsm_pb_label_t  extra;
 
     static ngx_str_t  types[] = {
@@ -1318,23 +1338,31 @@ ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     switch (arg) {
 
     case NGX_HTTP_DSM_TOKENS_BY_TYPE:
-        ngx_str_set(&extra.name, "type");
+        pb = fm->pb;
 
         for (t = 0; t < 3; t++) {
-            extra.value = types[t];
-            ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+            if (pb->types[t].len == 0) {
+                pb->types[t].data = pb->types_buf[t];
+                pb->types[t].len = ngx_http_dsm_pb_pair(pb->types_buf[t],
+                                                        (u_char *) "type", 4,
+                                                        types[t].data,
+                                                        types[t].len, 0)
+                                   - pb->types_buf[t];
+            }
+
+            ngx_http_dsm_pb_sample(fm, labels, &pb->types[t], NULL, 0,
                                    (double) v[NGX_HTTP_DSM_C_HIT + t]);
         }
 
         break;
 
     case NGX_HTTP_DSM_TOKENS_REASONING:
-        ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, labels, NULL, NULL, 0,
                                (double) v[NGX_HTTP_DSM_C_REASONING]);
         break;
 
     case NGX_HTTP_DSM_TOKENS_KEEPALIVE:
-        ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, labels, NULL, NULL, 0,
                                (double) v[NGX_HTTP_DSM_C_KEEPALIVE]);
         break;
 
@@ -1352,7 +1380,7 @@ ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
         extra.value.len = ngx_http_dsm_pb_unescape(cur, e->s->currency,
                                                   e->s->currency_len);
 
-        ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+        ngx_http_dsm_pb_sample(fm, labels, NULL, &extra, 1,
                                (double) v[NGX_HTTP_DSM_C_COST] / 1e12);
         break;
     }
@@ -1392,7 +1420,7 @@ ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm)
             continue;
         }
 
-        ngx_http_dsm_pb_sample(fm, prefix, &extra, 1,
+        ngx_http_dsm_pb_sample(fm, prefix, NULL, &extra, 1,
                                (double) snap->in_flight[j]);
     }
 }
@@ -1423,7 +1451,7 @@ ngx_http_dsm_pb_reasons(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
 
         extra.value = *ngx_http_dsm_reason_name(missing, r);
 
-        ngx_http_dsm_pb_sample(fm, labels, &extra, 1, (double) n[r]);
+        ngx_http_dsm_pb_sample(fm, labels, NULL, &extra, 1, (double) n[r]);
     }
 }
 
@@ -1439,7 +1467,7 @@ ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
     zone = &fm->pb->zone[fm->z];
 
     if (arg != NGX_HTTP_DSM_V_SERIES) {
-        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, NULL, 0,
                                (double) snap->values[arg]);
         return;
     }
@@ -1447,11 +1475,11 @@ ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
     ngx_str_set(&extra.name, "state");
 
     ngx_str_set(&extra.value, "used");
-    ngx_http_dsm_pb_sample(fm, zone, &extra, 1,
+    ngx_http_dsm_pb_sample(fm, zone, NULL, &extra, 1,
                            (double) snap->values[NGX_HTTP_DSM_V_SERIES]);
 
     ngx_str_set(&extra.value, "capacity");
-    ngx_http_dsm_pb_sample(fm, zone, &extra, 1,
+    ngx_http_dsm_pb_sample(fm, zone, NULL, &extra, 1,
                            (double) snap->values[NGX_HTTP_DSM_V_CAPACITY]);
 }
 
@@ -1473,14 +1501,14 @@ ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
     }
 
     if (arg == NGX_HTTP_DSM_BAL_AVAILABLE) {
-        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, NULL, 0,
                                bs->available ? 1 : 0);
         return;
     }
 
     if (arg == NGX_HTTP_DSM_BAL_UPDATED) {
         /* milliseconds: the double nearest the text's decimal */
-        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, NULL, 0,
                                (double) bs->updated / 1e3);
         return;
     }
@@ -1502,7 +1530,7 @@ ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
             extra[1].value.data = (u_char *) ngx_http_dsm_balance_types[t];
             extra[1].value.len = ngx_strlen(ngx_http_dsm_balance_types[t]);
 
-            ngx_http_dsm_pb_sample(fm, zone, extra, 2,
+            ngx_http_dsm_pb_sample(fm, zone, NULL, extra, 2,
                                    (double) (int64_t) bs->slots[i].amount[t]
                                    / 1e6);
         }
