@@ -207,7 +207,7 @@ static u_char *ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen,
 static u_char *ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text,
     size_t len);
 static ngx_inline void ngx_http_dsm_pb_prefetch(ngx_http_dsm_snap_t *snap,
-    ngx_uint_t i, ngx_uint_t from, ngx_uint_t n);
+    ngx_uint_t i, ngx_uint_t from, ngx_uint_t n, ngx_uint_t text);
 static ngx_uint_t ngx_http_dsm_pb_retry(ngx_http_dsm_out_t *o, u_char *mark);
 static ngx_inline u_char *ngx_http_dsm_pb_room(ngx_http_dsm_pb_fam_t *fm,
     size_t n);
@@ -547,7 +547,9 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
     while (o->series < snap->n) {
         ngx_http_dsm_pb_prefetch(snap, o->series + NGX_HTTP_DSM_PB_AHEAD,
-                                 from, span);
+                                 from, span,
+                                 z == pb->cache_zone
+                                 && pb->cache_n < pb->cache_max);
 
         e = ngx_http_dsm_entry(o, snap, from, n);
         mark = pb->last;
@@ -589,12 +591,14 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
  * A family's pass over 10,000 series of ~1 KB reads 10 MB of the zone,
  * more than the caches keep from one family to the next: the counters
  * [from, from + n) of a series further on are asked for before they are
- * read, so that the waits overlap.
+ * read, so that the waits overlap; while the label cache fills, the label
+ * text of a series half as far on (its record's pointer is in the lines
+ * asked for before).
  */
 
 static ngx_inline void
 ngx_http_dsm_pb_prefetch(ngx_http_dsm_snap_t *snap, ngx_uint_t i,
-    ngx_uint_t from, ngx_uint_t n)
+    ngx_uint_t from, ngx_uint_t n, ngx_uint_t text)
 {
 #if (defined __GNUC__ || defined __clang__)
     u_char                 *p, *last;
@@ -614,6 +618,14 @@ ngx_http_dsm_pb_prefetch(ngx_http_dsm_snap_t *snap, ngx_uint_t i,
     }
 
     __builtin_prefetch(last - 1);
+
+    /* the label text of the next series the cache takes */
+
+    if (text && i - NGX_HTTP_DSM_PB_AHEAD / 2 < snap->n) {
+        s = ngx_http_dsm_series(snap->zone->sh,
+                                i - NGX_HTTP_DSM_PB_AHEAD / 2);
+        __builtin_prefetch(s->text);
+    }
 #endif
 }
 
