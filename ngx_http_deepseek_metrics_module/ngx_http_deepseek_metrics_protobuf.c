@@ -120,6 +120,16 @@
 #define NGX_HTTP_DSM_PB_CACHE         (512 * 1024)
 #define NGX_HTTP_DSM_PB_CACHE_N       16384
 
+/*
+ * What a series had at the first family's pass (a bit a family over
+ * series): the histograms' bits are their indexes.
+ */
+
+#define NGX_HTTP_DSM_PB_KEEPALIVE     (1 << NGX_HTTP_DSM_NHIST)
+#define NGX_HTTP_DSM_PB_TOKENS        (1 << (NGX_HTTP_DSM_NHIST + 1))
+#define NGX_HTTP_DSM_PB_ERRORS        (1 << (NGX_HTTP_DSM_NHIST + 2))
+#define NGX_HTTP_DSM_PB_MISSING       (1 << (NGX_HTTP_DSM_NHIST + 3))
+
 /* the series read that many ahead of the one encoded is prefetched */
 
 #define NGX_HTTP_DSM_PB_AHEAD         8
@@ -144,6 +154,8 @@ typedef struct {
     ngx_uint_t                    cache_zone;
     ngx_str_t                     types[3];      /* type="..." pairs */
     u_char                        types_buf[3][32];
+    uint16_t                    **seen;          /* [zone][series] */
+    ngx_uint_t                   *seen_all;      /* [zone]: 1 when set */
     u_char                       *start;         /* the scratch */
     u_char                       *metrics;       /* start + HEAD */
     u_char                       *last;
@@ -206,6 +218,8 @@ static u_char *ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen,
     u_char *value, size_t vlen, ngx_uint_t escaped);
 static u_char *ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text,
     size_t len);
+static ngx_uint_t ngx_http_dsm_pb_seen(ngx_http_dsm_snap_t *snap,
+    ngx_http_dsm_entry_t *e);
 static ngx_inline void ngx_http_dsm_pb_prefetch(ngx_http_dsm_snap_t *snap,
     ngx_uint_t i, ngx_uint_t from, ngx_uint_t n, ngx_uint_t text);
 static ngx_uint_t ngx_http_dsm_pb_retry(ngx_http_dsm_out_t *o, u_char *mark);
@@ -369,6 +383,22 @@ ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
         return NULL;
     }
 
+    /* what each series had, by zone: 2 bytes a series */
+
+    pb->seen = ngx_palloc(r->pool, (nzones + 1) * sizeof(uint16_t *));
+    pb->seen_all = ngx_pcalloc(r->pool, (nzones + 1) * sizeof(ngx_uint_t));
+
+    if (pb->seen == NULL || pb->seen_all == NULL) {
+        return NULL;
+    }
+
+    for (z = 0; z < nzones; z++) {
+        pb->seen[z] = ngx_palloc(r->pool, snaps[z].n * sizeof(uint16_t));
+        if (pb->seen[z] == NULL) {
+            return NULL;
+        }
+    }
+
     /* the pages of the cache are only touched as it fills */
 
     pb->cache_max = nzones ? ngx_min(snaps[pb->cache_zone].n,
@@ -449,7 +479,8 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     ngx_uint_t z, ngx_uint_t kind, ngx_uint_t arg)
 {
     u_char                 *p, *mark;
-    ngx_uint_t              from, n, b, span;
+    uint16_t               *seen;
+    ngx_uint_t              from, n, b, h, span, bit;
     ngx_http_dsm_pb_t      *pb;
     ngx_http_dsm_entry_t   *e;
     ngx_http_dsm_layout_t  *l;
@@ -492,16 +523,37 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     switch (kind) {
 
     case NGX_HTTP_DSM_KIND_REQUESTS:
+
+        /* the first family: the counters of all the others are looked at */
+
+        from = 0;
+        n = NGX_HTTP_DSM_NSLOTS;
+        span = NGX_HTTP_DSM_NCOUNTERS;
+        bit = 0;
+
+        l = snap->layout;
+
+        for (h = 0; h < NGX_HTTP_DSM_NHIST; h++) {
+            if (l->nbuckets[h]) {
+                span = ngx_max(span, l->offset[h] + l->nbuckets[h] + 1);
+            }
+        }
+
+        break;
+
     case NGX_HTTP_DSM_KIND_REASONS:
         from = 0;
         n = NGX_HTTP_DSM_NSLOTS;
         span = n;
+        bit = arg ? NGX_HTTP_DSM_PB_MISSING : NGX_HTTP_DSM_PB_ERRORS;
         break;
 
     case NGX_HTTP_DSM_KIND_TOKENS:
         from = NGX_HTTP_DSM_C_HIT;
         n = NGX_HTTP_DSM_NCOUNTERS - NGX_HTTP_DSM_C_HIT;
         span = n;
+        bit = (arg == NGX_HTTP_DSM_TOKENS_KEEPALIVE) ? NGX_HTTP_DSM_PB_KEEPALIVE
+                                                     : NGX_HTTP_DSM_PB_TOKENS;
         break;
 
     case NGX_HTTP_DSM_KIND_HISTOGRAM:
@@ -524,6 +576,7 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         from = l->offset[arg];
         n = 0;
         span = l->nbuckets[arg] + 2;
+        bit = 1 << arg;
         break;
 
     default:
@@ -545,7 +598,24 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         }
     }
 
+    /*
+     * A series that had nothing of the family at the first family's pass
+     * is not read again: the counters only grow, so the scrape shows it
+     * as it was then (most series have no samples in most families).
+     */
+
+    seen = pb->seen[z];
+
+    if (!pb->seen_all[z]) {
+        bit = 0;
+    }
+
     while (o->series < snap->n) {
+        if (bit && !(seen[o->series] & bit)) {
+            o->series++;
+            continue;
+        }
+
         ngx_http_dsm_pb_prefetch(snap, o->series + NGX_HTTP_DSM_PB_AHEAD,
                                  from, span,
                                  z == pb->cache_zone
@@ -558,6 +628,7 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         switch (kind) {
 
         case NGX_HTTP_DSM_KIND_REQUESTS:
+            seen[o->series] = ngx_http_dsm_pb_seen(snap, e);
             ngx_http_dsm_pb_requests(&fm, e);
             break;
 
@@ -584,6 +655,60 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
         o->series++;
     }
+
+    if (kind == NGX_HTTP_DSM_KIND_REQUESTS) {
+        pb->seen_all[z] = 1;
+    }
+}
+
+
+/*
+ * What a series has, for the families after the first: the classic
+ * buckets of a histogram (the native ones are counted first, but a
+ * histogram is only sent once a classic bucket has it), the token
+ * counters, the reasons of its slots.
+ */
+
+static ngx_uint_t
+ngx_http_dsm_pb_seen(ngx_http_dsm_snap_t *snap, ngx_http_dsm_entry_t *e)
+{
+    uint64_t                      n[NGX_HTTP_DSM_NREASONS];
+    ngx_uint_t                    h, b, f;
+    ngx_http_dsm_layout_t        *l;
+    volatile ngx_atomic_uint_t   *v;
+
+    l = snap->layout;
+    v = e->s->v;
+    f = 0;
+
+    for (h = 0; h < NGX_HTTP_DSM_NHIST; h++) {
+        for (b = 0; b < l->nbuckets[h] + 1 && l->nbuckets[h]; b++) {
+            if (v[l->offset[h] + b]) {
+                f |= 1 << h;
+                break;
+            }
+        }
+    }
+
+    if (v[NGX_HTTP_DSM_C_KEEPALIVE]) {
+        f |= NGX_HTTP_DSM_PB_KEEPALIVE;
+    }
+
+    if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
+        + v[NGX_HTTP_DSM_C_OUTPUT])
+    {
+        f |= NGX_HTTP_DSM_PB_TOKENS;
+    }
+
+    if (ngx_http_dsm_entry_reasons(e, 0, n)) {
+        f |= NGX_HTTP_DSM_PB_ERRORS;
+    }
+
+    if (ngx_http_dsm_entry_reasons(e, 1, n)) {
+        f |= NGX_HTTP_DSM_PB_MISSING;
+    }
+
+    return f;
 }
 
 
