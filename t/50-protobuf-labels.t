@@ -9,6 +9,9 @@
 #  B. A second, smaller zone whose series have the same indexes: its
 #     Metrics carry its own labels, not the cached ones; two statuses of a
 #     series each with its own code.
+#  C. The families after the first read only the series the first pass
+#     found something of theirs in: a latency histogram whose observations
+#     are all above its last bound ("+Inf" only) is still sent.
 
 use strict;
 use warnings;
@@ -26,12 +29,14 @@ my $PROM_NATIVE = 'application/vnd.google.protobuf;proto=io.prometheus.client.Me
     . 'text/plain;version=0.0.4;q=0.6,*/*;q=0.5';
 
 my $t = DSM::Test->new(workers => 1);
+$t->mock_start;
 $t->write_conf(<<'EOF');
 %%MODULE%%
 %%COMMON%%
 http {
     deepseek_metrics_zone big:16m;
     deepseek_metrics_zone small:1m histograms=latency;
+    deepseek_metrics_zone inf:1m buckets=0.1 histograms=latency;
 
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -45,6 +50,11 @@ http {
             deepseek_metrics small;
             deepseek_metrics_label v $arg_v;
             return 204;
+        }
+        location /inf/ {
+            deepseek_metrics inf;
+            proxy_set_header Accept-Encoding "";
+            proxy_pass http://127.0.0.1:%%MOCK_PORT%%/;
         }
         location /small404 {
             deepseek_metrics small;
@@ -98,6 +108,10 @@ my @paths = map { "/big?u=$_&pad=" . pad($_) } 1 .. $sets;
 push @paths, map { "/small?v=s$_" } 1 .. 40;
 push @paths, map { "/small404?v=s$_" } grep { $_ % 3 == 0 } 1 .. 40;
 is(fill(@paths), scalar @paths, scalar(@paths) . ' requests');
+my $slow = $t->chat(stream => 1, path => '/inf/chat/completions', mock => 'keepalive_ms=200',
+                    timeout => 10);
+is($slow->{status}, 200, 'C: a stream slower than 0.1 s');
+$t->scrape_settled;
 
 my $text = $t->scrape(accept => 'text');
 my $r = $t->http(GET => '/metrics', port => $mport, headers => { Accept => $PROM_NATIVE });
@@ -160,6 +174,12 @@ is(scalar(grep { !defined $_->{labels}{v} || defined $_->{labels}{u} } @small), 
 my %codes;
 $codes{ $_->{labels}{status} }++ for @small;
 is(join(',', map { "$_=$codes{$_}" } sort keys %codes), '204=40,404=13', 'B: each status with its code');
+
+# C: "+Inf" only
+my ($inf) = grep { ($_->{labels}{zone} // '') eq 'inf' }
+            map { @{ $_->{metrics} } } grep { $_->{name} eq 'deepseek_request_latency_seconds' } @fams;
+ok($inf && $inf->{histogram}{count} == 1 && !grep({ $_->[1] } @{ $inf->{histogram}{buckets} }),
+   'C: zone inf: the latency histogram, its one observation above 0.1 s');
 
 $t->stop;
 done_testing;
