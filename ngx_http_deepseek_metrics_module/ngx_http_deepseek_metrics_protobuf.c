@@ -111,6 +111,29 @@
 #define NGX_HTTP_DSM_PB_SCRATCH       (64 * 1024)
 #define NGX_HTTP_DSM_PB_HEAD          1024
 
+/*
+ * The label cache of a scrape: the label pairs of the first series of the
+ * largest zone, encoded once and used by each family; what does not fit
+ * is encoded once per family, as before.
+ */
+
+#define NGX_HTTP_DSM_PB_CACHE         (512 * 1024)
+#define NGX_HTTP_DSM_PB_CACHE_N       16384
+
+/*
+ * What a series had at the first family's pass (a bit a family over
+ * series): the histograms' bits are their indexes.
+ */
+
+#define NGX_HTTP_DSM_PB_KEEPALIVE     (1 << NGX_HTTP_DSM_NHIST)
+#define NGX_HTTP_DSM_PB_TOKENS        (1 << (NGX_HTTP_DSM_NHIST + 1))
+#define NGX_HTTP_DSM_PB_ERRORS        (1 << (NGX_HTTP_DSM_NHIST + 2))
+#define NGX_HTTP_DSM_PB_MISSING       (1 << (NGX_HTTP_DSM_NHIST + 3))
+
+/* the series read that many ahead of the one encoded is prefetched */
+
+#define NGX_HTTP_DSM_PB_AHEAD         8
+
 
 /*
  * The scrape's encoder state: the zone labels, the labels of the series
@@ -121,7 +144,18 @@
 typedef struct {
     ngx_str_t                    *zone;          /* zone="..": [zone] */
     ngx_str_t                     labels;        /* the series' pairs */
-    size_t                        labels_size;
+    u_char                       *buf;           /* labels, not cached */
+    u_char                       *cache;         /* label pairs, zone */
+    u_char                       *cache_last;    /* included, of the */
+    u_char                       *cache_end;     /* series [0, cache_n) */
+    uint32_t                     *cache_off;     /* [i]: i's end */
+    ngx_uint_t                    cache_n;
+    ngx_uint_t                    cache_max;
+    ngx_uint_t                    cache_zone;
+    ngx_str_t                     types[3];      /* type="..." pairs */
+    u_char                        types_buf[3][32];
+    uint16_t                    **seen;          /* [zone][series] */
+    ngx_uint_t                   *seen_all;      /* [zone]: 1 when set */
     u_char                       *start;         /* the scratch */
     u_char                       *metrics;       /* start + HEAD */
     u_char                       *last;
@@ -142,6 +176,12 @@ typedef struct {
     uint64_t                      created;       /* the zone's start */
     ngx_http_dsm_snap_t          *snap;
     ngx_uint_t                    z;
+    ngx_uint_t                    series;        /* the cursor */
+    size_t                        vlen;          /* Counter or Gauge */
+    size_t                        tlen;          /* created_timestamp */
+    size_t                        tail_len;
+    u_char                        tail[16];      /* after the value */
+    double                        le[NGX_HTTP_DSM_MAX_BUCKETS];
 } ngx_http_dsm_pb_fam_t;
 
 
@@ -178,6 +218,10 @@ static u_char *ngx_http_dsm_pb_pair(u_char *p, u_char *name, size_t nlen,
     u_char *value, size_t vlen, ngx_uint_t escaped);
 static u_char *ngx_http_dsm_pb_text_pairs(u_char *p, u_char *text,
     size_t len);
+static ngx_uint_t ngx_http_dsm_pb_seen(ngx_http_dsm_snap_t *snap,
+    ngx_http_dsm_entry_t *e);
+static ngx_inline void ngx_http_dsm_pb_prefetch(ngx_http_dsm_snap_t *snap,
+    ngx_uint_t i, ngx_uint_t from, ngx_uint_t n, ngx_uint_t text);
 static ngx_uint_t ngx_http_dsm_pb_retry(ngx_http_dsm_out_t *o, u_char *mark);
 static ngx_inline u_char *ngx_http_dsm_pb_room(ngx_http_dsm_pb_fam_t *fm,
     size_t n);
@@ -186,8 +230,8 @@ static ngx_str_t *ngx_http_dsm_pb_labels(ngx_http_dsm_pb_fam_t *fm,
 static void ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
     ngx_uint_t arg);
 static void ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm,
-    ngx_str_t *labels, ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra,
-    double value);
+    ngx_str_t *labels, ngx_str_t *pairs, ngx_http_dsm_pb_label_t *extra,
+    ngx_uint_t nextra, double value);
 static void ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm,
     ngx_http_dsm_entry_t *e);
 static void ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm,
@@ -199,7 +243,7 @@ static size_t ngx_http_dsm_pb_bucket_len(uint64_t cum,
 static u_char *ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le,
     ngx_http_dsm_exemplar_t *ex);
 static void ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh,
-    ngx_atomic_uint_t *w);
+    volatile ngx_atomic_uint_t *w);
 static size_t ngx_http_dsm_pb_native_len(ngx_http_dsm_pb_native_t *nh);
 static size_t ngx_http_dsm_pb_span_len(ngx_http_dsm_pb_native_t *nh,
     ngx_uint_t i);
@@ -286,7 +330,8 @@ ngx_http_dsm_native_observe(ngx_http_dsm_layout_t *l,
 /*
  * The scrape's encoder: the zones' labels as LabelPair fields, the
  * series' label buffer (a LabelPair takes at most 8 bytes more than its
- * text, and text_len fits 16 bits) and the scratch.
+ * text, and text_len fits 16 bits), the label cache of the largest zone
+ * and the scratch.
  */
 
 void *
@@ -294,7 +339,7 @@ ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
     ngx_uint_t nzones)
 {
     u_char             *p;
-    size_t              zmax;
+    size_t              zmax, size;
     ngx_str_t          *zone;
     ngx_uint_t          z;
     ngx_http_dsm_pb_t  *pb;
@@ -323,15 +368,56 @@ ngx_http_dsm_pb_init(ngx_http_request_t *r, ngx_http_dsm_snap_t *snaps,
                                  snaps[z].name.data, snaps[z].name.len, 1);
         zone->len = p - zone->data;
         zmax = ngx_max(zmax, zone->len);
+
+        if (snaps[z].n > snaps[pb->cache_zone].n) {
+            pb->cache_zone = z;
+        }
     }
 
-    pb->labels_size = zmax + 0xffff + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
+    size = zmax + 0xffff + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2);
 
-    pb->labels.data = ngx_pnalloc(r->pool, pb->labels_size);
+    pb->buf = ngx_pnalloc(r->pool, size);
     pb->start = ngx_pnalloc(r->pool, NGX_HTTP_DSM_PB_SCRATCH);
 
-    if (pb->labels.data == NULL || pb->start == NULL) {
+    if (pb->buf == NULL || pb->start == NULL) {
         return NULL;
+    }
+
+    /* what each series had, by zone: 2 bytes a series */
+
+    pb->seen = ngx_palloc(r->pool, (nzones + 1) * sizeof(uint16_t *));
+    pb->seen_all = ngx_pcalloc(r->pool, (nzones + 1) * sizeof(ngx_uint_t));
+
+    if (pb->seen == NULL || pb->seen_all == NULL) {
+        return NULL;
+    }
+
+    for (z = 0; z < nzones; z++) {
+        pb->seen[z] = ngx_palloc(r->pool, snaps[z].n * sizeof(uint16_t));
+        if (pb->seen[z] == NULL) {
+            return NULL;
+        }
+    }
+
+    /* the pages of the cache are only touched as it fills */
+
+    pb->cache_max = nzones ? ngx_min(snaps[pb->cache_zone].n,
+                                     NGX_HTTP_DSM_PB_CACHE_N)
+                           : 0;
+
+    if (pb->cache_max) {
+        size = ngx_min(NGX_HTTP_DSM_PB_CACHE, pb->cache_max * 128);
+
+        pb->cache = ngx_pnalloc(r->pool, size);
+        pb->cache_off = ngx_palloc(r->pool,
+                                   pb->cache_max * sizeof(uint32_t));
+
+        if (pb->cache == NULL || pb->cache_off == NULL) {
+            return NULL;
+        }
+
+        pb->cache_last = pb->cache;
+        pb->cache_end = pb->cache + size;
     }
 
     pb->metrics = pb->start + NGX_HTTP_DSM_PB_HEAD;
@@ -392,8 +478,9 @@ void
 ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     ngx_uint_t z, ngx_uint_t kind, ngx_uint_t arg)
 {
-    u_char                 *mark;
-    ngx_uint_t              from, n;
+    u_char                 *p, *mark;
+    uint16_t               *seen;
+    ngx_uint_t              from, n, b, h, span, bit;
     ngx_http_dsm_pb_t      *pb;
     ngx_http_dsm_entry_t   *e;
     ngx_http_dsm_layout_t  *l;
@@ -412,18 +499,61 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
     fm.created = snap ? snap->values[NGX_HTTP_DSM_V_START_TIME] : 0;
     fm.snap = snap;
     fm.z = z;
+    fm.series = 0;
+
+    /* what follows each counter's value: created_timestamp, the same */
+
+    fm.tlen = 1 + ngx_http_dsm_pb_varint_len(fm.created);
+    fm.vlen = 9;
+    fm.tail_len = 0;
+
+    if (fm.type == NGX_HTTP_DSM_PB_COUNTER) {
+        fm.vlen += ngx_http_dsm_pb_field_len(fm.tlen);
+
+        p = fm.tail;
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_COUNTER_CREATED,
+                                   NGX_HTTP_DSM_PB_LEN);
+        *p++ = (u_char) fm.tlen;
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, fm.created);
+        fm.tail_len = p - fm.tail;
+    }
 
     switch (kind) {
 
     case NGX_HTTP_DSM_KIND_REQUESTS:
+
+        /* the first family: the counters of all the others are looked at */
+
+        from = 0;
+        n = NGX_HTTP_DSM_NSLOTS;
+        span = NGX_HTTP_DSM_NCOUNTERS;
+        bit = 0;
+
+        l = snap->layout;
+
+        for (h = 0; h < NGX_HTTP_DSM_NHIST; h++) {
+            if (l->nbuckets[h]) {
+                span = ngx_max(span, l->offset[h] + l->nbuckets[h] + 1);
+            }
+        }
+
+        break;
+
     case NGX_HTTP_DSM_KIND_REASONS:
         from = 0;
         n = NGX_HTTP_DSM_NSLOTS;
+        span = n;
+        bit = arg ? NGX_HTTP_DSM_PB_MISSING : NGX_HTTP_DSM_PB_ERRORS;
         break;
 
     case NGX_HTTP_DSM_KIND_TOKENS:
         from = NGX_HTTP_DSM_C_HIT;
         n = NGX_HTTP_DSM_NCOUNTERS - NGX_HTTP_DSM_C_HIT;
+        span = n;
+        bit = (arg == NGX_HTTP_DSM_TOKENS_KEEPALIVE) ? NGX_HTTP_DSM_PB_KEEPALIVE
+                                                     : NGX_HTTP_DSM_PB_TOKENS;
         break;
 
     case NGX_HTTP_DSM_KIND_HISTOGRAM:
@@ -433,11 +563,20 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
             return;
         }
 
-        /* one read: the classic buckets, the sum and the native buckets */
+        for (b = 0; b < l->nbuckets[arg]; b++) {
+            fm.le[b] = (double) l->bounds[arg][b] / 1e6;
+        }
+
+        /*
+         * ngx_http_dsm_pb_histogram() reads the classic buckets, the sum
+         * and the native buckets once itself: most histograms of most
+         * series are empty, and are so found in one pass over them
+         */
 
         from = l->offset[arg];
-        n = l->native[arg] ? l->native[arg] + NGX_HTTP_DSM_NATIVE_WORDS - from
-                           : l->nbuckets[arg] + 2;
+        n = 0;
+        span = l->nbuckets[arg] + 2;
+        bit = 1 << arg;
         break;
 
     default:
@@ -459,13 +598,37 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
         }
     }
 
+    /*
+     * A series that had nothing of the family at the first family's pass
+     * is not read again: the counters only grow, so the scrape shows it
+     * as it was then (most series have no samples in most families).
+     */
+
+    seen = pb->seen[z];
+
+    if (!pb->seen_all[z]) {
+        bit = 0;
+    }
+
     while (o->series < snap->n) {
+        if (bit && !(seen[o->series] & bit)) {
+            o->series++;
+            continue;
+        }
+
+        ngx_http_dsm_pb_prefetch(snap, o->series + NGX_HTTP_DSM_PB_AHEAD,
+                                 from, span,
+                                 z == pb->cache_zone
+                                 && pb->cache_n < pb->cache_max);
+
         e = ngx_http_dsm_entry(o, snap, from, n);
         mark = pb->last;
+        fm.series = o->series;
 
         switch (kind) {
 
         case NGX_HTTP_DSM_KIND_REQUESTS:
+            seen[o->series] = ngx_http_dsm_pb_seen(snap, e);
             ngx_http_dsm_pb_requests(&fm, e);
             break;
 
@@ -492,6 +655,103 @@ ngx_http_dsm_pb_emit(ngx_http_dsm_out_t *o, ngx_http_dsm_snap_t *snap,
 
         o->series++;
     }
+
+    if (kind == NGX_HTTP_DSM_KIND_REQUESTS) {
+        pb->seen_all[z] = 1;
+    }
+}
+
+
+/*
+ * What a series has, for the families after the first: the classic
+ * buckets of a histogram (the native ones are counted first, but a
+ * histogram is only sent once a classic bucket has it), the token
+ * counters, the reasons of its slots.
+ */
+
+static ngx_uint_t
+ngx_http_dsm_pb_seen(ngx_http_dsm_snap_t *snap, ngx_http_dsm_entry_t *e)
+{
+    uint64_t                      n[NGX_HTTP_DSM_NREASONS];
+    ngx_uint_t                    h, b, f;
+    ngx_http_dsm_layout_t        *l;
+    volatile ngx_atomic_uint_t   *v;
+
+    l = snap->layout;
+    v = e->s->v;
+    f = 0;
+
+    for (h = 0; h < NGX_HTTP_DSM_NHIST; h++) {
+        for (b = 0; b < l->nbuckets[h] + 1 && l->nbuckets[h]; b++) {
+            if (v[l->offset[h] + b]) {
+                f |= 1 << h;
+                break;
+            }
+        }
+    }
+
+    if (v[NGX_HTTP_DSM_C_KEEPALIVE]) {
+        f |= NGX_HTTP_DSM_PB_KEEPALIVE;
+    }
+
+    if (v[NGX_HTTP_DSM_C_HIT] + v[NGX_HTTP_DSM_C_MISS]
+        + v[NGX_HTTP_DSM_C_OUTPUT])
+    {
+        f |= NGX_HTTP_DSM_PB_TOKENS;
+    }
+
+    if (ngx_http_dsm_entry_reasons(e, 0, n)) {
+        f |= NGX_HTTP_DSM_PB_ERRORS;
+    }
+
+    if (ngx_http_dsm_entry_reasons(e, 1, n)) {
+        f |= NGX_HTTP_DSM_PB_MISSING;
+    }
+
+    return f;
+}
+
+
+/*
+ * A family's pass over 10,000 series of ~1 KB reads 10 MB of the zone,
+ * more than the caches keep from one family to the next: the counters
+ * [from, from + n) of a series further on are asked for before they are
+ * read, so that the waits overlap; while the label cache fills, the label
+ * text of a series half as far on (its record's pointer is in the lines
+ * asked for before).
+ */
+
+static ngx_inline void
+ngx_http_dsm_pb_prefetch(ngx_http_dsm_snap_t *snap, ngx_uint_t i,
+    ngx_uint_t from, ngx_uint_t n, ngx_uint_t text)
+{
+#if (defined __GNUC__ || defined __clang__)
+    u_char                 *p, *last;
+    ngx_http_dsm_series_t  *s;
+
+    if (i >= snap->n || snap->entries) {
+        return;
+    }
+
+    s = ngx_http_dsm_series(snap->zone->sh, i);
+
+    p = (u_char *) &s->v[from];
+    last = (u_char *) &s->v[from + n];
+
+    for ( /* void */ ; p < last; p += 64) {
+        __builtin_prefetch(p);
+    }
+
+    __builtin_prefetch(last - 1);
+
+    /* the label text of the next series the cache takes */
+
+    if (text && i - NGX_HTTP_DSM_PB_AHEAD / 2 < snap->n) {
+        s = ngx_http_dsm_series(snap->zone->sh,
+                                i - NGX_HTTP_DSM_PB_AHEAD / 2);
+        __builtin_prefetch(s->text);
+    }
+#endif
 }
 
 
@@ -619,23 +879,69 @@ ngx_http_dsm_pb_room(ngx_http_dsm_pb_fam_t *fm, size_t n)
 }
 
 
-/* the series' labels as LabelPair fields, zone first */
+/*
+ * The series' labels as LabelPair fields, zone first.  Those of the
+ * cache's zone are encoded once a scrape: the cache is filled in series
+ * order up to the series asked for (a series a family skips is encoded
+ * all the same), until it is full; a series never changes its labels
+ * (series never move or go away).
+ */
 
 static ngx_str_t *
 ngx_http_dsm_pb_labels(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
 {
-    u_char             *p;
-    ngx_http_dsm_pb_t  *pb;
+    u_char                 *p;
+    ngx_uint_t              i, j;
+    ngx_http_dsm_pb_t      *pb;
+    ngx_http_dsm_series_t  *s;
 
     pb = fm->pb;
-    p = pb->labels.data;
+    i = fm->series;
+
+    if (fm->z == pb->cache_zone) {
+
+        while (pb->cache_n <= i && pb->cache_n < pb->cache_max) {
+            j = pb->cache_n;
+            s = (j == i) ? e->s : ngx_http_dsm_series(fm->snap->zone->sh, j);
+
+            if ((size_t) (pb->cache_end - pb->cache_last)
+                < pb->zone[fm->z].len + s->text_len
+                  + 8 * (NGX_HTTP_DSM_MAX_LABELS + 2))
+            {
+                pb->cache_max = j;
+                break;
+            }
+
+            p = pb->cache_last;
+
+            if (fm->snap->prefix.len) {
+                p = ngx_cpymem(p, pb->zone[fm->z].data, pb->zone[fm->z].len);
+            }
+
+            pb->cache_last = ngx_http_dsm_pb_text_pairs(p, s->text,
+                                                        s->text_len);
+            pb->cache_off[j] = pb->cache_last - pb->cache;
+            pb->cache_n++;
+        }
+
+        if (i < pb->cache_n) {
+            pb->labels.data = pb->cache + (i ? pb->cache_off[i - 1] : 0);
+            pb->labels.len = pb->cache + pb->cache_off[i] - pb->labels.data;
+
+            return &pb->labels;
+        }
+    }
+
+    p = pb->buf;
 
     if (fm->snap->prefix.len) {
         p = ngx_cpymem(p, pb->zone[fm->z].data, pb->zone[fm->z].len);
     }
 
     p = ngx_http_dsm_pb_text_pairs(p, e->s->text, e->s->text_len);
-    pb->labels.len = p - pb->labels.data;
+
+    pb->labels.data = pb->buf;
+    pb->labels.len = p - pb->buf;
 
     return &pb->labels;
 }
@@ -655,7 +961,7 @@ ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
         ngx_str_set(&extra[1].name, "nginx_version");
         ngx_str_set(&extra[1].value, NGINX_VERSION);
 
-        ngx_http_dsm_pb_sample(fm, NULL, extra, 2, 1);
+        ngx_http_dsm_pb_sample(fm, NULL, NULL, extra, 2, 1);
         break;
 
     case NGX_HTTP_DSM_KIND_IN_FLIGHT:
@@ -678,34 +984,29 @@ ngx_http_dsm_pb_few(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t kind,
 
 
 /*
- * One Metric with a counter or gauge value: the encoded labels (may be
- * NULL), then the extra ones.
+ * One Metric with a counter or gauge value: the encoded labels and
+ * pairs (either may be NULL), then the extra ones.
  */
 
 static void
 ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
-    ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra, double value)
+    ngx_str_t *pairs, ngx_http_dsm_pb_label_t *extra, ngx_uint_t nextra,
+    double value)
 {
     u_char      *p;
-    size_t       len, vlen, tlen;
+    size_t       len;
     ngx_uint_t   i;
 
-    len = labels ? labels->len : 0;
+    len = (labels ? labels->len : 0) + (pairs ? pairs->len : 0);
 
     for (i = 0; i < nextra; i++) {
         len += ngx_http_dsm_pb_pair_len(extra[i].name.len,
                                         extra[i].value.len);
     }
 
-    vlen = 9;
-    tlen = 0;
+    /* the value's message is shorter than 128 bytes: one length byte */
 
-    if (fm->type == NGX_HTTP_DSM_PB_COUNTER) {
-        tlen = 1 + ngx_http_dsm_pb_varint_len(fm->created);
-        vlen += ngx_http_dsm_pb_field_len(tlen);
-    }
-
-    len += ngx_http_dsm_pb_field_len(vlen);
+    len += 2 + fm->vlen;
 
     p = ngx_http_dsm_pb_room(fm, ngx_http_dsm_pb_field_len(len));
     if (p == NULL) {
@@ -720,48 +1021,37 @@ ngx_http_dsm_pb_sample(ngx_http_dsm_pb_fam_t *fm, ngx_str_t *labels,
         p = ngx_cpymem(p, labels->data, labels->len);
     }
 
+    if (pairs) {
+        p = ngx_cpymem(p, pairs->data, pairs->len);
+    }
+
     for (i = 0; i < nextra; i++) {
         p = ngx_http_dsm_pb_pair(p, extra[i].name.data, extra[i].name.len,
                                  extra[i].value.data, extra[i].value.len, 0);
     }
 
-    if (fm->type == NGX_HTTP_DSM_PB_COUNTER) {
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_COUNTER,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, vlen);
-        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_COUNTER_CREATED,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, tlen);
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
-                                   NGX_HTTP_DSM_PB_VARINT);
-        p = ngx_http_dsm_pb_varint(p, fm->created);
+    *p++ = (fm->type == NGX_HTTP_DSM_PB_COUNTER)
+           ? ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_COUNTER,
+                                 NGX_HTTP_DSM_PB_LEN)
+           : ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_GAUGE,
+                                 NGX_HTTP_DSM_PB_LEN);
+    *p++ = (u_char) fm->vlen;
+    p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
 
-    } else {
-        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_METRIC_GAUGE,
-                                   NGX_HTTP_DSM_PB_LEN);
-        p = ngx_http_dsm_pb_varint(p, vlen);
-        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_VALUE_KEY, value);
-    }
-
-    fm->pb->last = p;
+    fm->pb->last = ngx_cpymem(p, fm->tail, fm->tail_len);
 }
 
 
 static void
 ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
 {
-    u_char                   code[3];
-    uint64_t                 w;
-    ngx_str_t               *labels;
-    ngx_uint_t               j, status;
-    ngx_http_dsm_pb_label_t  extra;
-
-    ngx_str_set(&extra.name, "status");
-    extra.value.data = code;
-    extra.value.len = 3;
+    u_char      *code, buf[16];
+    uint64_t     w;
+    ngx_str_t   *labels, pair;
+    ngx_uint_t   j, status;
 
     labels = NULL;
+    code = NULL;
 
     for (j = 0; j < e->nslots; j++) {
         w = e->slots[j];
@@ -774,8 +1064,16 @@ ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
             continue;
         }
 
+        /* the status pair is encoded once, its code set for each slot */
+
         if (labels == NULL) {
             labels = ngx_http_dsm_pb_labels(fm, e);
+
+            pair.data = buf;
+            pair.len = ngx_http_dsm_pb_pair(buf, (u_char *) "status", 6,
+                                            (u_char *) "000", 3, 0)
+                       - buf;
+            code = buf + pair.len - 3;
         }
 
         status = ngx_http_dsm_tag_code(w);
@@ -783,7 +1081,7 @@ ngx_http_dsm_pb_requests(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e)
         code[1] = (u_char) ('0' + status / 10 % 10);
         code[2] = (u_char) ('0' + status % 10);
 
-        ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+        ngx_http_dsm_pb_sample(fm, labels, &pair, NULL, 0,
                                (double) ngx_http_dsm_slot_count(w));
     }
 }
@@ -801,29 +1099,37 @@ static void
 ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     ngx_uint_t h)
 {
-    u_char                    *p;
-    size_t                     len, hlen, tlen;
-    uint64_t                   cum, count;
-    ngx_str_t                 *labels;
-    ngx_uint_t                 b, nb;
-    ngx_atomic_uint_t         *v;
-    ngx_http_dsm_layout_t     *l;
-    ngx_http_dsm_exemplar_t   *exp[NGX_HTTP_DSM_MAX_BUCKETS + 1];
-    ngx_http_dsm_exemplar_t    ex[NGX_HTTP_DSM_MAX_BUCKETS + 1];
-    ngx_http_dsm_pb_native_t   nh;
+    u_char                       *p, *q;
+    size_t                        len, hlen;
+    uint64_t                      cum, count;
+    ngx_str_t                    *labels;
+    ngx_uint_t                    b, nb, nex;
+    ngx_http_dsm_layout_t        *l;
+    volatile ngx_atomic_uint_t   *sv;
+    uint64_t                      v[NGX_HTTP_DSM_MAX_BUCKETS + 2];
+    uint64_t                      c[NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_exemplar_t      *exp[NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_exemplar_t       ex[NGX_HTTP_DSM_MAX_BUCKETS + 1];
+    ngx_http_dsm_pb_native_t      nh;
 
     l = fm->snap->layout;
     nb = l->nbuckets[h];
-    v = &e->v[l->offset[h]];
+    sv = &e->s->v[l->offset[h]];
+
+    /* one read of the buckets: c[] cumulative, c[nb] the classic count */
 
     cum = 0;
     for (b = 0; b <= nb; b++) {
+        v[b] = sv[b];
         cum += v[b];
+        c[b] = cum;
     }
 
     if (cum == 0) {
         return;
     }
+
+    v[nb + 1] = sv[nb + 1];
 
     /*
      * An observation is counted in the native buckets first and they
@@ -840,39 +1146,51 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     nh.ndeltas = 0;
 
     if (l->native[h]) {
-        ngx_http_dsm_pb_native(&nh, &e->v[l->native[h]]);
+        ngx_http_dsm_pb_native(&nh, &e->s->v[l->native[h]]);
         count = ngx_max(nh.total, cum);
     }
 
-    for (b = 0; b <= nb; b++) {
-        exp[b] = NULL;
+    nex = 0;
 
-        if (l->exemplar_offset && v[b]
-            && ngx_http_dsm_exemplar_read(l, e->s, h, b, &ex[b]) == NGX_OK)
-        {
-            exp[b] = &ex[b];
+    if (l->exemplar_offset) {
+        for (b = 0; b <= nb; b++) {
+            exp[b] = NULL;
+
+            if (v[b]
+                && ngx_http_dsm_exemplar_read(l, e->s, h, b, &ex[b]) == NGX_OK)
+            {
+                exp[b] = &ex[b];
+                nex++;
+            }
         }
     }
 
-    /* the sizes first: count, sum, buckets, native, created */
-
-    tlen = 1 + ngx_http_dsm_pb_varint_len(fm->created);
+    /*
+     * The sizes first: count, sum, buckets, native, created.  A Bucket
+     * is shorter than 128 bytes (an exemplar's id is at most 36): its
+     * length is one byte.
+     */
 
     hlen = 1 + ngx_http_dsm_pb_varint_len(count) + 9
-           + ngx_http_dsm_pb_field_len(tlen);
+           + ngx_http_dsm_pb_field_len(fm->tlen);
 
-    cum = 0;
     for (b = 0; b < nb; b++) {
-        cum += v[b];
-        hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(cum,
-                                                                 exp[b]));
+        hlen += 2 + 1 + ngx_http_dsm_pb_varint_len(c[b]) + 9;
     }
 
-    /* "+Inf" is sample_count, but an exemplar needs it as a bucket */
+    if (nex) {
+        for (b = 0; b < nb; b++) {
+            if (exp[b]) {
+                hlen += ngx_http_dsm_pb_bucket_len(c[b], exp[b])
+                        - (1 + ngx_http_dsm_pb_varint_len(c[b]) + 9);
+            }
+        }
 
-    if (exp[nb]) {
-        hlen += ngx_http_dsm_pb_field_len(ngx_http_dsm_pb_bucket_len(
-                                                      cum + v[nb], exp[nb]));
+        /* "+Inf" is sample_count, but an exemplar needs it as a bucket */
+
+        if (exp[nb]) {
+            hlen += 2 + ngx_http_dsm_pb_bucket_len(c[nb], exp[nb]);
+        }
     }
 
     if (l->native[h]) {
@@ -902,16 +1220,29 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_H_SUM_KEY,
                                (double) v[nb + 1] / 1e6);
 
-    cum = 0;
     for (b = 0; b < nb; b++) {
-        cum += v[b];
-        p = ngx_http_dsm_pb_bucket(p, cum, (double) l->bounds[h][b] / 1e6,
-                                   exp[b]);
+        if (nex && exp[b]) {
+            p = ngx_http_dsm_pb_bucket(p, c[b], fm->le[b], exp[b]);
+            continue;
+        }
+
+        /* the Bucket's length once its count is written */
+
+        q = p;
+        p += 2;
+        *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_BUCKET_COUNT,
+                                   NGX_HTTP_DSM_PB_VARINT);
+        p = ngx_http_dsm_pb_varint(p, c[b]);
+        p = ngx_http_dsm_pb_double(p, NGX_HTTP_DSM_PB_BUCKET_BOUND_KEY,
+                                   fm->le[b]);
+
+        q[0] = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_BUCKET,
+                                   NGX_HTTP_DSM_PB_LEN);
+        q[1] = (u_char) (p - q - 2);
     }
 
-    if (exp[nb]) {
-        p = ngx_http_dsm_pb_bucket(p, cum + v[nb], ngx_http_dsm_pb_inf(),
-                                   exp[nb]);
+    if (nex && exp[nb]) {
+        p = ngx_http_dsm_pb_bucket(p, c[nb], ngx_http_dsm_pb_inf(), exp[nb]);
     }
 
     if (l->native[h]) {
@@ -920,7 +1251,7 @@ ngx_http_dsm_pb_histogram(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
 
     *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_H_CREATED,
                                NGX_HTTP_DSM_PB_LEN);
-    p = ngx_http_dsm_pb_varint(p, tlen);
+    *p++ = (u_char) fm->tlen;
     *p++ = ngx_http_dsm_pb_key(NGX_HTTP_DSM_PB_TS_SECONDS,
                                NGX_HTTP_DSM_PB_VARINT);
     p = ngx_http_dsm_pb_varint(p, fm->created);
@@ -1016,13 +1347,14 @@ ngx_http_dsm_pb_bucket(u_char *p, uint64_t cum, double le,
  */
 
 static void
-ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh, ngx_atomic_uint_t *w)
+ngx_http_dsm_pb_native(ngx_http_dsm_pb_native_t *nh,
+    volatile ngx_atomic_uint_t *w)
 {
     uint64_t    c, prev;
     ngx_int_t   k, last;
 
     nh->zero = w[0];
-    nh->total = w[0];
+    nh->total = nh->zero;
     nh->nspans = 0;
     nh->ndeltas = 0;
 
@@ -1161,6 +1493,7 @@ ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     ngx_str_t               *labels;
     ngx_uint_t               t;
     ngx_atomic_uint_t       *v;
+    ngx_http_dsm_pb_t       *pb;
     ngx_http_dsm_pb_label_t  extra;
 
     static ngx_str_t  types[] = {
@@ -1187,23 +1520,31 @@ ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
     switch (arg) {
 
     case NGX_HTTP_DSM_TOKENS_BY_TYPE:
-        ngx_str_set(&extra.name, "type");
+        pb = fm->pb;
 
         for (t = 0; t < 3; t++) {
-            extra.value = types[t];
-            ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+            if (pb->types[t].len == 0) {
+                pb->types[t].data = pb->types_buf[t];
+                pb->types[t].len = ngx_http_dsm_pb_pair(pb->types_buf[t],
+                                                        (u_char *) "type", 4,
+                                                        types[t].data,
+                                                        types[t].len, 0)
+                                   - pb->types_buf[t];
+            }
+
+            ngx_http_dsm_pb_sample(fm, labels, &pb->types[t], NULL, 0,
                                    (double) v[NGX_HTTP_DSM_C_HIT + t]);
         }
 
         break;
 
     case NGX_HTTP_DSM_TOKENS_REASONING:
-        ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, labels, NULL, NULL, 0,
                                (double) v[NGX_HTTP_DSM_C_REASONING]);
         break;
 
     case NGX_HTTP_DSM_TOKENS_KEEPALIVE:
-        ngx_http_dsm_pb_sample(fm, labels, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, labels, NULL, NULL, 0,
                                (double) v[NGX_HTTP_DSM_C_KEEPALIVE]);
         break;
 
@@ -1221,7 +1562,7 @@ ngx_http_dsm_pb_tokens(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
         extra.value.len = ngx_http_dsm_pb_unescape(cur, e->s->currency,
                                                   e->s->currency_len);
 
-        ngx_http_dsm_pb_sample(fm, labels, &extra, 1,
+        ngx_http_dsm_pb_sample(fm, labels, NULL, &extra, 1,
                                (double) v[NGX_HTTP_DSM_C_COST] / 1e12);
         break;
     }
@@ -1261,7 +1602,7 @@ ngx_http_dsm_pb_in_flight(ngx_http_dsm_pb_fam_t *fm)
             continue;
         }
 
-        ngx_http_dsm_pb_sample(fm, prefix, &extra, 1,
+        ngx_http_dsm_pb_sample(fm, prefix, NULL, &extra, 1,
                                (double) snap->in_flight[j]);
     }
 }
@@ -1292,7 +1633,7 @@ ngx_http_dsm_pb_reasons(ngx_http_dsm_pb_fam_t *fm, ngx_http_dsm_entry_t *e,
 
         extra.value = *ngx_http_dsm_reason_name(missing, r);
 
-        ngx_http_dsm_pb_sample(fm, labels, &extra, 1, (double) n[r]);
+        ngx_http_dsm_pb_sample(fm, labels, NULL, &extra, 1, (double) n[r]);
     }
 }
 
@@ -1308,7 +1649,7 @@ ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
     zone = &fm->pb->zone[fm->z];
 
     if (arg != NGX_HTTP_DSM_V_SERIES) {
-        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, NULL, 0,
                                (double) snap->values[arg]);
         return;
     }
@@ -1316,11 +1657,11 @@ ngx_http_dsm_pb_zone(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
     ngx_str_set(&extra.name, "state");
 
     ngx_str_set(&extra.value, "used");
-    ngx_http_dsm_pb_sample(fm, zone, &extra, 1,
+    ngx_http_dsm_pb_sample(fm, zone, NULL, &extra, 1,
                            (double) snap->values[NGX_HTTP_DSM_V_SERIES]);
 
     ngx_str_set(&extra.value, "capacity");
-    ngx_http_dsm_pb_sample(fm, zone, &extra, 1,
+    ngx_http_dsm_pb_sample(fm, zone, NULL, &extra, 1,
                            (double) snap->values[NGX_HTTP_DSM_V_CAPACITY]);
 }
 
@@ -1342,14 +1683,14 @@ ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
     }
 
     if (arg == NGX_HTTP_DSM_BAL_AVAILABLE) {
-        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, NULL, 0,
                                bs->available ? 1 : 0);
         return;
     }
 
     if (arg == NGX_HTTP_DSM_BAL_UPDATED) {
         /* milliseconds: the double nearest the text's decimal */
-        ngx_http_dsm_pb_sample(fm, zone, NULL, 0,
+        ngx_http_dsm_pb_sample(fm, zone, NULL, NULL, 0,
                                (double) bs->updated / 1e3);
         return;
     }
@@ -1371,7 +1712,7 @@ ngx_http_dsm_pb_balance(ngx_http_dsm_pb_fam_t *fm, ngx_uint_t arg)
             extra[1].value.data = (u_char *) ngx_http_dsm_balance_types[t];
             extra[1].value.len = ngx_strlen(ngx_http_dsm_balance_types[t]);
 
-            ngx_http_dsm_pb_sample(fm, zone, extra, 2,
+            ngx_http_dsm_pb_sample(fm, zone, NULL, extra, 2,
                                    (double) (int64_t) bs->slots[i].amount[t]
                                    / 1e6);
         }
@@ -1426,18 +1767,32 @@ ngx_http_dsm_pb_varint(u_char *p, uint64_t v)
 static ngx_inline u_char *
 ngx_http_dsm_pb_double(u_char *p, u_char key, double d)
 {
+#if !(NGX_HAVE_LITTLE_ENDIAN)
     uint64_t    u;
     ngx_uint_t  i;
-
-    ngx_memcpy(&u, &d, sizeof(uint64_t));
+#endif
 
     *p++ = key;
+
+#if (NGX_HAVE_LITTLE_ENDIAN)
+
+    /* the double's bits as they are in memory: one store */
+
+    ngx_memcpy(p, &d, sizeof(double));
+
+    return p + sizeof(double);
+
+#else
+
+    ngx_memcpy(&u, &d, sizeof(uint64_t));
 
     for (i = 0; i < 8; i++) {
         *p++ = (u_char) (u >> (8 * i));
     }
 
     return p;
+
+#endif
 }
 
 
