@@ -81,31 +81,7 @@ my $mport = $t->port('METRICS_PORT');
 # label set u=i gets 1 request, every 7th a second one
 sub expected { my ($i) = @_; return $i % 7 == 0 ? 2 : 1 }
 
-# pipelined on keepalive connections, 500 requests each
-sub fill {
-    my @paths = @_;
-    my $ok = 0;
-    while (my @batch = splice @paths, 0, 500) {
-        my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
-                                    Timeout => 5) or die "connect: $!";
-        my $req = '';
-        for my $k (0 .. $#batch) {
-            $req .= "GET $batch[$k] HTTP/1.1\r\nHost: x\r\n"
-                . ($k == $#batch ? "Connection: close\r\n" : '') . "\r\n";
-        }
-        $s->syswrite($req);
-        my $raw = '';
-        my $deadline = time + 30;
-        while (time < $deadline) {
-            my $n = sysread($s, my $buf, 65536);
-            last unless $n;
-            $raw .= $buf;
-        }
-        close $s;
-        $ok += () = $raw =~ m{^HTTP/1\.1 204 }mg;
-    }
-    return $ok;
-}
+sub fill { return $t->pipelined(204, @_) }
 
 my @paths = map { "/fill?u=$_" } 1 .. $sets;
 push @paths, map { "/fill?u=$_" } grep { $_ % 7 == 0 } 1 .. $sets;
