@@ -137,12 +137,7 @@ $with_samples{ $_->{family} } = 1 for $text->all_samples;
 is(join(',', map { $_->{name} } @fams), join(',', grep { $with_samples{$_} } $text->families),
    'the same families with samples, in the same order');
 
-sub key_of {
-    my ($s) = @_;
-    my %l = %{ $s->{labels} };
-    $l{le} = sprintf('%.17g', $l{le}) if exists $l{le};
-    return $s->{name} . '{' . join(',', map { "$_=\"$l{$_}\"" } sort keys %l) . '}';
-}
+sub key_of { return DSM::Protobuf->sample_key(@_) }
 for my $fam (grep { $with_samples{$_} } $text->families) {
     my $pf = $pbfam{$fam} or next;
     is($pf->{help} . '|' . $pf->{type}, $text->help($fam) . '|' . $text->type($fam), "$fam: HELP and TYPE");

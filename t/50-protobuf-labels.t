@@ -75,31 +75,8 @@ my $sets = 1800;
 my $port = $t->port('PORT');
 my $mport = $t->port('METRICS_PORT');
 
-# pipelined on keepalive connections, 300 requests each; 204 and 404 count
-sub fill {
-    my @paths = @_;
-    my $ok = 0;
-    while (my @batch = splice @paths, 0, 300) {
-        my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
-                                    Timeout => 5) or die "connect: $!";
-        my $req = '';
-        for my $k (0 .. $#batch) {
-            $req .= "GET $batch[$k] HTTP/1.1\r\nHost: x\r\n"
-                . ($k == $#batch ? "Connection: close\r\n" : '') . "\r\n";
-        }
-        $s->syswrite($req);
-        my $raw = '';
-        my $deadline = time + 30;
-        while (time < $deadline) {
-            my $n = sysread($s, my $buf, 65536);
-            last unless $n;
-            $raw .= $buf;
-        }
-        close $s;
-        $ok += () = $raw =~ m{^HTTP/1\.1 (?:204|404) }mg;
-    }
-    return $ok;
-}
+# 204 and 404 count
+sub fill { return $t->pipelined('(?:204|404)', @_) }
 
 # a value of 250 bytes (a value keeps 255), different for each set
 sub pad { my ($i) = @_; return substr(sprintf('%05d', $i) x 50, 0, 250) }
@@ -129,12 +106,7 @@ $with_samples{ $_->{family} } = 1 for $text->all_samples;
 is(join(',', map { $_->{name} } @fams), join(',', grep { $with_samples{$_} } $text->families),
    'the same families with samples, in the same order');
 
-sub key_of {
-    my ($s) = @_;
-    my %l = %{ $s->{labels} };
-    $l{le} = sprintf('%.17g', $l{le}) if exists $l{le};
-    return $s->{name} . '{' . join(',', map { "$_=\"$l{$_}\"" } sort keys %l) . '}';
-}
+sub key_of { return DSM::Protobuf->sample_key(@_) }
 
 my $dups = 0;
 for my $fam (grep { $with_samples{$_} } $text->families) {

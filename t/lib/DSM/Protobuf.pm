@@ -16,6 +16,7 @@ DSM::Protobuf - strict decoder of delimited io.prometheus.client.MetricFamily me
     my @s = DSM::Protobuf->samples(@fams);    # as text samples: { name, labels, value }
     my %b = DSM::Protobuf->native_buckets($h); # bucket index => count
     my @m = DSM::Protobuf->merge(@fams);       # split families made one (parts => N)
+    my $k = DSM::Protobuf->sample_key($s);     # name{labels sorted}, le normalised
     # a bucket with an exemplar: [le, cum, { labels, value, timestamp }]
 
 Field numbers from prometheus/client_model's metrics.proto. Rejected: truncated
@@ -274,6 +275,15 @@ sub samples {
         }
     }
     return @s;
+}
+
+# a sample's identity, text or protobuf alike: name{labels sorted}, le as a
+# number written back the same way
+sub sample_key {
+    my ($class, $s) = @_;
+    my %l = %{ $s->{labels} };
+    $l{le} = sprintf('%.17g', $l{le}) if exists $l{le};
+    return $s->{name} . '{' . join(',', map { "$_=\"$l{$_}\"" } sort keys %l) . '}';
 }
 
 # a family split into several MetricFamily messages made one again, in

@@ -136,7 +136,8 @@ C<path> (/chat/completions), plus any http() option.
 C<< $t->http_raw($bytes, port => P, timeout => T) >> - write raw bytes, return everything read.
 
 C<< $t->pipelined($status, @paths) >> - GET every path, pipelined 500 to a keep-alive connection
-(the last one closes it), on port PORT; returns how many responses had that status.
+(the last one closes it), on port PORT; returns how many responses had that status (a regex:
+C<'(?:204|404)'> counts both).
 
 C<< $t->scrape(accept => 'openmetrics'|'text'|'none'|<header>, path => '/metrics',
 port => METRICS_PORT) >> - GET the metrics (Prometheus's exact Accept header for
