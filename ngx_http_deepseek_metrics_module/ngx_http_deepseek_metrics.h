@@ -815,7 +815,7 @@ ngx_http_dsm_model(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     q->model_hash = dmcf->unknown_hash;
     q->model_index = dmcf->models->nelts + 1;
 
-    if (q->parse->model_set
+    if ((q->parse->model_set && q->parse->model_len)
         || (q->dlcf->request_body && r->request_body
             && r->request_body->bufs))
     {

@@ -378,10 +378,13 @@ ngx_http_dsm_model_scan(ngx_http_request_t *r, ngx_http_dsm_req_t *q,
     model = q->parse->model;
     len = q->parse->model_set ? q->parse->model_len : 0;
 
-    if (len == 0 && q->dlcf->request_body
-        && r->request_body && r->request_body->bufs)
-    {
-        /* the scan stops as soon as the top-level "model" is read */
+    if (len == 0) {
+
+        /*
+         * Only with deepseek_metrics_request_body and a body in memory
+         * (ngx_http_dsm_model()); the scan stops as soon as the top-level
+         * "model" is read.
+         */
 
         p = ngx_palloc(r->pool, NGX_HTTP_DSM_PARSE_JSON_SIZE);
         if (p == NULL) {
