@@ -154,7 +154,11 @@ ok(($pbfam{$LAT}{parts} // 0) > 1, "A: $LAT in " . ($pbfam{$LAT}{parts} // 0) . 
 ok(($pbfam{deepseek_requests_total}{parts} // 0) > 1,
    'A: deepseek_requests_total in ' . ($pbfam{deepseek_requests_total}{parts} // 0) . ' parts');
 my $grew = $hwm1 - $hwm0;
-ok($grew < 1024 * 1024, "B: worker peak RSS grew by $grew bytes (< 1 MB) for a $bytes-byte body");
+# ~0.5 MB here (buffers, scratch, the label cache); ASan's allocator (redzones,
+# a quarantine that does not hand freed memory back at once) about doubles it
+my $limit = $t->is_asan ? 1536 * 1024 : 1024 * 1024;
+ok($grew < $limit, sprintf('B: worker peak RSS grew by %d bytes (< %.1f MB) for a %d-byte body',
+                           $grew, $limit / 1048576, $bytes));
 
 my $text = $t->scrape(accept => 'text');
 my $om = $t->scrape(accept => 'openmetrics');
