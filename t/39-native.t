@@ -194,25 +194,10 @@ skip 'prometheus not installed', 10 unless system('command -v prometheus >/dev/n
 my $dir = DSM::Stack::tempdir();
 my $metrics = $t->port('METRICS_PORT');
 my $prom = DSM::Stack->prometheus(dir => $dir, args => [ '--enable-feature=native-histograms' ],
-                                  config => <<"EOF");
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: 'deepseek-api'
-    static_configs:
-      - targets: ['127.0.0.1:$metrics']
-EOF
+                                  config => DSM::Stack::scrape_config($metrics));
 # and one without the flag, as before: OpenMetrics, classic histograms only
-my $plain = DSM::Stack->prometheus(dir => $dir, name => 'plain', config => <<"EOF");
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: 'deepseek-api'
-    static_configs:
-      - targets: ['127.0.0.1:$metrics']
-EOF
+my $plain = DSM::Stack->prometheus(dir => $dir, name => 'plain',
+                                   config => DSM::Stack::scrape_config($metrics));
 my $t0 = time;
 
 # the counts Prometheus must show for a protobuf body: TTFT and latency, zone deepseek

@@ -356,15 +356,7 @@ SKIP: {
 
     my $dir = DSM::Stack::tempdir();
     my $metrics = $u->port('METRICS_PORT');
-    my $conf = <<"EOF";
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: 'deepseek-api'
-    static_configs:
-      - targets: ['127.0.0.1:$metrics']
-EOF
+    my $conf = DSM::Stack::scrape_config($metrics);
     my $prom = DSM::Stack->prometheus(dir => $dir, name => 'exemplars', config => $conf,
                                       args => [ '--enable-feature=exemplar-storage' ]);
     my $plain = DSM::Stack->prometheus(dir => $dir, name => 'default', config => $conf);

@@ -229,15 +229,7 @@ SKIP: {
 
     my $dir = DSM::Stack::tempdir();
     my $prom = DSM::Stack->prometheus(dir => $dir, args => [ '--enable-feature=native-histograms,exemplar-storage' ],
-                                      config => <<"EOF");
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: 'deepseek-api'
-    static_configs:
-      - targets: ['127.0.0.1:$mport']
-EOF
+                                      config => DSM::Stack::scrape_config($mport));
     # what Prometheus 2.42 appends: one sample a Metric (with the flag it
     # takes every protobuf histogram as a native one, even zone ex's)
     my $samples = 0;

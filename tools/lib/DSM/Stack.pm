@@ -119,6 +119,20 @@ sub prometheus {
     return $self;
 }
 
+# the configuration of a Prometheus that scrapes one metrics port every second
+sub scrape_config {
+    my ($port) = @_;
+    return <<"EOF";
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: 'deepseek-api'
+    static_configs:
+      - targets: ['127.0.0.1:$port']
+EOF
+}
+
 sub url { $_[0]{url} }
 sub port { $_[0]{port} }
 sub pid { $_[0]{pid} }
